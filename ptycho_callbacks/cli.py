@@ -41,7 +41,13 @@ def demo_main(argv):
     return 0
 
 
-COMMANDS = {"demo": demo_main}
+def report_main(argv):
+    from .render import report_main as render_report_main
+
+    return render_report_main(argv)
+
+
+COMMANDS = {"demo": demo_main, "report": report_main}
 
 
 def main(argv=None):

@@ -1,0 +1,655 @@
+"""Render run records as one Markdown "Intensity Bias Summary" report.
+
+`render_report(records)` turns one or many `RunRecord`s into the report;
+`report_main(argv)` is the `ptycho-callbacks report` command line. Both use
+numpy only (through `ptycho_callbacks.stats`).
+
+Formatting rule: every number goes through `fmt`; a value that is undefined
+(None, or non-finite where a number is meant) prints as `n/a` plus a short
+reason, never as a made-up number or as "nan"/"inf". The only exceptions are
+measured non-finite values (a loss that really was NaN), which `fmt_measured`
+prints as `NaN`, `+Inf` or `-Inf`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import sys
+from typing import Any, Iterable, Mapping, Sequence
+
+from ptycho_callbacks import stats
+from ptycho_callbacks.record import (
+    CONTAINER_STAGE,
+    PREDICTION_STAGE,
+    TRUTH_STAGE,
+    RecordError,
+    RunRecord,
+    atomic_write_text,
+)
+
+_CORE_SPEC = "specs/spec-ptycho-core.md §Normalization Invariants"
+_WORKFLOW_SPEC = "specs/spec-ptycho-workflow.md §Loss and Optimization"
+
+DEFAULT_SPEC_REFS = {
+    "report": _CORE_SPEC,
+    "loss": _WORKFLOW_SPEC,
+    "intensity_scale": _CORE_SPEC,
+    "scaler_state": _CORE_SPEC,
+    "largest_drop": _CORE_SPEC,
+    "stage_ratios": _CORE_SPEC,
+    "invariant": _CORE_SPEC,
+}
+"""Spec-reference texts per report section; override with `spec_refs=` or `config["spec_refs"]`."""
+
+NA = "n/a"
+RECORD_FILENAME = "record.json"
+
+
+# ---------------------------------------------------------------- formatting
+def fmt(value: Any, spec: str = "%.3f", reason: str | None = None) -> str:
+    """`spec % value` for a finite number, else `n/a` (plus `(reason)` if given)."""
+    number = None if isinstance(value, bool) else stats.finite_or_none(value)
+    if number is None:
+        return NA if reason is None else f"{NA} ({reason})"
+    return spec % number
+
+
+def fmt_measured(value: Any, spec: str = "%.3f", reason: str = "not logged") -> str:
+    """Like `fmt`, but a measured non-finite value prints as `NaN`, `+Inf` or `-Inf`."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+    return fmt(value, spec, reason)
+
+
+def fmt_flag(value: Any, reason: str = "unknown") -> str:
+    """`True`/`False` for a bool, `n/a (reason)` otherwise."""
+    return str(value) if isinstance(value, bool) else f"{NA} ({reason})"
+
+
+def _table(headers: Sequence[str], align: str, rows: Iterable[Sequence[str]]) -> list[str]:
+    """Markdown table; `align` has one char per column: `l` (left) or `r` (right)."""
+    lines = ["| " + " | ".join(headers) + " |",
+             "| " + " | ".join("---:" if a == "r" else "---" for a in align) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _spec_line(ref: str) -> list[str]:
+    return [f"**Spec Reference:** `{ref}`", ""]
+
+
+def _code_list(names: Iterable[str]) -> str:
+    return ", ".join(f"`{name}`" for name in names)
+
+
+# ------------------------------------------------------------- record views
+def _nan_metrics(record: RunRecord) -> list[str]:
+    """Logged metrics with a non-finite value, plus components of NaN events."""
+    names = {key for key, values in record.history.items()
+             if any(stats.finite_or_none(v) is None for v in values)}
+    names.update(c for event in record.nan_events for c in event.get("components", []))
+    return sorted(names)
+
+
+def _training_went_nan(record: RunRecord) -> bool:
+    return bool(_nan_metrics(record)) or bool(record.nan_events) or record.status == "stopped_nan"
+
+
+def _scale_summary(record: RunRecord) -> dict:
+    """Configured scale, trained exp(final log_scale) and their difference, with reasons."""
+    configured = record.config.get("intensity_scale")
+    state = stats.log_scale_state(record.log_scale.get("final"), configured, None, None)
+    if not record.log_scale.get("found"):
+        trained_reason = "no log_scale found"
+    else:
+        trained_reason = None if state["exp"] is not None else "log_scale not finite"
+    delta_reason = trained_reason or (None if state["configured_scale"] is not None else "no configured scale")
+    return {
+        "configured": fmt(configured, reason="not recorded"),
+        "trained": fmt(state["exp"] if trained_reason is None else None, reason=trained_reason),
+        "delta": fmt(state["delta"] if delta_reason is None else None, reason=delta_reason),
+    }
+
+
+def _prediction_summary(record: RunRecord, key: str) -> tuple[dict, str | None]:
+    """(summary dict, reason it has no numbers) for `scaling`/`amplitude_bias`/`phase_bias`."""
+    if not record.prediction:
+        return {}, "no ground truth registered"
+    summary = record.prediction.get(key) or {}
+    if not summary:
+        return {}, "not computed"
+    if summary.get("count"):
+        return summary, None
+    if _training_went_nan(record):
+        return summary, "training went NaN"
+    return summary, summary.get("reason") or "no valid pixels"
+
+
+def _stage_label(stage: Mapping) -> str:
+    return stage.get("label") or stage.get("name", "?")
+
+
+def _stage_means(record: RunRecord) -> list[tuple[str, float | None]]:
+    return [(s.get("name", "?"), (s.get("stats") or {}).get("mean")) for s in record.stages]
+
+
+def _transition_label(record: RunRecord, transition: Mapping) -> str:
+    labels = {s.get("name"): _stage_label(s) for s in record.stages}
+    return f"{labels.get(transition['from'], transition['from'])} → {labels.get(transition['to'], transition['to'])}"
+
+
+def _container_stage(record: RunRecord) -> dict | None:
+    """The `container_X` stage, else the last stage before prediction/truth."""
+    inputs = [s for s in record.stages if s.get("name") not in (PREDICTION_STAGE, TRUTH_STAGE)]
+    named = [s for s in inputs if s.get("name") == CONTAINER_STAGE]
+    return (named or inputs or [None])[-1]
+
+
+# ------------------------------------------------------------------ sections
+def _comparison_table(records: Sequence[RunRecord]) -> list[str]:
+    headers = ["Scenario", "Amp bias mean", "Amp median", "Phase bias mean", "Phase median",
+               "Configured scale", "Trained exp(log_scale)", "Δscale", "Best scalar", "Training NaN"]
+    rows = []
+    for record in records:
+        amp, amp_reason = _prediction_summary(record, "amplitude_bias")
+        phase, phase_reason = _prediction_summary(record, "phase_bias")
+        scaling, scaling_reason = _prediction_summary(record, "scaling")
+        scale = _scale_summary(record)
+        best = (scaling.get("best") or {}).get("mode") if scaling else None
+        rows.append([
+            record.scenario,
+            fmt(amp.get("mean"), reason=amp_reason), fmt(amp.get("median"), reason=amp_reason),
+            fmt(phase.get("mean"), reason=phase_reason), fmt(phase.get("median"), reason=phase_reason),
+            scale["configured"], scale["trained"], scale["delta"],
+            best or f"{NA} ({scaling_reason or 'no candidate'})",
+            "Yes" if _training_went_nan(record) else "No",
+        ])
+    return _table(headers, "lrrrrrrrll", rows)
+
+
+def _scenario_header(record: RunRecord) -> list[str]:
+    scale = _scale_summary(record)
+    scaling, scaling_reason = _prediction_summary(record, "scaling")
+    best = scaling.get("best") if scaling else None
+    if best:
+        prediction_scale = f"best={best['mode']} value={fmt(best['value'])}"
+    else:
+        prediction_scale = f"{NA} ({scaling_reason or 'no candidate scalar'})"
+    nan_metrics = _nan_metrics(record)
+    if nan_metrics:
+        nan_line = f"YES (metrics: {', '.join(nan_metrics)})"
+    else:
+        nan_line = "YES (status stopped_nan)" if _training_went_nan(record) else "no"
+    base_dir = f"`{record.base_dir}`" if record.base_dir else f"{NA} (not recorded)"
+    ended = f"ended {record.ended_at}" if record.ended_at else "not ended"
+    return [
+        f"## Scenario: {record.scenario}",
+        f"- Status: {record.status} (started {record.started_at}, {ended})",
+        f"- Base directory: {base_dir}",
+        f"- Intensity scale: configured {scale['configured']} vs trained "
+        f"exp(log_scale) {scale['trained']} (Δ={scale['delta']})",
+        f"- normalize_data gain: {fmt(record.config.get('normalize_gain'), reason='not recorded')}",
+        f"- Prediction scale: {prediction_scale}",
+        f"- Training NaNs: {nan_line}",
+        "",
+    ]
+
+
+def _nan_event_section(record: RunRecord) -> list[str]:
+    if not record.nan_events:
+        return []
+
+    def pairs(mapping: Mapping | None, measured: bool) -> str:
+        show = fmt_measured if measured else (lambda v: fmt(v, reason="none logged"))
+        return ", ".join(f"`{k}`={show(v)}" for k, v in (mapping or {}).items()) or NA
+
+    rows = [[
+        fmt(e.get("epoch"), "%d"), fmt(e.get("batch"), "%d"), fmt(e.get("step"), "%d"),
+        str(e.get("phase", NA)), _code_list(e.get("components", [])) or NA,
+        pairs(e.get("values"), measured=True), pairs(e.get("last_finite"), measured=False),
+        fmt_flag(e.get("weights_restored")), _code_list(e.get("nonfinite_weights", [])) or "none",
+    ] for e in record.nan_events]
+    headers = ["Epoch", "Batch", "Global step", "Phase", "First non-finite", "Values",
+               "Last finite values", "Weights restored", "Non-finite weights"]
+    return ["### NaN Event", "", *_table(headers, "rrrllllll", rows), ""]
+
+
+def _findings_section(findings: Sequence[Mapping]) -> list[str]:
+    return [f"- {'⚠️' if f.get('level') == 'warning' else 'ℹ️'} **{f.get('level', 'info')}** "
+            f"(`{f.get('code', '?')}`): {f.get('message', '')}" for f in findings]
+
+
+def _other_findings(record: RunRecord) -> list[str]:
+    others = [f for f in record.findings if not str(f.get("code", "")).startswith("log_scale")]
+    return ["### Findings", "", *_findings_section(others), ""] if others else []
+
+
+def _loss_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
+    composition = stats.loss_composition(record.history, record.config.get("loss_weights"))
+    total = composition["total"]
+    if total["final_raw"] is None:
+        total_final = f"{NA} (no `loss` logged)"
+    elif total["final"] is None:
+        total_final = f"{NA} (final value {fmt_measured(total['final_raw'])}: training went non-finite)"
+    else:
+        total_final = fmt(total["final"])
+    lr = composition["learning_rate"]
+    lr_line = (f"last={fmt(lr['last'], '%.6f')} (min={fmt(lr['min'], '%.6f')}, max={fmt(lr['max'], '%.6f')})"
+               if lr else f"{NA} (not logged)")
+    lines = [
+        "### Loss Composition", "", *_spec_line(refs["loss"]),
+        f"- Epochs trained: {composition['epochs']}",
+        f"- Total loss (final): {total_final} (min={fmt(total['min'], reason='no finite value')}, "
+        f"max={fmt(total['max'], reason='no finite value')})",
+        f"- Learning rate: {lr_line}",
+        "",
+    ]
+    rows = []
+    for c in composition["components"]:
+        if c["share"] is not None:
+            share = fmt(100.0 * c["share"], "%.1f%%")
+        elif c["weight"] is None:
+            share = f"{NA} (weight unknown)"
+        elif c["final"] is None:
+            share = f"{NA} (value not finite)"
+        else:
+            share = f"{NA} (total not finite)"
+        rows.append([f"`{c['name']}`", fmt_measured(c["final_raw"]), fmt(c["weight"], reason="unknown"),
+                     fmt(c["weighted"]), share, "Yes" if c["has_nan"] else "No"])
+    if rows:
+        lines += _table(["Loss Component", "Final Value", "Weight", "Weighted", "Contribution", "Has NaN"],
+                        "lrrrrl", rows) + [""]
+    else:
+        lines += [f"- Loss components: {NA} (no `*_loss` history logged)", ""]
+    dominant = composition["dominant"]
+    if dominant:
+        lines.append(f"**Dominant loss term:** `{dominant['name']}`")
+        if dominant["next"]:
+            ratio_reason = "next term is 0" if dominant["ratio_vs_next"] is None else None
+            lines.append(f"  - Dominance ratio vs next (`{dominant['next']}`): "
+                         f"{fmt(dominant['ratio_vs_next'], '%.1f×', reason=ratio_reason)}")
+    else:
+        lines.append(f"**Dominant loss term:** {NA} (no finite weighted component)")
+    if composition["inactive"]:
+        lines.append(f"**Inactive components (≈0 or weight 0):** {_code_list(composition['inactive'])}")
+        lines += [f"  - Per `{refs['loss']}`: {hint}" for hint in composition["hints"].values()]
+    lines.append(f"- Residual (total − Σ weight·value: regularization, running means): "
+                 f"{fmt(composition['residual'], reason=composition['residual_reason'])}")
+    return lines + [""]
+
+
+def _intensity_scale_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
+    config = record.config
+    comparison = stats.compare_scales(config.get("nphotons"), config.get("N"), config.get("e_batch_intensity"))
+    lines = [
+        "### Intensity Scale Comparison", "", *_spec_line(refs["intensity_scale"]),
+        "Per the spec, two compliant intensity scale calculation modes are allowed:",
+        "1. **Dataset-derived (preferred):** `s = sqrt(nphotons / E_batch[Σ_xy |Ψ|²])`",
+        "2. **Closed-form fallback:** `s ≈ sqrt(nphotons) / (N/2)`",
+        "",
+        f"If the dataset-derived scale differs significantly from the fallback value "
+        f"({fmt(comparison['fallback'], '%.2f', 'needs nphotons and N')}), this indicates the actual "
+        "data statistics differ from the assumed model.",
+        "",
+    ]
+    rows = [
+        ["Dataset-derived scale", fmt(comparison["dataset"], reason="needs nphotons and E_batch")],
+        ["Fallback scale", fmt(comparison["fallback"], reason="needs nphotons and N")],
+        ["nphotons", fmt(config.get("nphotons"), "%.0f", "not recorded")],
+        ["N (patch size)", fmt(config.get("N"), "%d", "not recorded")],
+        ["E_batch[Σ|Ψ|²]", fmt(config.get("e_batch_intensity"), reason="not recorded")],
+        ["Delta (dataset - fallback)", fmt(comparison["delta"], reason="undefined")],
+        ["Ratio (dataset / fallback)", fmt(comparison["ratio"], reason="undefined")],
+    ]
+    lines += _table(["Property", "Value"], "lr", rows) + [""]
+    direction = comparison["direction"]
+    if direction in ("smaller", "larger"):
+        lines += [
+            f"⚠️ **Dataset vs fallback scale mismatch:** ratio={fmt(comparison['ratio'])} indicates that "
+            f"the actual mean intensity per sample ({fmt(config.get('e_batch_intensity'))}) differs from "
+            f"the assumed (N/2)² = {fmt(comparison['assumed_intensity'], '%g')}.",
+            f"   - {comparison['sentence']}",
+        ]
+    elif direction == "consistent":
+        lines.append(f"✅ {comparison['sentence']}")
+    else:
+        lines.append(f"Scale comparison: {NA} ({comparison['reason']})")
+    return lines + [""]
+
+
+def _log_scale_verdict(log_scale: Mapping) -> str:
+    """Whether log_scale was really trained, from the monitor's observations."""
+    declared, tracked, moved = (log_scale.get(k) for k in ("declared_trainable", "in_trainable_variables", "moved"))
+    if declared is True and tracked is False:
+        return ("⚠️ **log_scale was NOT trained:** it is declared trainable but is missing from "
+                "`model.trainable_variables` (Keras 3 does not track a plain tf.Variable attribute), "
+                "so the optimizer never updated it.")
+    if declared is True and moved is False:
+        return "⚠️ **log_scale was NOT trained:** it is declared trainable but its value never moved."
+    if declared is True and moved is True:
+        return "✅ log_scale was trained: it is trainable and its value moved during training."
+    if declared is False and moved is True:
+        return "⚠️ **log_scale changed although it is not trainable.**"
+    if declared is False:
+        return "ℹ️ log_scale is not trainable: the scale stays at its configured value."
+    return f"Was log_scale trained: {NA} (trainability or movement not observed)"
+
+
+def _scaler_state_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
+    log_scale = record.log_scale
+    config = record.config
+    found = bool(log_scale.get("found"))
+    state = stats.log_scale_state(log_scale.get("final"), config.get("intensity_scale"),
+                                  log_scale.get("declared_trainable"), config.get("intensity_scale_trainable"))
+    missing = None if found else "no log_scale found"
+    lines = [
+        "### IntensityScaler State", "", *_spec_line(refs["scaler_state"]),
+        "Per the architecture, `IntensityScaler` and `IntensityScaler_inv` layers use a shared "
+        "`log_scale` tf.Variable. The effective scaling factor is `exp(log_scale)`. If this diverges "
+        "from the configured `intensity_scale`, it may indicate double-scaling or a training-time drift "
+        "that contributes to amplitude bias.",
+        "",
+    ]
+    name = log_scale.get("variable_name")
+    rows = [
+        ["variable", f"`{name}`" if name else f"{NA} ({missing or 'unnamed'})"],
+        ["log_scale initial (raw)", fmt(log_scale.get("initial"), reason=missing or "not recorded")],
+        ["log_scale (raw)", fmt(state["raw"], reason=missing or "not recorded")],
+        ["exp(log_scale)", fmt(state["exp"], reason=missing or "not recorded")],
+        ["trainable (declared)", fmt_flag(state["trainable"], missing or "unknown")],
+        ["in model.trainable_variables", fmt_flag(log_scale.get("in_trainable_variables"), missing or "unknown")],
+        ["moved during training", fmt_flag(log_scale.get("moved"), missing or "unknown")],
+        ["shared by both scaler layers", fmt_flag(log_scale.get("shared"), missing or "unknown")],
+        ["config intensity_scale", fmt(state["configured_scale"], reason="not recorded")],
+        ["config trainable", fmt_flag(state["configured_trainable"], "not recorded")],
+        ["delta (exp - cfg)", fmt(state["delta"], reason="undefined")],
+        ["ratio (exp / cfg)", fmt(state["ratio"], reason="undefined")],
+    ]
+    lines += _table(["Property", "Value"], "lr", rows) + [""]
+    if found:
+        lines.append(f"- Found via: {log_scale.get('how_found') or NA}")
+        lines.append(_log_scale_verdict(log_scale))
+    else:
+        how = f" ({log_scale['how_found']})" if log_scale.get("how_found") else ""
+        lines.append(f"⚠️ **No `log_scale` variable found**{how}: the trained scale cannot be reported. "
+                     "Name it explicitly: pass `log_scale_variable=...` to `IntensityScaleMonitor`.")
+    if log_scale.get("note"):
+        lines.append(f"- Note: {log_scale['note']}")
+    lines += _findings_section([f for f in record.findings if str(f.get("code", "")).startswith("log_scale")])
+    return lines + [""]
+
+
+def _container_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
+    lines = ["### Training Container X Stats", ""]
+    stage = _container_stage(record)
+    if stage is None:
+        lines += [f"- {NA} (no input stage recorded)", ""]
+    else:
+        s = stage.get("stats") or {}
+        reason = "no finite value"
+        rows = [
+            ["stage", f"`{stage.get('name', '?')}`"],
+            ["shape", str(s.get("shape", NA))],
+            ["dtype", str(s.get("dtype", NA))],
+            ["count", fmt(s.get("count"), "%d", "not recorded")],
+            ["min", fmt(s.get("min"), reason=reason)],
+            ["max", fmt(s.get("max"), reason=reason)],
+            ["mean", fmt(s.get("mean"), reason=reason)],
+            ["std", fmt(s.get("std"), reason=reason)],
+            ["nan_count", fmt(s.get("nan_count"), "%d", "not recorded")],
+            ["inf_count", fmt(s.get("inf_count"), "%d", "not recorded")],
+        ]
+        lines += _table(["Metric", "Value"], "lr", rows) + [""]
+    canvas = record.config.get("canvas")
+    if canvas:
+        lines.append(f"- Inference canvas: padded={canvas.get('padded', NA)} "
+                     f"required={canvas.get('required', NA)} fits_canvas={canvas.get('fits', NA)}")
+    means = _stage_means(record)
+    drop = stats.largest_drop(means)
+    if drop:
+        lines += [f"- **Largest drop:** {_transition_label(record, drop)} "
+                  f"(ratio={fmt(drop['ratio'])}, Δ={fmt(drop['delta'])})",
+                  f"  - Per `{refs['largest_drop']}`: symmetry SHALL hold for X_scaled = s · X"]
+    elif len(means) < 2:
+        lines.append(f"- **Largest drop:** {NA} (fewer than two stages recorded)")
+    else:
+        undefined = [t["name"] for t in stats.stage_ratios(means) if t["ratio"] is None]
+        detail = f"; undefined ratio: {', '.join(undefined)}" if undefined else ""
+        lines.append(f"- **Largest drop:** none (no defined stage ratio below 1{detail})")
+    return lines + [""]
+
+
+def _stage_sections(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
+    transitions = stats.stage_ratios(_stage_means(record))
+    check = stats.invariant_check(transitions)
+    lines = ["### Stage Means"]
+    lines += _table(["Stage", "Mean"], "lr",
+                    [[_stage_label(s), fmt((s.get("stats") or {}).get("mean"), reason="no finite value")]
+                     for s in record.stages]) + [""]
+    lines += ["### Stage Ratios", "",
+              f"Per `{refs['stage_ratios']}`: normalized→prediction and prediction→truth deltas indicate "
+              "where amplitude collapses in the pipeline.", ""]
+    lines += _table(["Transition", "Ratio"], "lr",
+                    [[_transition_label(record, t), fmt(t["ratio"], reason=t["reason"])] for t in transitions])
+    lines += ["", "### Normalization Invariant Check", "", *_spec_line(refs["invariant"]),
+              "Per the spec, symmetry SHALL hold: `X_scaled = s · X`. The product of stage ratios "
+              "(raw→truth) should ideally equal 1.0 for symmetric normalization.", ""]
+    lines += _table(["Stage Transition", "Individual Ratio", "Cumulative Product"], "lrr", [
+        [_transition_label(record, t), fmt(t["ratio"], reason=t["reason"]),
+         fmt(product, reason="follows an undefined ratio")]
+        for t, product in zip(transitions, check["cumulative"])])
+    passes = {True: "✅ Yes", False: "❌ No"}.get(check["passes"], f"⚠️ {NA} ({check['reason']})")
+    lines += [
+        "",
+        f"**Full chain product (raw→truth):** {fmt(check['product'], reason=check['reason'])}",
+        f"**Deviation from unity:** {fmt(check['deviation'], reason=check['reason'])}",
+        f"**Tolerance:** {check['tolerance']:g} ({check['tolerance'] * 100:g}%)",
+        f"**Passes tolerance:** {passes}",
+        "",
+    ]
+    if check["passes"] is False:
+        lines += ["⚠️ **Symmetry violated:** The normalization chain does not preserve amplitude as "
+                  f"required by `{refs['invariant']}`.", ""]
+    lines += ["**Stage Deviation Breakdown** (sorted by impact):", ""]
+    lines += _table(["Stage", "Ratio", "Deviation", "Effect"], "lrrl",
+                    [[b["name"], fmt(b["ratio"]), fmt(b["deviation"]), b["effect"]] for b in check["breakdown"]])
+    primary = check["primary"]
+    lines.append("")
+    if primary:
+        lines.append(f"**Primary deviation source:** `{primary['name']}` "
+                     f"(ratio={fmt(primary['ratio'])}, deviation={fmt(primary['deviation'])})")
+    else:
+        lines.append(f"**Primary deviation source:** {NA} (no defined stage ratio)")
+    return lines + [""]
+
+
+def _mode_label(mode: str) -> str:
+    return mode.replace("_", " ").capitalize()
+
+
+def _scaling_section(record: RunRecord) -> list[str]:
+    scaling, reason = _prediction_summary(record, "scaling")
+    lines = ["### Prediction ↔ Truth Scaling"]
+    if not scaling:
+        return lines + [f"* {NA} ({reason})", ""]
+    lines += _table(["Metric", "Value"], "lr", [
+        *([_mode_label("ratio_" + key), fmt(scaling.get(key), reason=reason)]
+          for key in ("mean", "median", "p05", "p95")),
+        ["Ratio count", fmt(scaling.get("count"), "%d", "not recorded")],
+    ])
+    best = scaling.get("best")
+    baseline = scaling.get("baseline") or {}
+    best_reason = reason or "no candidate scalar"
+    best_text = f"{best['mode']} ({fmt(best['value'])})" if best else f"{NA} ({best_reason})"
+    best = best or {}
+    baseline_reason = "no finite pixel pair"
+    lines += [
+        "",
+        f"* Best scalar: {best_text}",
+        f"* MAE baseline {fmt(baseline.get('mae'), reason=baseline_reason)} → "
+        f"{fmt(best.get('mae'), reason=best_reason)}; RMSE baseline "
+        f"{fmt(baseline.get('rmse'), reason=baseline_reason)} → {fmt(best.get('rmse'), reason=best_reason)}",
+        "",
+    ]
+    lines += _table(["Scalar", "Value", "Scaled MAE", "Scaled RMSE"], "lrrr", [
+        [_mode_label(c["mode"]), fmt(c.get("value"), reason=reason), fmt(c.get("mae"), reason=reason),
+         fmt(c.get("rmse"), reason=reason)] for c in scaling.get("candidates", [])])
+    return lines + [""]
+
+
+def _bias_section(record: RunRecord, key: str, title: str) -> list[str]:
+    bias, reason = _prediction_summary(record, key)
+    lines = [f"### {title}"]
+    if reason:
+        return lines + [f"* {NA} ({reason})", ""]
+    location = ", ".join(f"{name}={fmt(bias.get(name))}" for name in ("mean", "median", "p05", "p95"))
+    lines.append(f"* {location} (over {bias['count']} pixels)")
+    errors = [f"{label}={fmt(bias.get(name))}" for name, label in (("mae", "MAE"), ("rmse", "RMSE"),
+                                                                   ("max_abs", "max_abs"))]
+    if "pearson_r" in bias:
+        errors.append(f"pearson_r={fmt(bias['pearson_r'], reason='constant input or < 2 pixels')}")
+    return lines + ["* " + ", ".join(errors), ""]
+
+
+def _stage_stats_section(record: RunRecord) -> list[str]:
+    rows = []
+    for stage in record.stages:
+        s = stage.get("stats") or {}
+        rows.append([stage.get("name", "?"), str(stage.get("source") or NA),
+                     fmt(s.get("count"), "%d", "not recorded"),
+                     *(fmt(s.get(k), reason="no finite value") for k in ("mean", "std", "min", "max")),
+                     fmt(s.get("nan_count"), "%d", "not recorded"), fmt(s.get("inf_count"), "%d", "not recorded")])
+    return ["### Normalization Stage Stats",
+            *_table(["Stage", "Source", "Count", "Mean", "Std", "Min", "Max", "NaN count", "Inf count"],
+                    "llrrrrrrr", rows), ""]
+
+
+def render_scenario(record: RunRecord, spec_refs: Mapping[str, str] | None = None) -> str:
+    """The per-scenario part of the report for one record (Markdown)."""
+    refs = {**DEFAULT_SPEC_REFS, **(spec_refs or {}), **(record.config.get("spec_refs") or {})}
+    lines = [
+        *_scenario_header(record),
+        *_nan_event_section(record),
+        *_other_findings(record),
+        *_loss_section(record, refs),
+        *_intensity_scale_section(record, refs),
+        *_scaler_state_section(record, refs),
+        *_container_section(record, refs),
+        *_stage_sections(record, refs),
+        *_scaling_section(record),
+        *_bias_section(record, "amplitude_bias", "Amplitude Bias"),
+        *_bias_section(record, "phase_bias", "Phase Bias"),
+        *_stage_stats_section(record),
+        "---",
+    ]
+    return "\n".join(lines)
+
+
+def render_report(
+    records: RunRecord | Sequence[RunRecord],
+    title: str = "Intensity Bias Summary",
+    generated_at: str | None = None,
+    spec_refs: Mapping[str, str] | None = None,
+) -> str:
+    """Render one or many records as one Markdown report.
+
+    Args:
+        records: A `RunRecord` or a sequence of them (one scenario each).
+        title: The report's top-level heading.
+        generated_at: Timestamp to print; defaults to now (UTC, ISO-8601).
+        spec_refs: Overrides of `DEFAULT_SPEC_REFS` for every scenario; a
+            record's `config["spec_refs"]` overrides these for that scenario.
+
+    Returns:
+        The Markdown text, ending with a newline.
+    """
+    if isinstance(records, RunRecord):
+        records = [records]
+    refs = {**DEFAULT_SPEC_REFS, **(spec_refs or {})}
+    generated_at = generated_at or datetime.datetime.now(datetime.timezone.utc).isoformat()
+    lines = [
+        f"# {title}", "", *_spec_line(refs["report"]),
+        f"- Generated at: {generated_at}",
+        f"- Scenario count: {len(records)}",
+        "",
+        *_comparison_table(records),
+        "",
+    ]
+    sections = [render_scenario(record, spec_refs) for record in records]
+    return "\n".join(lines + sections) + "\n"
+
+
+# ----------------------------------------------------------------------- CLI
+def _record_paths(argument: str) -> list[str]:
+    """Record files named by a CLI argument (a record file or a run directory).
+
+    A directory contributes its own `record.json` and the `record.json` of
+    each sub-directory, sorted by name.
+
+    Raises:
+        FileNotFoundError: the path does not exist or holds no record.
+    """
+    if os.path.isfile(argument):
+        return [argument]
+    if not os.path.isdir(argument):
+        raise FileNotFoundError(f"{argument}: no such file or directory")
+    own = os.path.join(argument, RECORD_FILENAME)
+    paths = [own] if os.path.isfile(own) else []
+    paths += [os.path.join(argument, name, RECORD_FILENAME) for name in sorted(os.listdir(argument))
+              if os.path.isfile(os.path.join(argument, name, RECORD_FILENAME))]
+    if not paths:
+        raise FileNotFoundError(f"{argument}: no {RECORD_FILENAME} in it or its sub-directories")
+    return paths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `ptycho-callbacks report` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="ptycho-callbacks report",
+        description="Render the run records written by the ptycho_callbacks callbacks as one Markdown "
+                    "'Intensity Bias Summary' report (one scenario per record).",
+        epilog="example:\n  ptycho-callbacks report runs/gs2_base runs/gs2_ne60 -o summary.md\n"
+               "  ptycho-callbacks report runs/   # every runs/*/record.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("paths", nargs="+", metavar="RECORD_OR_RUN_DIR",
+                        help=f"a {RECORD_FILENAME} file, or a run directory holding one "
+                             f"(or sub-directories that each hold one)")
+    parser.add_argument("-o", "--output", metavar="summary.md",
+                        help="write the report to this file (atomically) instead of stdout")
+    parser.add_argument("--title", default="Intensity Bias Summary", help="report title")
+    return parser
+
+
+def report_main(argv: Sequence[str] | None = None) -> int:
+    """Run `ptycho-callbacks report`; returns the exit status (0 ok, 2 error).
+
+    Unreadable paths, invalid JSON and records of a newer schema version
+    print one `ptycho-callbacks report: error: ...` line to stderr.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:
+        return int(exit_request.code or 0)
+    try:
+        paths = list(dict.fromkeys(os.path.realpath(p) for arg in args.paths for p in _record_paths(arg)))
+        records = [RunRecord.load(path) for path in paths]
+        report = render_report(records, title=args.title)
+        if args.output:
+            atomic_write_text(args.output, report)
+        else:
+            sys.stdout.write(report)
+    except (OSError, RecordError) as error:
+        message = str(error) if not isinstance(error, OSError) or not error.filename else \
+            f"{error.filename}: {error.strerror}"
+        print(f"{parser.prog}: error: {' '.join(message.split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(report_main())

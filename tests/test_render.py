@@ -1,0 +1,391 @@
+"""Tests of the Markdown report renderer and the `ptycho-callbacks report` CLI."""
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+
+from ptycho_callbacks import stats
+from ptycho_callbacks.record import SCHEMA_VERSION, RunRecord
+from ptycho_callbacks.render import DEFAULT_SPEC_REFS, fmt, fmt_measured, render_report, report_main
+
+SCENARIO_HEADERS = [
+    "## Scenario: {name}",
+    "### Loss Composition",
+    "### Intensity Scale Comparison",
+    "### IntensityScaler State",
+    "### Training Container X Stats",
+    "### Stage Means",
+    "### Stage Ratios",
+    "### Normalization Invariant Check",
+    "**Stage Deviation Breakdown**",
+    "**Primary deviation source:**",
+    "### Prediction ↔ Truth Scaling",
+    "### Amplitude Bias",
+    "### Phase Bias",
+    "### Normalization Stage Stats",
+]
+
+
+def stage(name, label, mean, source="test"):
+    """A stage with hand-chosen stats (so the ratios are known exactly)."""
+    return {"name": name, "label": label, "source": source,
+            "stats": {"count": 8, "finite_count": 8, "mean": mean, "std": 0.5, "min": 0.0, "max": 4.0,
+                      "nan_count": 0, "inf_count": 0, "shape": [2, 2, 2], "dtype": "float32"}}
+
+
+def good_record():
+    """A completed run. Hand-worked expectations are in the test below."""
+    pred, truth = np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 4.0, 6.0, 8.0])
+    phase_pred, phase_truth = np.array([0.1, 0.2, 0.3, 0.4]), np.zeros(4)
+    return RunRecord(
+        scenario="gs2_good", status="completed", base_dir="/runs/gs2_good",
+        started_at="2026-01-20T23:17:45+00:00", ended_at="2026-01-20T23:27:34+00:00",
+        config={"nphotons": 1e9, "N": 64, "gridsize": 2, "intensity_scale": 988.212,
+                "intensity_scale_trainable": True, "normalize_gain": 0.577, "e_batch_intensity": 2995.974,
+                "loss_weights": {"trimmed_obj_loss": 0.0, "intensity_scaler_inv_loss": 1.0,
+                                 "pred_intensity_loss": 1.0},
+                "canvas": {"padded": 822, "required": 817, "fits": True}},
+        history={"loss": [10.0, 8.0], "pred_intensity_loss": [7.0, 6.0], "intensity_scaler_inv_loss": [1.5, 1.0],
+                 "trimmed_obj_loss": [0.0, 0.0], "val_loss": [11.0, 9.0], "lr": [1e-3, 5e-4]},
+        log_scale={"variable_name": "log_scale", "initial": math.log(988.212), "final": math.log(1000.0),
+                   "history": [math.log(988.212), math.log(1000.0)], "declared_trainable": True,
+                   "in_trainable_variables": True, "moved": True, "shared": True, "found": True,
+                   "how_found": "attribute w of layer intensity_scaler", "note": None},
+        stages=[stage("raw_diffraction", "Raw diffraction", 2.0, "RawData"),
+                stage("grouped_diffraction", "Grouped diffraction", 2.0),
+                stage("grouped_X_full", "Grouped X (normalized)", 1.0, "normalize_data"),
+                stage("container_X", "Container X", 1.0, "PtychoDataContainer"),
+                stage("prediction", "Prediction", 0.25), stage("truth", "Truth", 1.5)],
+        prediction={"scaling": stats.scaling_stats(pred, truth),
+                    "amplitude_bias": stats.amplitude_bias(pred, truth),
+                    "phase_bias": stats.phase_bias(phase_pred, phase_truth)},
+        findings=[{"level": "warning", "code": "log_scale_drift", "message": "exp(log_scale) drifted by 1.2%"}],
+    )
+
+
+def nan_record():
+    """A run stopped by NaN: no log_scale found, prediction entirely NaN."""
+    nan_prediction = np.full(4, np.nan)
+    truth = np.array([2.0, 4.0, 6.0, 8.0])
+    nan_stage = stage("prediction", "Prediction", None)
+    nan_stage["stats"].update(mean=None, std=None, min=None, max=None, nan_count=8)
+    return RunRecord(
+        scenario="gs2_nan", status="stopped_nan",
+        config={"nphotons": 1e9, "N": 64, "intensity_scale": 988.212},
+        history={"loss": [5.0, math.nan], "pred_intensity_loss": [4.0, -math.inf], "val_loss": [math.nan]},
+        nan_events=[{"epoch": 1, "batch": 2, "step": 6, "phase": "train",
+                     "components": ["pred_intensity_loss", "loss"],
+                     "values": {"pred_intensity_loss": -math.inf, "loss": math.nan},
+                     "last_finite": {"pred_intensity_loss": 4.0, "loss": 5.0},
+                     "weights_restored": True, "nonfinite_weights": ["dense/kernel"]}],
+        stages=[stage("raw_diffraction", "Raw diffraction", 2.0, "RawData"), nan_stage, stage("truth", "Truth", 5.0)],
+        prediction={"scaling": stats.scaling_stats(nan_prediction, truth),
+                    "amplitude_bias": stats.amplitude_bias(nan_prediction, truth),
+                    "phase_bias": stats.phase_bias(nan_prediction, truth)},
+    )
+
+
+@pytest.fixture(scope="module")
+def report():
+    return render_report([good_record(), nan_record()], generated_at="2026-01-20T23:27:34+00:00")
+
+
+def scenario_text(report, name):
+    start = report.index(f"## Scenario: {name}")
+    end = report.index("\n---", start)
+    return report[start:end]
+
+
+def test_title_and_comparison_table(report):
+    assert report.startswith("# Intensity Bias Summary\n")
+    assert f"**Spec Reference:** `{DEFAULT_SPEC_REFS['report']}`" in report
+    assert "- Generated at: 2026-01-20T23:27:34+00:00" in report
+    assert "- Scenario count: 2" in report
+    # amp bias of [1,2,3,4] vs [2,4,6,8]: mean = median = -2.5; phase 0.1..0.4: mean = median = 0.25;
+    # exp(log 1000) - 988.212 = 11.788; the ratio-mean scalar (2, exact) is the first with MAE 0.
+    assert ("| gs2_good | -2.500 | -2.500 | 0.250 | 0.250 | 988.212 | 1000.000 | 11.788 | ratio_mean | No |"
+            in report)
+    nan_row = next(line for line in report.splitlines() if line.startswith("| gs2_nan |"))
+    assert nan_row.count("n/a (training went NaN)") == 5  # four bias cells + best scalar
+    assert "n/a (no log_scale found)" in nan_row
+    assert nan_row.endswith("| Yes |")
+
+
+def test_every_section_in_reference_order(report):
+    for name in ("gs2_good", "gs2_nan"):
+        text = scenario_text(report, name)
+        positions = [text.index(header.format(name=name)) for header in SCENARIO_HEADERS]
+        assert positions == sorted(positions), name
+    assert report.index("## Scenario: gs2_good") < report.index("## Scenario: gs2_nan")
+
+
+def test_good_scenario_key_lines(report):
+    text = scenario_text(report, "gs2_good")
+    expected_lines = [
+        "- Base directory: `/runs/gs2_good`",
+        "- Intensity scale: configured 988.212 vs trained exp(log_scale) 1000.000 (Δ=11.788)",
+        "- normalize_data gain: 0.577",
+        "- Prediction scale: best=ratio_mean value=2.000",
+        "- Training NaNs: no",
+        # loss: weighted 6 + 1 + 0 of total 8 -> 75.0 %, 12.5 %, 0.0 %; residual 8 - 7 = 1
+        "- Epochs trained: 2",
+        "- Total loss (final): 8.000 (min=8.000, max=10.000)",
+        "- Learning rate: last=0.000500 (min=0.000500, max=0.001000)",
+        "| `pred_intensity_loss` | 6.000 | 1.000 | 6.000 | 75.0% | No |",
+        "| `intensity_scaler_inv_loss` | 1.000 | 1.000 | 1.000 | 12.5% | No |",
+        "| `trimmed_obj_loss` | 0.000 | 0.000 | 0.000 | 0.0% | No |",
+        "**Dominant loss term:** `pred_intensity_loss`",
+        "  - Dominance ratio vs next (`intensity_scaler_inv_loss`): 6.0×",
+        "**Inactive components (≈0 or weight 0):** `trimmed_obj_loss`",
+        f"  - Per `{DEFAULT_SPEC_REFS['loss']}`: `trimmed_obj_loss=0` indicates `realspace_weight=0` "
+        "(TV/MAE disabled)",
+        "- Residual (total − Σ weight·value: regularization, running means): 1.000",
+        # intensity scale: sqrt(1e9/2995.974) = 577.738, sqrt(1e9)/32 = 988.212
+        "| Dataset-derived scale | 577.738 |",
+        "| Fallback scale | 988.212 |",
+        "| nphotons | 1000000000 |",
+        "| N (patch size) | 64 |",
+        "| E_batch[Σ|Ψ|²] | 2995.974 |",
+        "| Delta (dataset - fallback) | -410.474 |",
+        "| Ratio (dataset / fallback) | 0.585 |",
+        "⚠️ **Dataset vs fallback scale mismatch:** ratio=0.585 indicates that the actual mean intensity per "
+        "sample (2995.974) differs from the assumed (N/2)² = 1024.",
+        "If the dataset-derived scale differs significantly from the fallback value (988.21), this indicates "
+        "the actual data statistics differ from the assumed model.",
+        # scaler state: raw log(1000) = 6.908, 1000/988.212 = 1.012
+        "| log_scale initial (raw) | 6.896 |",
+        "| log_scale (raw) | 6.908 |",
+        "| exp(log_scale) | 1000.000 |",
+        "| trainable (declared) | True |",
+        "| config intensity_scale | 988.212 |",
+        "| delta (exp - cfg) | 11.788 |",
+        "| ratio (exp / cfg) | 1.012 |",
+        "✅ log_scale was trained: it is trainable and its value moved during training.",
+        "- ⚠️ **warning** (`log_scale_drift`): exp(log_scale) drifted by 1.2%",
+        "| stage | `container_X` |",
+        "| shape | [2, 2, 2] |",
+        "- Inference canvas: padded=822 required=817 fits_canvas=True",
+        # stage ratios 1, 0.5, 1, 0.25, 6; cumulative 1, 0.5, 0.5, 0.125, 0.75
+        "- **Largest drop:** Container X → Prediction (ratio=0.250, Δ=-0.750)",
+        "| Grouped X (normalized) | 1.000 |",
+        "| Grouped diffraction → Grouped X (normalized) | 0.500 |",
+        "| Container X → Prediction | 0.250 | 0.125 |",
+        "| Prediction → Truth | 6.000 | 0.750 |",
+        "**Full chain product (raw→truth):** 0.750",
+        "**Deviation from unity:** 0.250",
+        "**Tolerance:** 0.05 (5%)",
+        "**Passes tolerance:** ❌ No",
+        "⚠️ **Symmetry violated:**",
+        "| prediction_to_truth | 6.000 | 5.000 | gain |",
+        "| container_X_to_prediction | 0.250 | 0.750 | loss |",
+        "**Primary deviation source:** `prediction_to_truth` (ratio=6.000, deviation=5.000)",
+        # scaling: every ratio is 2; least squares 60/30 = 2; baseline MAE 2.5, RMSE sqrt(7.5) = 2.739
+        "| Ratio mean | 2.000 |",
+        "| Ratio count | 4 |",
+        "* Best scalar: ratio_mean (2.000)",
+        "* MAE baseline 2.500 → 0.000; RMSE baseline 2.739 → 0.000",
+        "| Least squares | 2.000 | 0.000 | 0.000 |",
+        # amplitude: differences -1..-4, p05 = -3.85, p95 = -1.15
+        "* mean=-2.500, median=-2.500, p05=-3.850, p95=-1.150 (over 4 pixels)",
+        "* MAE=2.500, RMSE=2.739, max_abs=4.000, pearson_r=1.000",
+        # phase: 0.1..0.4, p05 = 0.115, p95 = 0.385, RMSE sqrt(0.075) = 0.274
+        "* mean=0.250, median=0.250, p05=0.115, p95=0.385 (over 4 pixels)",
+        "* MAE=0.250, RMSE=0.274, max_abs=0.400",
+        "| raw_diffraction | RawData | 8 | 2.000 | 0.500 | 0.000 | 4.000 | 0 | 0 |",
+    ]
+    missing = [line for line in expected_lines if line not in text]
+    assert not missing, "\n".join(missing)
+    assert "### NaN Event" not in text
+
+
+def test_nan_scenario_key_lines(report):
+    text = scenario_text(report, "gs2_nan")
+    expected_lines = [
+        "- Base directory: n/a (not recorded)",
+        "- Training NaNs: YES (metrics: loss, pred_intensity_loss, val_loss)",
+        "- Prediction scale: n/a (training went NaN)",
+        "### NaN Event",
+        "| 1 | 2 | 6 | train | `pred_intensity_loss`, `loss` | `pred_intensity_loss`=-Inf, `loss`=NaN "
+        "| `pred_intensity_loss`=4.000, `loss`=5.000 | True | `dense/kernel` |",
+        "- Total loss (final): n/a (final value NaN: training went non-finite) (min=5.000, max=5.000)",
+        "- Learning rate: n/a (not logged)",
+        "| `pred_intensity_loss` | -Inf | n/a (unknown) | n/a | n/a (weight unknown) | Yes |",
+        "**Dominant loss term:** n/a (no finite weighted component)",
+        "| Dataset-derived scale | n/a (needs nphotons and E_batch) |",
+        "| E_batch[Σ|Ψ|²] | n/a (not recorded) |",
+        "⚠️ **No `log_scale` variable found**",
+        "pass `log_scale_variable=...` to `IntensityScaleMonitor`",
+        "| exp(log_scale) | n/a (no log_scale found) |",
+        "| stage | `raw_diffraction` |",
+        "| Raw diffraction → Prediction | n/a (mean of prediction undefined) |",
+        "**Full chain product (raw→truth):** n/a (undefined ratio:",
+        "**Passes tolerance:** ⚠️ n/a (undefined ratio:",
+        "| Ratio count | 0 |",
+        "* Best scalar: n/a (training went NaN)",
+        "* MAE baseline n/a (no finite pixel pair)",
+        "### Amplitude Bias\n* n/a (training went NaN)",
+        "### Phase Bias\n* n/a (training went NaN)",
+        "| prediction | test | 8 | n/a (no finite value) |",
+    ]
+    missing = [line for line in expected_lines if line not in text]
+    assert not missing, "\n".join(missing)
+    # The reference prints 0.000 for the bias of a NaN prediction; no number may appear there.
+    bias = text[text.index("### Amplitude Bias"):text.index("### Normalization Stage Stats")]
+    assert not re.search(r"\d\.\d{3}", bias)
+
+
+NONFINITE_TOKEN = re.compile(r"(?i)(?<![A-Za-z_])(nan|[+-]?inf(inity)?)(?![A-Za-z_])")
+MEASURED_COLUMNS = {"Final Value", "Values"}  # measured NaN/Inf may be shown there
+
+
+def table_cells(markdown):
+    """Yield (header, cell) for every data cell of every Markdown table."""
+    headers = None
+    for line in markdown.splitlines():
+        if not line.startswith("|"):
+            headers = None
+            continue
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if headers is None:
+            headers = cells
+        elif not all(set(cell) <= set("-:") for cell in cells):
+            yield from zip(headers, cells)
+
+
+def leaked_nonfinite_cells(markdown):
+    """Cells showing nan/inf as a value (an `n/a (reason)` may mention NaN in its reason)."""
+    return [(h, c) for h, c in table_cells(markdown)
+            if h not in MEASURED_COLUMNS and NONFINITE_TOKEN.search(re.sub(r"n/a \(.*\)", "", c))]
+
+
+def test_no_nan_or_inf_in_numeric_cells(report):
+    assert sum(1 for _ in table_cells(report)) > 100
+    assert leaked_nonfinite_cells(report) == []
+
+
+def test_leak_detector_catches_a_raw_nan():
+    assert leaked_nonfinite_cells("| A | B |\n| --- | ---: |\n| x | nan |\n") == [("B", "nan")]
+    assert leaked_nonfinite_cells("| A |\n| --- |\n| -Inf |\n") == [("A", "-Inf")]
+    assert leaked_nonfinite_cells("| Final Value |\n| ---: |\n| NaN |\n") == []
+    assert leaked_nonfinite_cells("| A |\n| --- |\n| n/a (training went NaN) |\n") == []
+
+
+def test_nonfinite_stats_from_a_sloppy_callback_print_as_na():
+    record = good_record()
+    record.stages[0]["stats"].update(mean=math.nan, std=math.inf)
+    record.config["intensity_scale"] = math.nan
+    text = render_report(record, generated_at="now")
+    assert leaked_nonfinite_cells(text) == []
+    assert "| Raw diffraction | n/a (no finite value) |" in text
+    assert "| config intensity_scale | n/a (not recorded) |" in text
+
+
+def test_spec_refs_are_configurable():
+    record = good_record()
+    record.config["spec_refs"] = {"loss": "docs/losses.md §Weights"}
+    text = render_report([record], spec_refs={"report": "docs/report.md"}, title="My Summary")
+    assert text.startswith("# My Summary\n")
+    assert "**Spec Reference:** `docs/report.md`" in text
+    assert "**Spec Reference:** `docs/losses.md §Weights`" in text
+    assert DEFAULT_SPEC_REFS["loss"] not in text
+
+
+def test_untrained_log_scale_is_reported():
+    record = good_record()
+    record.log_scale.update(in_trainable_variables=False, moved=False, final=record.log_scale["initial"])
+    text = render_report(record, generated_at="now")
+    assert "⚠️ **log_scale was NOT trained:** it is declared trainable but is missing from" in text
+    record.log_scale.update(in_trainable_variables=True)
+    assert "its value never moved" in render_report(record, generated_at="now")
+
+
+def test_record_without_truth_or_history():
+    text = render_report(RunRecord(scenario="bare"), generated_at="now")
+    assert "### Prediction ↔ Truth Scaling\n* n/a (no ground truth registered)" in text
+    assert "- Total loss (final): n/a (no `loss` logged)" in text
+    assert "- **Largest drop:** n/a (fewer than two stages recorded)" in text
+    assert leaked_nonfinite_cells(text) == []
+
+
+@pytest.mark.parametrize("value, spec, reason, expected", [
+    (1.23456, "%.3f", None, "1.235"),
+    (None, "%.3f", None, "n/a"),
+    (math.nan, "%.3f", "training went NaN", "n/a (training went NaN)"),
+    (math.inf, "%.1f%%", None, "n/a"),
+    (True, "%.3f", None, "n/a"),
+    (1e9, "%.0f", None, "1000000000"),
+])
+def test_fmt(value, spec, reason, expected):
+    assert fmt(value, spec, reason) == expected
+
+
+def test_fmt_measured():
+    assert [fmt_measured(v) for v in (math.nan, math.inf, -math.inf, 2.0, None)] == \
+        ["NaN", "+Inf", "-Inf", "2.000", "n/a (not logged)"]
+
+
+# --------------------------------------------------------------------- CLI
+def write_run(directory, record):
+    directory.mkdir(parents=True)
+    record.save(directory / "record.json")
+    return directory
+
+
+def test_cli_writes_one_report_for_two_run_dirs(tmp_path, capsys):
+    good = write_run(tmp_path / "runs" / "b_good", good_record())
+    bad = write_run(tmp_path / "runs" / "a_nan", nan_record())
+    output = tmp_path / "summary.md"
+    assert report_main([str(good), str(bad), "-o", str(output)]) == 0
+    text = output.read_text()
+    assert "- Scenario count: 2" in text
+    assert text.index("## Scenario: gs2_good") < text.index("## Scenario: gs2_nan")  # argument order
+    assert capsys.readouterr().out == ""
+    # A parent directory takes every sub-directory's record, sorted by directory name.
+    assert report_main([str(tmp_path / "runs")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.index("## Scenario: gs2_nan") < printed.index("## Scenario: gs2_good")
+    assert report_main([str(good / "record.json")]) == 0
+    assert "- Scenario count: 1" in capsys.readouterr().out
+
+
+def assert_one_error_line(capsys, fragment):
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("ptycho-callbacks report: error: ")
+    assert fragment in lines[0]
+    assert captured.out == ""
+
+
+def test_cli_bad_path(tmp_path, capsys):
+    assert report_main([str(tmp_path / "missing")]) == 2
+    assert_one_error_line(capsys, "no such file or directory")
+    assert report_main([str(tmp_path)]) == 2  # a directory without any record
+    assert_one_error_line(capsys, "no record.json")
+
+
+def test_cli_invalid_json(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "record.json").write_text("{\n  oops\n")
+    assert report_main([str(run)]) == 2
+    assert_one_error_line(capsys, "invalid JSON")
+
+
+def test_cli_newer_schema(tmp_path, capsys):
+    path = tmp_path / "record.json"
+    data = good_record().to_dict()
+    data["schema_version"] = SCHEMA_VERSION + 1
+    path.write_text(json.dumps({**data, "history": {}, "nan_events": [], "prediction": {}}))
+    assert report_main([str(path)]) == 2
+    assert_one_error_line(capsys, "newer")
+
+
+def test_cli_help(capsys):
+    assert report_main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: ptycho-callbacks report")
+    assert "example" in out and "-o" in out
