@@ -1,0 +1,210 @@
+"""IntensityScaleMonitor: watches PtychoPINN's shared `log_scale` variable."""
+
+import math
+
+import numpy as np
+
+from .base import RecordingCallback
+from .scale_discovery import find_log_scale, is_trained_by_optimizer, shares_one_variable
+
+HOW_TO_NAME = ("pass log_scale_variable=<the tf.Variable> to IntensityScaleMonitor "
+               "(or default_callbacks), or name the scaler layers 'intensity_scaler' / "
+               "'intensity_scaler_inv'")
+
+
+class IntensityScaleMonitor(RecordingCallback):
+    """Logs log_scale and exp(log_scale) and says when the scale is not what it should be.
+
+    Finds the variable without being told: the variable held by layers of
+    class or name `IntensityScaler` / `IntensityScaler_inv` (as a weight or an
+    attribute such as PtychoPINN's `w`), or a model variable named like
+    `log_scale`. It tells, in plain words and in the run record:
+    - when the variable is declared trainable but the optimizer cannot update
+      it (PtychoPINN's plain `tf.Variable` under Keras 3 is not tracked);
+    - when exp(log_scale) drifts from the configured intensity_scale by more
+      than `drift_tolerance`;
+    - when, given `probe_inputs`, the scaled input is off from the normalized
+      data by about a factor exp(log_scale)**2 in intensity: the scale was
+      applied twice (or not at all) before the model;
+    - whether both scaler layers share one variable, and whether it moved.
+
+    TensorBoard tags (run `ptycho/train`): `scale/batch/log_scale`,
+    `scale/batch/exp_log_scale` at the global step; `scale/epoch/log_scale`,
+    `scale/epoch/exp_log_scale`, `scale/epoch/configured_scale`,
+    `scale/epoch/ratio_to_configured` at the epoch.
+
+    Args:
+        log_scale_variable: the variable to watch; found automatically if None.
+        configured_scale: the intensity_scale of the run's configuration
+            (`params.cfg['intensity_scale']`); the record's config value, else
+            exp of the variable's value at train begin, if None.
+        configured_trainable: `intensity_scale.trainable` of the configuration.
+        drift_tolerance: relative drift of exp(log_scale) from the configured
+            scale that triggers a warning.
+        update_freq: log batch values every this many batches; "epoch" for
+            epoch values only.
+        probe_inputs: optional small batch of model inputs for the
+            double-application check.
+        log_dir: run directory for TensorBoard logs; None writes no logs.
+        record: the `RunRecord` to fill (shared by `default_callbacks`).
+        verbose: 1 prints findings as one line each; 0 keeps them in the record.
+
+    Example:
+    >>> model.fit(x, y, epochs=5,
+    ...           callbacks=[IntensityScaleMonitor(configured_scale=988.212, log_dir="runs/a")])
+    """
+
+    def __init__(self, log_scale_variable=None, configured_scale=None, configured_trainable=None,
+                 drift_tolerance=0.05, update_freq=1, probe_inputs=None, log_dir=None, record=None,
+                 verbose=1):
+        super().__init__(log_dir=log_dir, record=record)
+        if configured_scale is not None and not configured_scale > 0:
+            raise ValueError(f"configured_scale must be positive, got {configured_scale!r}")
+        if not drift_tolerance > 0:
+            raise ValueError(f"drift_tolerance must be positive, got {drift_tolerance!r}")
+        if update_freq != "epoch" and not (isinstance(update_freq, int) and update_freq >= 1):
+            raise ValueError(f"update_freq must be 'epoch' or a positive integer, got {update_freq!r}")
+        self.log_scale_variable = log_scale_variable
+        self.configured_scale = configured_scale
+        self.configured_trainable = configured_trainable
+        self.drift_tolerance = float(drift_tolerance)
+        self.update_freq = update_freq
+        self.probe_inputs = probe_inputs
+        self.verbose = verbose
+        self._variable = None
+        self._drift_warned = False
+
+    def _say(self, level, code, message):
+        self.record.add_finding(level, code, message)
+        if self.verbose:
+            print(f"IntensityScaleMonitor: {message}")
+
+    def _value(self):
+        return float(np.asarray(self._variable))
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._drift_warned = False
+        variable, how, scalers = find_log_scale(self.model)
+        if self.log_scale_variable is not None:
+            variable, how = self.log_scale_variable, "given by the user"
+        self._variable = variable
+        if variable is None:
+            self.record.log_scale = {"found": False, "how_found": how, "note": HOW_TO_NAME}
+            self._say("warning", "log_scale_not_found", f"no log_scale variable found: {how}; {HOW_TO_NAME}.")
+            return
+        initial = self._value()
+        config = self.record.config
+        configured = self.configured_scale or config.get("intensity_scale") or math.exp(initial)
+        config.setdefault("intensity_scale", configured)
+        if self.configured_trainable is not None:
+            config.setdefault("intensity_scale_trainable", self.configured_trainable)
+        declared = bool(getattr(variable, "trainable", False))
+        trained = is_trained_by_optimizer(self.model, variable)
+        self.record.log_scale = {
+            "found": True, "how_found": how,
+            "variable_name": getattr(variable, "path", None) or getattr(variable, "name", None),
+            "initial": initial, "final": initial, "history": [],
+            "declared_trainable": declared, "in_trainable_variables": trained, "moved": False,
+            "shared": shares_one_variable(scalers, variable), "note": None,
+        }
+        if declared and not trained:
+            self._say("warning", "log_scale_not_trained",
+                      "log_scale says trainable=True but is not among the model's trainable variables, "
+                      "so the optimizer never updates it (a plain tf.Variable set as a layer attribute is "
+                      "not tracked by Keras 3); create it with add_weight, or train with tf_keras.")
+        if self.record.log_scale["shared"] is False:
+            self._say("warning", "log_scale_not_shared",
+                      "IntensityScaler and IntensityScaler_inv hold different variables: input and "
+                      "output are scaled by different factors.")
+        if self.probe_inputs is not None:
+            self._check_double_application(configured)
+
+    def _check_double_application(self, configured):
+        from .._keras import keras
+
+        scaler = next((layer for layer in self.model.layers if type(layer).__name__ == "IntensityScaler"
+                       or layer.name == "intensity_scaler"), None)
+        if scaler is None:
+            return
+        scaled = np.asarray(keras.Model(self.model.inputs, scaler.output)(self.probe_inputs, training=False))
+        N = scaled.shape[1]
+        expected = (N / 2.0) ** 2  # normalize_data's E[sum_xy X^2]
+        observed = float(np.mean(np.sum(np.abs(scaled.astype(np.float64)) ** 2, axis=(1, 2))))
+        if not observed > 0:
+            return
+        off_by = math.log(observed / expected) / (2.0 * math.log(configured)) if configured != 1 else 0.0
+        self.record.log_scale["scaled_input_intensity"] = observed
+        if abs(off_by + 1) < 0.25:
+            self._say("warning", "log_scale_double_applied",
+                      f"the scaled input's mean pattern intensity is {observed:.4g}, about (N/2)^2 / "
+                      f"scale^2 (expected {expected:.4g}): the input looks divided by the scale twice. "
+                      "Feed the model intensity_scale * X, not X.")
+        elif abs(off_by - 1) < 0.25:
+            self._say("warning", "log_scale_not_applied",
+                      f"the scaled input's mean pattern intensity is {observed:.4g}, about (N/2)^2 * "
+                      f"scale^2 (expected {expected:.4g}): the input looks scaled up twice.")
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, logs)
+        if (self._variable is None or self.log_dir is None or self.update_freq == "epoch"
+                or self.global_step % self.update_freq):
+            return
+        import tensorflow as tf
+
+        value = self._value()
+        with self.writer().as_default(step=self.global_step):
+            tf.summary.scalar("scale/batch/log_scale", value)
+            tf.summary.scalar("scale/batch/exp_log_scale", _safe_exp(value))
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if self._variable is None:
+            return
+        value = self._value()
+        state = self.record.log_scale
+        state["history"].append(value)
+        state["final"] = value
+        state["moved"] = value != state["initial"]
+        configured = self.record.config["intensity_scale"]
+        ratio = _safe_exp(value) / configured
+        if math.isfinite(ratio) and abs(ratio - 1) > self.drift_tolerance and not self._drift_warned:
+            self._drift_warned = True
+            self._say("warning", "log_scale_drift",
+                      f"exp(log_scale) = {_safe_exp(value):.4g} drifted {100 * (ratio - 1):+.1f}% from the "
+                      f"configured intensity_scale {configured:.4g} at epoch {epoch} (tolerance "
+                      f"{100 * self.drift_tolerance:.0f}%): predictions are rescaled by that factor.")
+        if self.log_dir is not None:
+            import tensorflow as tf
+
+            with self.writer().as_default(step=epoch):
+                tf.summary.scalar("scale/epoch/log_scale", value)
+                tf.summary.scalar("scale/epoch/exp_log_scale", _safe_exp(value))
+                tf.summary.scalar("scale/epoch/configured_scale", configured)
+                tf.summary.scalar("scale/epoch/ratio_to_configured", ratio)
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        state = self.record.log_scale
+        if self._variable is not None:
+            state["final"] = self._value()
+            state["moved"] = state["final"] != state["initial"]
+            if state["declared_trainable"] and state["in_trainable_variables"] and not state["moved"]:
+                self._say("warning", "log_scale_not_moved",
+                          "log_scale is trainable and tracked but did not move during training "
+                          "(zero gradient, or a learning rate of 0 for it).")
+        self.release_writers()
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(configured_scale=self.configured_scale, configured_trainable=self.configured_trainable,
+                      drift_tolerance=self.drift_tolerance, update_freq=self.update_freq,
+                      verbose=self.verbose)
+        return config
+
+
+def _safe_exp(value):
+    try:
+        return math.exp(value)
+    except OverflowError:
+        return math.inf

@@ -1,0 +1,47 @@
+"""The loss components Keras logs for a compiled model, and their weights."""
+
+TOTAL = "loss"
+
+
+def _compiled_loss_container(model):
+    # Keras 3 keeps the compiled losses in `_compile_loss`; tf_keras in `compiled_loss`.
+    for attribute in ("_compile_loss", "compiled_loss"):
+        container = getattr(model, attribute, None)
+        if hasattr(container, "_user_loss_weights"):
+            return container
+    return None
+
+
+def compiled_loss_weights(model):
+    """Returns {logged component name: weight}, e.g. {"pred_intensity_loss": 1.0}.
+
+    Names are the ones Keras logs for a multi-output model (`<output>_loss`);
+    a single-output model logs only the total and has no components here.
+    Outputs compiled without a loss are left out; a missing weight is 1.0.
+    """
+    output_names = list(getattr(model, "output_names", None) or [])
+    if len(output_names) < 2:
+        return {}
+    container = _compiled_loss_container(model)
+    losses = getattr(container, "_user_losses", None)
+    if losses is None:
+        losses = getattr(model, "loss", None)
+    weights = getattr(container, "_user_loss_weights", None)
+    has_loss = _per_output(losses, output_names, default=True, present=lambda v: v is not None)
+    weight_of = _per_output(weights, output_names, default=1.0)
+    return {f"{name}_loss": float(weight_of[name]) for name in output_names if has_loss[name]}
+
+
+def _per_output(spec, output_names, default, present=None):
+    """Spreads a compile argument (None, scalar, list or dict) over the outputs."""
+    if spec is None:
+        return {name: default for name in output_names}
+    if isinstance(spec, dict):
+        values = {name: spec.get(name) for name in output_names}
+    elif isinstance(spec, (list, tuple)) or hasattr(spec, "__len__") and not isinstance(spec, str):
+        values = dict(zip(output_names, list(spec)))
+    else:
+        values = {name: spec for name in output_names}
+    if present is not None:
+        return {name: present(values.get(name)) for name in output_names}
+    return {name: default if values.get(name) is None else values[name] for name in output_names}

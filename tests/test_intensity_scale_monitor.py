@@ -1,0 +1,94 @@
+import math
+
+import numpy as np
+import pytest
+
+from ptycho_callbacks._keras import IS_LEGACY, keras
+from ptycho_callbacks.callbacks.intensity_scale_monitor import IntensityScaleMonitor
+from ptycho_callbacks.sim.model import build_model
+
+import tensorboard_events
+
+
+def _fit(data, monitor, style="keras", epochs=2, **kwargs):
+    keras.utils.set_random_seed(2)
+    model = build_model(N=16, gridsize=2, n_filters=4, probe=data.probe, learning_rate=1e-2,
+                        intensity_scale=data.intensity_scale, scaler_style=style, **kwargs)
+    model.fit(data.model_inputs(), data.model_targets(), batch_size=8, epochs=epochs, verbose=0,
+              shuffle=False, callbacks=[monitor])
+    return model
+
+
+def _codes(record):
+    return [f["code"] for f in record.findings]
+
+
+@pytest.mark.parametrize("style", ["keras", "ptychopinn"])
+def test_log_scale_findings_for_both_scaler_styles(small_data, tmp_path, style):
+    monitor = IntensityScaleMonitor(log_dir=str(tmp_path), verbose=0)
+    model = _fit(small_data, monitor, style)
+    state = monitor.record.log_scale
+    variable = model.get_layer("intensity_scaler").w
+    assert state["found"] and state["shared"] is True and state["declared_trainable"] is True
+    assert state["initial"] == pytest.approx(math.log(small_data.intensity_scale), abs=1e-6)
+    assert state["final"] == pytest.approx(float(np.asarray(variable)))
+    trained = style == "keras" or IS_LEGACY
+    assert state["in_trainable_variables"] is trained
+    assert state["moved"] is trained
+    assert ("log_scale_not_trained" in _codes(monitor.record)) is (not trained)
+
+    written = tensorboard_events.scalars(str(tmp_path))
+    assert [s for s, _ in written["scale/batch/log_scale"]] == [1, 2, 3, 4]
+    assert [s for s, _ in written["scale/epoch/log_scale"]] == [0, 1]
+    np.testing.assert_allclose([v for _, v in written["scale/epoch/log_scale"]], state["history"], rtol=1e-6)
+    np.testing.assert_allclose([v for _, v in written["scale/epoch/exp_log_scale"]],
+                               np.exp(state["history"]), rtol=1e-5)
+    np.testing.assert_allclose([v for _, v in written["scale/epoch/ratio_to_configured"]],
+                               np.exp(state["history"]) / small_data.intensity_scale, rtol=1e-5)
+
+
+def test_drift_from_the_configured_scale_is_reported_once(small_data):
+    monitor = IntensityScaleMonitor(configured_scale=2 * small_data.intensity_scale, verbose=0)
+    _fit(small_data, monitor, epochs=2)
+    assert _codes(monitor.record).count("log_scale_drift") == 1
+    message = next(f["message"] for f in monitor.record.findings if f["code"] == "log_scale_drift")
+    drift = math.exp(monitor.record.log_scale["history"][0]) / (2 * small_data.intensity_scale) - 1
+    assert f"{100 * drift:+.1f}%" in message and "at epoch 0" in message
+
+
+def test_scale_applied_twice_is_detected(small_data):
+    already_divided = {"input": small_data.container_X[:4],  # X where s * X belongs
+                       "input_positions": small_data.positions[:4]}
+    monitor = IntensityScaleMonitor(probe_inputs=already_divided, verbose=0)
+    _fit(small_data, monitor, epochs=1)
+    assert "log_scale_double_applied" in _codes(monitor.record)
+
+    correct = {k: v[:4] for k, v in small_data.model_inputs().items()}
+    monitor = IntensityScaleMonitor(probe_inputs=correct, verbose=0)
+    _fit(small_data, monitor, epochs=1)
+    assert not {"log_scale_double_applied", "log_scale_not_applied"} & set(_codes(monitor.record))
+
+
+def test_frozen_scale_that_does_not_move_is_not_a_warning(small_data):
+    monitor = IntensityScaleMonitor(verbose=0)
+    _fit(small_data, monitor, epochs=1, scale_trainable=False)
+    assert monitor.record.log_scale["declared_trainable"] is False
+    assert monitor.record.log_scale["moved"] is False
+    assert not any(f["level"] == "warning" for f in monitor.record.findings)
+
+
+def test_model_without_scaler_says_how_to_name_it(capsys):
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer="sgd", loss="mse")
+    monitor = IntensityScaleMonitor()
+    model.fit(np.ones((4, 4)), np.ones((4, 1)), epochs=1, verbose=0, callbacks=[monitor])
+    assert monitor.record.log_scale["found"] is False
+    assert "log_scale_variable" in capsys.readouterr().out
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="configured_scale"):
+        IntensityScaleMonitor(configured_scale=-1)
+    with pytest.raises(ValueError, match="update_freq"):
+        IntensityScaleMonitor(update_freq="sometimes")

@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ptycho_callbacks._keras import keras
+from ptycho_callbacks.callbacks.loss_components import LossComponents, split_total
+from ptycho_callbacks.callbacks.loss_discovery import compiled_loss_weights
+from ptycho_callbacks.sim.model import build_model, negloglik, realspace_loss
+
+import tensorboard_events
+
+WEIGHTS = (0.5, 1.0, 2.0)
+NAMES = ("trimmed_obj_loss", "intensity_scaler_inv_loss", "pred_intensity_loss")
+
+
+def _model(data, **kwargs):
+    keras.utils.set_random_seed(1)
+    return build_model(N=16, gridsize=2, n_filters=4, probe=data.probe,
+                       intensity_scale=data.intensity_scale, loss_weights=WEIGHTS, **kwargs)
+
+
+class HandComputedLosses(keras.callbacks.Callback):
+    """Computes each batch's losses by hand, before the step updates the weights."""
+
+    def __init__(self, inputs, targets, batch_size):
+        super().__init__()
+        self.inputs, self.targets, self.batch_size = inputs, targets, batch_size
+        self.expected = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        part = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
+        outputs = self.model({k: v[part] for k, v in self.inputs.items()}, training=False)
+        fns = (realspace_loss, lambda t, p: tf.reduce_mean(tf.abs(t - p), axis=(1, 2, 3)), negloglik)
+        names = ("trimmed_obj", "intensity_scaler_inv", "pred_intensity")
+        values = {f"{n}_loss": float(tf.reduce_mean(fn(self.targets[n][part], out)))
+                  for n, fn, out in zip(names, fns, outputs)}
+        values["loss"] = sum(w * values[n] for w, n in zip(WEIGHTS, NAMES))
+        self.expected.append(values)
+
+
+def test_discovers_the_compiled_components_and_weights(small_data):
+    assert compiled_loss_weights(_model(small_data)) == dict(zip(NAMES, WEIGHTS))
+
+
+def test_per_batch_values_are_the_losses_of_that_batch(small_data, tmp_path):
+    inputs, targets = small_data.model_inputs(), small_data.model_targets()
+    model = _model(small_data)
+    hand = HandComputedLosses(inputs, targets, batch_size=5)  # 16 groups: batches of 5, 5, 5 and 1
+    components = LossComponents(log_dir=str(tmp_path))
+    model.fit(inputs, targets, batch_size=5, epochs=2, shuffle=False, verbose=0,
+              callbacks=[hand, components])
+    record = components.record
+    assert record.batch_steps == list(range(1, 9))
+    for name in ("loss",) + NAMES:
+        np.testing.assert_allclose(record.batch_history[name], [e[name] for e in hand.expected],
+                                   rtol=2e-4, err_msg=name)
+
+    written = tensorboard_events.scalars(str(tmp_path))
+    for name in ("loss",) + NAMES:
+        steps, values = zip(*written[f"loss/batch/{name}"])
+        assert list(steps) == list(range(1, 9))
+        np.testing.assert_allclose(values, [e[name] for e in hand.expected], rtol=2e-4)
+    for weight, name in zip(WEIGHTS, NAMES):
+        _, weighted = zip(*written[f"loss/batch_weighted/{name}"])
+        np.testing.assert_allclose(weighted, [weight * e[name] for e in hand.expected], rtol=2e-4)
+        _, share = zip(*written[f"loss/batch_share/{name}"])
+        np.testing.assert_allclose(share, [weight * e[name] / e["loss"] for e in hand.expected],
+                                   rtol=1e-3, atol=1e-6)
+    _, residual = zip(*written["loss/batch/residual"])
+    assert np.max(np.abs(residual)) < 1e-3 * np.max(np.abs([e["loss"] for e in hand.expected]))
+
+
+def test_epoch_values_for_training_and_validation(small_data, tmp_path):
+    inputs, targets = small_data.model_inputs(), small_data.model_targets()
+    model = _model(small_data)
+    history = model.fit(inputs, targets, batch_size=4, epochs=2, verbose=0, validation_split=0.25,
+                        callbacks=[LossComponents(update_freq="epoch", log_dir=str(tmp_path))])
+    train = tensorboard_events.scalars(str(tmp_path), "train")
+    validation = tensorboard_events.scalars(str(tmp_path), "validation")
+    assert not any(tag.startswith("loss/batch") for tag in train)
+    for name in ("loss",) + NAMES:
+        assert [s for s, _ in train[f"loss/epoch/{name}"]] == [0, 1]
+        np.testing.assert_allclose([v for _, v in train[f"loss/epoch/{name}"]], history.history[name],
+                                   rtol=1e-6)
+        np.testing.assert_allclose([v for _, v in validation[f"loss/epoch/{name}"]],
+                                   history.history[f"val_{name}"], rtol=1e-6)
+
+
+def test_components_share_one_custom_scalars_chart(tmp_path, small_data):
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    model = _model(small_data)
+    model.fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8, epochs=1, verbose=0,
+              callbacks=[LossComponents(log_dir=str(tmp_path))])
+    accumulator = tensorboard_events.load(str(tmp_path))
+    events = accumulator.Tensors(metadata.CONFIG_SUMMARY_TAG)
+    layout = layout_pb2.Layout.FromString(tensorboard_events.tensor_util.make_ndarray(
+        events[0].tensor_proto).item())
+    charts = {chart.title: list(chart.multiline.tag) for category in layout.category
+              for chart in category.chart}
+    assert charts["loss per batch (each component and the total)"] == [r"loss/batch/.*"]
+
+
+def test_split_total_explains_the_total():
+    weighted, shares, residual = split_total({"loss": 10.0, "a_loss": 4.0, "b_loss": 2.0},
+                                             {"a_loss": 2.0, "b_loss": 0.5})
+    assert weighted == {"a_loss": 8.0, "b_loss": 1.0}
+    assert shares == pytest.approx({"a_loss": 0.8, "b_loss": 0.1})
+    assert residual == pytest.approx(1.0)
+    _, shares, residual = split_total({"loss": float("nan"), "a_loss": 1.0}, {"a_loss": 1.0})
+    assert shares == {} and residual is None
+
+
+def test_bad_update_freq_is_refused():
+    with pytest.raises(ValueError, match="update_freq"):
+        LossComponents(update_freq=0)
