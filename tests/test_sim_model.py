@@ -1,3 +1,5 @@
+import tempfile
+
 import numpy as np
 import pytest
 
@@ -71,16 +73,10 @@ def test_nan_scenario_goes_non_finite_within_its_first_epochs():
     from ptycho_callbacks.demo import DemoConfig, run_demo
 
     config = DemoConfig(epochs=3, scenarios=["nan_poisson"])
-    histories = run_demo_quiet(run_demo, config)
+    with tempfile.TemporaryDirectory() as out:
+        histories = run_demo(out, config, callbacks_factory=lambda *_: [], verbose=0, log=lambda *_: None)
     losses = histories["nan_poisson"].history["loss"]
     assert not np.all(np.isfinite(losses))
-
-
-def run_demo_quiet(run_demo, config):
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as out:
-        return run_demo(out, config, verbose=0, log=lambda *_: None)
 
 
 def test_bad_model_parameters_are_refused(small_data):

@@ -1,0 +1,115 @@
+"""SummaryReport: the run record and the Markdown report, written as training goes."""
+
+import math
+import os
+
+import numpy as np
+
+from ..record import atomic_write_text, utc_now_iso
+from ..render import render_report
+from . import loss_discovery
+from .base import RecordingCallback
+
+RECORD_FILE = "record.json"
+REPORT_FILE = "report.md"
+
+
+def current_learning_rate(optimizer):
+    """The optimizer's learning rate now, as a float (schedules evaluated at its step)."""
+    rate = getattr(optimizer, "learning_rate", None)
+    if rate is None:
+        return None
+    if callable(rate) and not hasattr(rate, "numpy"):
+        rate = rate(optimizer.iterations)
+    try:
+        return float(np.asarray(rate))
+    except (TypeError, ValueError):
+        return None
+
+
+class SummaryReport(RecordingCallback):
+    """Writes `record.json` after every epoch and `report.md` when training ends.
+
+    The record is written atomically (a temporary file, then a rename) after
+    every epoch, so a run that dies leaves what it had. At the end of training
+    the report (every section of the intensity-bias summary, for this run)
+    is written next to it and shown in TensorBoard's Text tab under
+    `report/summary`.
+
+    Args:
+        log_dir: the run directory (required).
+        scenario: the run's name in the report; the directory's name if None.
+        config: run configuration for the report (`nphotons`, `N`,
+            `gridsize`, `intensity_scale`, `intensity_scale_trainable`,
+            `normalize_gain`, `e_batch_intensity`, ...), merged into the record.
+        title: the report's title.
+        record: the `RunRecord` to fill (shared by `default_callbacks`).
+
+    Example:
+    >>> model.fit(x, y, epochs=5, callbacks=[SummaryReport("runs/a", config={"nphotons": 1e9})])
+    """
+
+    def __init__(self, log_dir, scenario=None, config=None, title="Intensity Bias Summary", record=None):
+        if log_dir is None:
+            raise ValueError("SummaryReport needs a log_dir to write record.json and report.md into")
+        super().__init__(log_dir=log_dir, record=record)
+        if scenario is not None:
+            self.record.scenario = scenario
+        self.record.base_dir = self.record.base_dir or os.path.abspath(self.log_dir)
+        self.record.config.update(config or {})
+        self.title = title
+
+    @property
+    def record_path(self):
+        return os.path.join(self.log_dir, RECORD_FILE)
+
+    @property
+    def report_path(self):
+        return os.path.join(self.log_dir, REPORT_FILE)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.record.status = "running"
+        self.record.config.setdefault("loss_weights", loss_discovery.compiled_loss_weights(self.model))
+        self.record.save(self.record_path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        history = self.record.history
+        entries = dict(logs or {})
+        if "lr" not in entries and "learning_rate" not in entries:
+            entries["lr"] = current_learning_rate(self.model.optimizer)
+        for name, value in entries.items():
+            history.setdefault(name, []).append(math.nan if value is None else float(value))
+        self.record.save(self.record_path)
+
+    def finish(self, status=None):
+        """Closes the record with `status` (or what the run says) and writes record and report.
+
+        Called at train end; also usable on an exception path to leave a
+        complete record of an interrupted run.
+        """
+        record = self.record
+        if status is not None:
+            record.status = status
+        elif record.status == "running":
+            record.status = "completed"
+        record.ended_at = utc_now_iso()
+        record.save(self.record_path)
+        report = render_report([record], title=self.title)
+        atomic_write_text(self.report_path, report)
+        return report
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        report = self.finish()
+        import tensorflow as tf
+
+        with self.writer().as_default(step=self.global_step):
+            tf.summary.text("report/summary", report)
+        self.release_writers()
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(scenario=self.record.scenario, title=self.title)
+        return config

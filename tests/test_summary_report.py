@@ -1,0 +1,86 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ptycho_callbacks._keras import keras
+from ptycho_callbacks.callbacks.summary_report import SummaryReport
+from ptycho_callbacks.record import RunRecord
+from ptycho_callbacks.sim.model import build_model
+
+import tensorboard_events
+
+
+def _model(data):
+    keras.utils.set_random_seed(4)
+    return build_model(N=16, gridsize=2, n_filters=4, probe=data.probe, intensity_scale=data.intensity_scale)
+
+
+class RecordOnDisk(keras.callbacks.Callback):
+    """Reads record.json from disk at each epoch start (after the report wrote the previous epoch)."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path, self.seen = path, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if os.path.exists(self.path):
+            self.seen.append(len(RunRecord.load(self.path).history.get("loss", [])))
+
+
+def test_record_after_every_epoch_and_report_at_the_end(small_data, tmp_path):
+    run = str(tmp_path / "gs2")
+    report = SummaryReport(run, config={"nphotons": 1e6, "N": 16, "gridsize": 2,
+                                        "e_batch_intensity": small_data.e_batch_intensity})
+    watcher = RecordOnDisk(os.path.join(run, "record.json"))
+    history = _model(small_data).fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8,
+                                     epochs=3, verbose=0, callbacks=[report, watcher])
+    assert watcher.seen == [0, 1, 2]
+
+    with open(os.path.join(run, "record.json")) as f:
+        saved = json.load(f)
+    assert saved["scenario"] == "gs2" and saved["status"] == "completed" and saved["ended_at"]
+    np.testing.assert_allclose(saved["history"]["loss"], history.history["loss"], rtol=1e-6)
+    assert saved["history"]["lr"] == pytest.approx([1e-3] * 3)
+    assert saved["config"]["loss_weights"] == {"trimmed_obj_loss": 0.0, "intensity_scaler_inv_loss": 1.0,
+                                               "pred_intensity_loss": 1.0}
+
+    text = open(os.path.join(run, "report.md")).read()
+    for header in ("# Intensity Bias Summary", "## Scenario: gs2", "### Loss Composition",
+                   "### Intensity Scale Comparison", "### IntensityScaler State",
+                   "### Normalization Invariant Check", "### Amplitude Bias", "### Phase Bias"):
+        assert header in text
+    assert "- Epochs trained: 3" in text
+    assert f"- Total loss (final): {history.history['loss'][-1]:.3f}" in text
+    assert "| Fallback scale | 125.000 |" in text  # sqrt(1e6) / (16 / 2)
+
+    shown = tensorboard_events.texts(run)["report/summary"]
+    assert len(shown) == 1 and "## Scenario: gs2" in shown[0][1]
+
+
+def test_a_run_that_dies_leaves_its_record(small_data, tmp_path):
+    class Boom(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("user code failed")
+
+    run = str(tmp_path / "dies")
+    with pytest.raises(RuntimeError, match="user code failed"):
+        _model(small_data).fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8,
+                               epochs=4, verbose=0, callbacks=[SummaryReport(run), Boom()])
+    record = RunRecord.load(os.path.join(run, "record.json"))
+    assert len(record.history["loss"]) == 2 and record.status == "running"
+    assert not [name for name in os.listdir(run) if name.startswith(".") or name.endswith(".tmp")]
+
+
+def test_needs_a_directory():
+    with pytest.raises(ValueError, match="log_dir"):
+        SummaryReport(None)
+
+
+def test_unwritable_directory_fails_at_construction(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(OSError, match="cannot be written"):
+        SummaryReport(str(blocker / "run"))
