@@ -2,6 +2,32 @@
 
 The pure parts (`record`, `stats`, `render`) import numpy only; the callbacks
 import TensorFlow when first used.
+
+Example:
+>>> from ptycho_callbacks import default_callbacks
+>>> model.fit(x, y, epochs=50, callbacks=default_callbacks(model, "runs/gs2"))
 """
 
+import importlib
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "default_callbacks": "suite",
+    "IntensityScaleMonitor": "callbacks.intensity_scale_monitor",
+    "LossComponents": "callbacks.loss_components",
+    "NaNGuard": "callbacks.nan_guard",
+    "NonFiniteTrainingError": "callbacks.nan_guard",
+    "StageStatistics": "callbacks.stage_statistics",
+    "SummaryReport": "callbacks.summary_report",
+    "RunRecord": "record",
+    "render_report": "render",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'ptycho_callbacks' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)

@@ -57,27 +57,44 @@ def train_scenario(name, config, data, run_dir, callbacks_factory, verbose=1):
         N=config.N, gridsize=config.gridsize, n_filters=config.n_filters, probe=data.probe,
         intensity_scale=data.intensity_scale, scaler_style=config.scaler_style,
         loss_weights=config.loss_weights, seed=config.seed, **SCENARIOS[name])
-    callbacks = callbacks_factory(model, name, run_dir)
+    callbacks = callbacks_factory(model, name, run_dir, data)
     history = model.fit(
         data.model_inputs(), data.model_targets(), batch_size=config.batch_size,
         epochs=config.epochs, shuffle=True, callbacks=callbacks, verbose=verbose)
     return model, history
 
 
-def keras_callbacks(model, name, run_dir):
-    """Keras's own monitoring: TensorBoard logs and a stop on NaN."""
-    from ._keras import keras
-
-    return [keras.callbacks.TensorBoard(log_dir=run_dir, update_freq="batch"),
-            keras.callbacks.TerminateOnNaN()]
+PROBE_BATCH = 8
 
 
-def run_demo(out_dir, config=None, callbacks_factory=keras_callbacks, verbose=1, log=print):
-    """Simulates data once and trains every scenario of `config` into `out_dir/<scenario>`.
+def suite_callbacks(model, name, run_dir, data):
+    """Our whole suite, fed with the simulation's stages, configuration and truth."""
+    from .suite import default_callbacks
+
+    probe = {key: value[:PROBE_BATCH] for key, value in data.model_inputs().items()}
+    stages = [dict(name=n, label=label, source=source, array=array)
+              for n, label, source, array in data.stages()]
+    stages += [dict(name="prediction", label="Prediction", source="model: pred_amplitude",
+                    layer="pred_amplitude"),
+               dict(name="truth", label="Truth", source="simulation (noise-free)",
+                    array=data.truth_diffraction[:PROBE_BATCH])]
+    config = dict(nphotons=data.nphotons, N=data.N, gridsize=data.gridsize,
+                  intensity_scale=data.intensity_scale, intensity_scale_trainable=True,
+                  normalize_gain=data.normalize_gain, e_batch_intensity=data.e_batch_intensity)
+    return default_callbacks(model, run_dir, scenario=name, config=config, stages=stages,
+                             probe_inputs=probe, truth=data.truth_object[:PROBE_BATCH],
+                             restore_weights=True)
+
+
+def run_demo(out_dir, config=None, callbacks_factory=suite_callbacks, verbose=1, log=print):
+    """Simulates data once, trains every scenario into `out_dir/<scenario>` and
+    writes the report comparing them to `out_dir/summary.md`.
 
     Returns:
         dict scenario name -> keras History.
     """
+    from .record import RunRecord, atomic_write_text
+    from .render import render_report
     from .sim.data import simulate
 
     config = config or DemoConfig()
@@ -98,5 +115,11 @@ def run_demo(out_dir, config=None, callbacks_factory=keras_callbacks, verbose=1,
         log(f"scenario {name!r}: {len(losses)} epoch(s), final loss "
             f"{losses[-1] if len(losses) else float('nan'):.6g}")
         histories[name] = history
+    records = [RunRecord.load(os.path.join(out_dir, name, "record.json")) for name in config.scenarios
+               if os.path.exists(os.path.join(out_dir, name, "record.json"))]
+    if records:
+        summary = os.path.join(out_dir, "summary.md")
+        atomic_write_text(summary, render_report(records))
+        log(f"report comparing the scenarios: {os.path.abspath(summary)}")
     log(f"TensorBoard: tensorboard --logdir {os.path.abspath(out_dir)}")
     return histories
