@@ -15,26 +15,26 @@ def load(log_dir, run="train"):
     return accumulator
 
 
-def scalars(log_dir, run="train"):
-    """{tag: [(step, value), ...]} of every scalar written as a tensor summary."""
+def _tensor_series(log_dir, run):
+    """Yields (tag, [(step, ndarray), ...]) for every tensor summary (TF2 writes scalars and text so)."""
     accumulator = load(log_dir, run)
-    series = {}
     for tag in accumulator.Tags()["tensors"]:
-        events = accumulator.Tensors(tag)
-        values = [tensor_util.make_ndarray(e.tensor_proto) for e in events]
-        if all(v.shape == () and v.dtype.kind == "f" for v in values):
-            series[tag] = [(e.step, float(v)) for e, v in zip(events, values)]
-    return series
+        yield tag, [(e.step, tensor_util.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors(tag)]
+
+
+def scalars(log_dir, run="train"):
+    """{tag: [(step, value), ...]} of every scalar summary."""
+    return {tag: [(step, float(v)) for step, v in series]
+            for tag, series in _tensor_series(log_dir, run)
+            if all(v.shape == () and v.dtype.kind == "f" for _, v in series)}
 
 
 def texts(log_dir, run="train"):
     """{tag: [(step, text), ...]} of every text summary."""
-    accumulator = load(log_dir, run)
-    found = {}
-    for tag in accumulator.Tags()["tensors"]:
-        events = accumulator.Tensors(tag)
-        values = [tensor_util.make_ndarray(e.tensor_proto) for e in events]
-        if values and values[0].dtype.kind in "OSU":
-            found[tag] = [(e.step, v.item().decode() if isinstance(v.item(), bytes) else str(v.item()))
-                          for e, v in zip(events, values)]
-    return found
+    def as_text(value):
+        item = value.item()
+        return item.decode() if isinstance(item, bytes) else str(item)
+
+    return {tag: [(step, as_text(v)) for step, v in series]
+            for tag, series in _tensor_series(log_dir, run)
+            if series and series[0][1].dtype.kind in "OSU"}

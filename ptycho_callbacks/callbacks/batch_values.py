@@ -47,12 +47,13 @@ class BatchValues:
         self._previous = {name: (0.0, 0.0) for name in self._states}
 
     def read(self):
-        """Returns {metric name: value of the last batch} (NaN where no sample was counted)."""
+        """Returns {metric name: value of the last batch}; a metric that counted no sample is left out."""
         values = {}
         for name, (total_var, count_var) in self._states.items():
             total, count = float(np.asarray(total_var)), float(np.asarray(count_var))
             previous_total, previous_count = self._previous[name]
             self._previous[name] = (total, count)
             added = count - previous_count
-            values[name] = (total - previous_total) / added if added > 0 else float("nan")
+            if added > 0:
+                values[name] = (total - previous_total) / added
         return values
