@@ -5,7 +5,15 @@ far. Their `Mean` trackers keep a `total` and a `count`; the change of both
 over one batch gives that batch's value exactly, whatever weights Keras used.
 """
 
-import numpy as np
+import tensorflow as tf
+
+
+def tf_variable(variable):
+    """The `tf.Variable` behind a Keras 3 variable (or the variable itself)."""
+    if isinstance(variable, tf.Variable):
+        return variable
+    value = getattr(variable, "value", None)
+    return value if isinstance(value, tf.Variable) else variable
 
 
 def _mean_state(metric):
@@ -21,39 +29,55 @@ class BatchValues:
     Args:
         model: a compiled Keras model that has run at least one step (its
             metrics exist then).
+        include: optional predicate on a metric's name; only those metrics
+            are read.
 
     Example:
-    >>> values = BatchValues(model)   # in on_train_begin or the first batch
+    >>> values = BatchValues(model)   # in the first on_train_batch_end
     >>> values.reset()                # at each epoch start
     >>> values.read()                 # in on_train_batch_end
     {'loss': -3.9e6, 'pred_intensity_loss': -3.9e6, ...}
     """
 
-    def __init__(self, model):
-        self._states = {}
+    def __init__(self, model, include=None):
+        self._trackers = []
         for metric in model.metrics:
             state = _mean_state(metric)
-            if state is not None:
-                self._states[metric.name] = state
+            if state is not None and (include is None or include(metric.name)):
+                self._trackers.append((metric.name, tf_variable(state[0]), tf_variable(state[1])))
         self._previous = {}
-        self.reset()
+        self._compiled_state = None
 
     @property
     def names(self):
-        return list(self._states)
+        return [name for name, _, _ in self._trackers]
 
     def reset(self):
         """Forget the previous totals: Keras resets its trackers at epoch and evaluation start."""
-        self._previous = {name: (0.0, 0.0) for name in self._states}
+        self._previous = {}
 
-    def read(self):
-        """Returns {metric name: value of the last batch}; a metric that counted no sample is left out."""
+    def state(self):
+        """The trackers' (total, count) pairs as one float32 vector; usable inside a tf.function."""
+        parts = [tf.cast(tf.reshape(v, [1]), tf.float32) for _, total, count in self._trackers
+                 for v in (total, count)]
+        return tf.concat(parts, 0) if parts else tf.zeros([0], tf.float32)
+
+    def values_from(self, state, prefix=""):
+        """{prefix + name: value of the last batch} from a `state()` read on the host.
+
+        A metric that counted no sample since the previous read is left out.
+        """
         values = {}
-        for name, (total_var, count_var) in self._states.items():
-            total, count = float(np.asarray(total_var)), float(np.asarray(count_var))
-            previous_total, previous_count = self._previous[name]
+        for index, (name, _, _) in enumerate(self._trackers):
+            total, count = float(state[2 * index]), float(state[2 * index + 1])
+            previous_total, previous_count = self._previous.get(name, (0.0, 0.0))
             self._previous[name] = (total, count)
-            added = count - previous_count
-            if added > 0:
-                values[name] = (total - previous_total) / added
+            if count > previous_count:
+                values[prefix + name] = (total - previous_total) / (count - previous_count)
         return values
+
+    def read(self, prefix=""):
+        """Returns {prefix + metric name: value of the last batch}, in one device-to-host read."""
+        if self._compiled_state is None:
+            self._compiled_state = tf.function(self.state, autograph=False)
+        return self.values_from(self._compiled_state().numpy(), prefix)

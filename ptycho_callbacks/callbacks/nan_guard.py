@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from .base import RecordingCallback
-from .batch_values import _mean_state
+from .batch_values import BatchValues, tf_variable
 from .scale_discovery import find_log_scale
 
 ON_NAN_CHOICES = ("stop", "raise")
@@ -61,14 +61,6 @@ def _is_finite(value):
 def _variable_name(variable):
     name = getattr(variable, "path", None) or getattr(variable, "name", "") or "?"
     return name[:-2] if name.endswith(":0") else name
-
-
-def _tf_variable(variable):
-    """The `tf.Variable` behind a Keras 3 variable (or the variable itself)."""
-    if isinstance(variable, tf.Variable):
-        return variable
-    value = getattr(variable, "value", None)
-    return value if isinstance(value, tf.Variable) else variable
 
 
 def _describe(value):
@@ -179,24 +171,22 @@ class NaNGuard(RecordingCallback):
         self.event = None
         self._in_fit = False
         self._stop_at_epoch_end = False
-        self._trackers = None  # [(metric name, total, count)] of Keras's loss trackers
-        self._previous = {}
+        self._trackers = None  # BatchValues over Keras's loss trackers
         self._last_finite = {"train": {}, "val": {}}
         self._variables = None  # [(name, tf.Variable)] watched: weights and log_scale
         self._log_scale = None
         self._shadows = None
         self._snapshot_batch = None  # (epoch, batch, step) of the snapshot; None: train begin
         self._train_check = None
-        self._val_read = None
 
     def _prepare_variables(self):
         """Finds the watched variables (weights and log_scale); makes the shadows when asked to."""
         variables, seen = [], set()
         log_scale, _, _ = find_log_scale(self.model)
-        self._log_scale = None if log_scale is None else _tf_variable(log_scale)
+        self._log_scale = None if log_scale is None else tf_variable(log_scale)
         candidates = list(self.model.weights) + ([log_scale] if log_scale is not None else [])
         for variable in candidates:
-            tf_var = _tf_variable(variable)
+            tf_var = tf_variable(variable)
             if id(tf_var) in seen or not tf.as_dtype(tf_var.dtype).is_floating:
                 continue
             seen.add(id(tf_var))
@@ -213,18 +203,8 @@ class NaNGuard(RecordingCallback):
                     for i, (_, v) in enumerate(self._variables)]
 
     def _prepare_trackers(self):
-        """The (total, count) variables of Keras's loss trackers, as `BatchValues` reads them."""
-        trackers = []
-        for metric in self.model.metrics:
-            state = _mean_state(metric)
-            if state is not None and _is_loss_name(metric.name):
-                trackers.append((metric.name, _tf_variable(state[0]), _tf_variable(state[1])))
-        self._trackers = trackers
-
-    def _read_trackers(self):
-        parts = [tf.cast(tf.reshape(v, [1]), tf.float32) for _, total, count in self._trackers
-                 for v in (total, count)]
-        return tf.concat(parts, 0) if parts else tf.zeros([0], tf.float32)
+        """Keras's loss trackers, read the way `LossComponents` reads them."""
+        self._trackers = BatchValues(self.model, include=_is_loss_name)
 
     def _build_train_check(self):
         """ONE compiled call per batch: tracker state, all-weights-finite, snapshot, log_scale."""
@@ -234,7 +214,7 @@ class NaNGuard(RecordingCallback):
         log_scale = self._log_scale
 
         def check(logged_ok):
-            state = self._read_trackers()
+            state = self._trackers.state()
             losses_ok = tf.logical_and(logged_ok, tf.reduce_all(tf.math.is_finite(state)))
             if check_all and tf_vars:
                 weights_ok = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in tf_vars]))
@@ -264,7 +244,8 @@ class NaNGuard(RecordingCallback):
 
     def on_epoch_begin(self, epoch, logs=None):
         super().on_epoch_begin(epoch, logs)
-        self._previous = {}  # Keras resets its trackers at each epoch start
+        if self._trackers is not None:
+            self._trackers.reset()  # Keras resets its trackers at each epoch start
 
     def on_train_batch_end(self, batch, logs=None):
         super().on_train_batch_end(batch, logs)  # global_step now counts this batch
@@ -282,7 +263,7 @@ class NaNGuard(RecordingCallback):
         weights_ok = bool(packed[0]) or not self.check_weights
         if packed[1]:
             self._snapshot_batch = (self.epoch, batch, self.global_step)
-        values = self._per_batch(packed[3:], prefix="")
+        values = self._trackers.values_from(packed[3:])
         values.update(logged)
         if self._log_scale is not None:
             values[LOG_SCALE] = float(packed[2])
@@ -298,17 +279,16 @@ class NaNGuard(RecordingCallback):
 
     def on_test_begin(self, logs=None):
         super().on_test_begin(logs)
-        self._previous = {}  # Keras resets its trackers at evaluation start
+        if self._trackers is not None:
+            self._trackers.reset()  # Keras resets its trackers at evaluation start
 
     def on_test_batch_end(self, batch, logs=None):
         super().on_test_batch_end(batch, logs)
         if self.event is not None or not self.check_validation:
             return
-        if self._val_read is None:
-            if self._trackers is None:
-                self._prepare_trackers()
-            self._val_read = tf.function(self._read_trackers, autograph=False)
-        values = self._per_batch(self._val_read().numpy(), prefix="val_")
+        if self._trackers is None:
+            self._prepare_trackers()
+        values = self._trackers.read(prefix="val_")
         values.update(self._logged_losses(logs, prefix="val_"))
         if all(_is_finite(v) for v in values.values()):
             self._last_finite["val"].update(values)
@@ -327,26 +307,12 @@ class NaNGuard(RecordingCallback):
 
     # ------------------------------------------------------------------ details
 
-    def _per_batch(self, state, prefix):
-        """{name: value of this batch} from the trackers' (total, count), like `BatchValues.read`.
-
-        A tracker that counted no sample this batch is left out (its value is unknown).
-        """
-        values = {}
-        for index, (name, _, _) in enumerate(self._trackers):
-            total, count = float(state[2 * index]), float(state[2 * index + 1])
-            previous_total, previous_count = self._previous.get(name, (0.0, 0.0))
-            self._previous[name] = (total, count)
-            if count > previous_count:
-                values[prefix + name] = (total - previous_total) / (count - previous_count)
-        return values
-
     def _logged_losses(self, logs, prefix):
         """Loss entries Keras logs without a tracker we can read (custom train steps).
 
         Their running mean turns non-finite at the same batch as the value itself.
         """
-        tracked = {name for name, _, _ in self._trackers or []}
+        tracked = set(self._trackers.names) if self._trackers is not None else set()
         values = {}
         for name, value in (logs or {}).items():
             if _is_loss_name(name) and name not in tracked:
@@ -438,7 +404,7 @@ class NaNGuard(RecordingCallback):
         optimizer = getattr(self.model, "optimizer", None)
         opt_vars = getattr(optimizer, "variables", None)
         opt_vars = opt_vars() if callable(opt_vars) else (opt_vars or [])
-        if any(_first_nonfinite(_tf_variable(v)) is not None for v in opt_vars):
+        if any(_first_nonfinite(tf_variable(v)) is not None for v in opt_vars):
             note += " The optimizer's state is non-finite too: re-compile before training on."
         return note
 
