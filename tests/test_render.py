@@ -29,6 +29,11 @@ SCENARIO_HEADERS = [
 ]
 
 
+def assert_lines_present(text, lines):
+    missing = [line for line in lines if line not in text]
+    assert not missing, "\n".join(missing)
+
+
 def stage(name, label, mean, source="test"):
     """A stage with hand-chosen stats (so the ratios are known exactly)."""
     return {"name": name, "label": label, "source": source,
@@ -196,8 +201,7 @@ def test_good_scenario_key_lines(report):
         "* MAE=0.250, RMSE=0.274, max_abs=0.400",
         "| raw_diffraction | RawData | 8 | 2.000 | 0.500 | 0.000 | 4.000 | 0 | 0 |",
     ]
-    missing = [line for line in expected_lines if line not in text]
-    assert not missing, "\n".join(missing)
+    assert_lines_present(text, expected_lines)
     assert "### NaN Event" not in text
 
 
@@ -230,8 +234,7 @@ def test_nan_scenario_key_lines(report):
         "### Phase Bias\n* n/a (training went NaN)",
         "| prediction | test | 8 | n/a (no finite value) |",
     ]
-    missing = [line for line in expected_lines if line not in text]
-    assert not missing, "\n".join(missing)
+    assert_lines_present(text, expected_lines)
     # The reference prints 0.000 for the bias of a NaN prediction; no number may appear there.
     bias = text[text.index("### Amplitude Bias"):text.index("### Normalization Stage Stats")]
     assert not re.search(r"\d\.\d{3}", bias)

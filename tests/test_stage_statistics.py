@@ -7,13 +7,14 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 from ptycho_callbacks._keras import keras
 from ptycho_callbacks.callbacks.stage_statistics import StageStatistics
 from ptycho_callbacks.record import RunRecord
 from ptycho_callbacks.sim.model import build_model
+
+import tensorboard_events
 
 PROBE = 4  # samples in the probe batch
 
@@ -39,15 +40,6 @@ def _fit(model, data, callback, epochs=1, **kwargs):
                      callbacks=[callback], **kwargs)
 
 
-def _events(log_dir):
-    path = os.path.join(log_dir, "ptycho", "train")
-    guidance = {event_accumulator.SCALARS: 0, event_accumulator.TENSORS: 0,
-                event_accumulator.HISTOGRAMS: 0, event_accumulator.IMAGES: 0}
-    accumulator = event_accumulator.EventAccumulator(path, size_guidance=guidance)
-    accumulator.Reload()
-    return accumulator
-
-
 def _series(events, tag):
     """[(step, value)] of a scalar tag (TF2 writes scalars as tensors)."""
     return [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
@@ -68,7 +60,7 @@ def test_array_stages_are_logged_and_recorded_like_numpy(small_data, tmp_path):
     data = small_data
     callback = StageStatistics(data.stages(), log_dir=str(tmp_path))
     _fit(_model(data), data, callback, epochs=1)
-    events = _events(str(tmp_path))
+    events = tensorboard_events.load(str(tmp_path))
 
     for name, label, source, array in data.stages():
         values = np.asarray(array, dtype=np.float64)
@@ -135,7 +127,7 @@ def test_layer_stages_are_evaluated_on_the_probe_batch(small_data, tmp_path):
     _fit(model, data, callback, epochs=2)
     after_amp = _layer_values(model, "pred_amplitude", probe)
     after_obj = _layer_values(model, "trimmed_obj", probe)
-    events = _events(str(tmp_path))
+    events = tensorboard_events.load(str(tmp_path))
 
     means = _series(events, "stages/prediction/mean")
     assert [step for step, _ in means] == [0, 1, 2]
@@ -175,7 +167,7 @@ def test_fn_stage_is_called_at_each_evaluation(small_data, tmp_path):
     _fit(model, data, callback, epochs=2)
     assert len(calls) == 3  # train begin + 2 epochs
     expected = float(np.exp(np.asarray(model.get_layer("intensity_scaler").w)))
-    assert _series(_events(str(tmp_path)), "stages/scale/mean")[-1] == (2, pytest.approx(expected, rel=1e-5))
+    assert _series(tensorboard_events.load(str(tmp_path)), "stages/scale/mean")[-1] == (2, pytest.approx(expected, rel=1e-5))
     assert callback.record.stages[0]["stats"]["mean"] == pytest.approx(expected, rel=1e-6)
 
 
@@ -185,7 +177,7 @@ def test_every_n_epochs_logs_at_start_multiples_and_end(small_data, tmp_path):
     stages = [{"name": "prediction", "layer": "pred_amplitude"}]
     callback = StageStatistics(stages, probe_inputs=_probe(data), every_n_epochs=2, log_dir=str(tmp_path))
     _fit(_model(data), data, callback, epochs=3)
-    events = _events(str(tmp_path))
+    events = tensorboard_events.load(str(tmp_path))
     for tag in ("stages/prediction/mean", "stages/prediction/nan_count", "stages/prediction"):
         assert [e.step for e in events.Tensors(tag)] == [0, 2, 3], tag
 
@@ -195,7 +187,7 @@ def test_resumed_fit_counts_steps_from_initial_epoch(small_data, tmp_path):
     callback = StageStatistics([{"name": "prediction", "layer": "pred_amplitude"}],
                                probe_inputs=_probe(data), log_dir=str(tmp_path))
     _fit(_model(data), data, callback, epochs=4, initial_epoch=2)
-    assert [s for s, _ in _series(_events(str(tmp_path)), "stages/prediction/mean")] == [2, 3, 4]
+    assert [s for s, _ in _series(tensorboard_events.load(str(tmp_path)), "stages/prediction/mean")] == [2, 3, 4]
 
 
 # ------------------------------------------------------------------ ground truth
@@ -223,7 +215,7 @@ def test_truth_gives_bias_statistics_scalars_and_images(small_data, tmp_path):
     candidates = {c["mode"]: c["value"] for c in prediction["scaling"]["candidates"]}
     assert candidates["least_squares"] == pytest.approx(least_squares, rel=1e-5)
 
-    events = _events(str(tmp_path))
+    events = tensorboard_events.load(str(tmp_path))
     assert _series(events, "bias/amplitude/mean")[-1] == (1, pytest.approx(difference.mean(), rel=1e-5))
     assert _series(events, "bias/phase/mae")[-1] == (1, pytest.approx(np.abs(phase_difference).mean(), rel=1e-4))
     assert _series(events, "bias/scaling/least_squares")[-1][1] == pytest.approx(least_squares, rel=1e-5)
@@ -270,7 +262,7 @@ def test_nan_in_an_array_is_counted_and_reported_not_raised(tmp_path):
     assert "'dirty'" in callback.record.findings[0]["message"]
     assert "'all_nan'" in callback.record.findings[1]["message"]
 
-    events = _events(str(tmp_path))
+    events = tensorboard_events.load(str(tmp_path))
     assert _series(events, "stages/dirty/nan_count") == [(0, 2.0), (1, 2.0)]
     assert _series(events, "stages/dirty/mean")[0][1] == pytest.approx(3.0)
     assert _series(events, "stages/ratio/clean_to_dirty")[0][1] == pytest.approx(3.0)
@@ -366,7 +358,7 @@ def test_histograms_and_images_can_be_switched_off(small_data, tmp_path):
     callback = StageStatistics(stages, probe_inputs=_probe(data), truth=data.truth_object[:PROBE],
                                histograms=False, images=False, log_dir=str(tmp_path))
     _drive(callback, _model(data))
-    tags = _tags(_events(str(tmp_path)))
+    tags = _tags(tensorboard_events.load(str(tmp_path)))
     assert {"stages/container_X/mean", "stages/prediction/mean", "bias/amplitude/mean"} <= tags
     assert not tags & {"stages/container_X", "stages/prediction", "images/amplitude", "images/phase"}
 
@@ -378,7 +370,7 @@ def test_huge_arrays_are_subsampled_for_the_histogram_only(tmp_path, monkeypatch
     values = np.arange(100, dtype=np.float64)
     callback = StageStatistics([("big", values)], log_dir=str(tmp_path))
     _drive(callback, keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
-    events = _events(str(tmp_path))
+    events = tensorboard_events.load(str(tmp_path))
     buckets = tensor_util.make_ndarray(events.Tensors("stages/big")[0].tensor_proto)
     assert buckets[:, 2].sum() == 10
     assert _series(events, "stages/big/mean")[0][1] == pytest.approx(49.5)

@@ -2,8 +2,6 @@
 
 import os
 
-import tensorflow as tf
-
 from .._keras import keras
 from ..record import RunRecord
 from . import _writers
