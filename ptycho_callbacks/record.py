@@ -157,6 +157,8 @@ _FIELD_TYPES = {
     "stages": (list,),
     "prediction": (dict,),
     "findings": (list,),
+    "physics": (list,),
+    "forensics": (dict, type(None)),
 }
 
 
@@ -192,6 +194,11 @@ class RunRecord:
         prediction: Prediction-vs-truth summaries: `scaling`,
             `amplitude_bias`, `phase_bias` (outputs of the `stats` functions).
         findings: `{"level", "code", "message"}` dicts (see `add_finding`).
+        physics: One dict per physics-health evaluation (`PhysicsHealth`):
+            `epoch`, `step`, `photon_budget`, `nonpositive_fraction`,
+            `saturation_fraction` (outputs of `ptycho_callbacks.physics`).
+        forensics: What the replay of the failing step found
+            (`ptycho_callbacks.forensics.replay`), None without a NaN replay.
     """
 
     scenario: str
@@ -208,6 +215,8 @@ class RunRecord:
     stages: list = dataclasses.field(default_factory=list)
     prediction: dict = dataclasses.field(default_factory=dict)
     findings: list = dataclasses.field(default_factory=list)
+    physics: list = dataclasses.field(default_factory=list)
+    forensics: dict | None = None
 
     def add_finding(self, level: str, code: str, message: str) -> None:
         """Append a finding; `level` is `"warning"` or `"info"`."""
@@ -263,7 +272,7 @@ class RunRecord:
                 expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
                 raise RecordError(f"record field '{name}' must be {expected}, got {type(value).__name__}")
             values[name] = value
-        for name in ("nan_events", "stages", "findings"):
+        for name in ("nan_events", "stages", "findings", "physics"):
             if not all(isinstance(item, dict) for item in values.get(name, [])):
                 raise RecordError(f"every entry of record field '{name}' must be an object")
         for name in ("history", "batch_history"):

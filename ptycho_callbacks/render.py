@@ -20,7 +20,7 @@ import os
 import sys
 from typing import Any, Iterable, Mapping, Sequence
 
-from ptycho_callbacks import stats
+from ptycho_callbacks import physics, stats
 from ptycho_callbacks.record import (
     CONTAINER_STAGE,
     PREDICTION_STAGE,
@@ -405,8 +405,9 @@ def _container_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
         lines += _table(["Metric", "Value"], "lr", rows) + [""]
     canvas = record.config.get("canvas")
     if canvas:
-        lines.append(f"- Inference canvas: padded={canvas.get('padded', NA)} "
-                     f"required={canvas.get('required', NA)} fits_canvas={canvas.get('fits', NA)}")
+        lines.append(f"- Inference canvas: padded={fmt(canvas.get('padded'), '%d', 'not recorded')} "
+                     f"required={fmt(canvas.get('required'), '%d', 'not recorded')} "
+                     f"fits_canvas={fmt_flag(canvas.get('fits'), 'not recorded')}")
     means = _stage_means(record)
     drop = stats.largest_drop(means)
     if drop:
@@ -506,7 +507,7 @@ def _bias_section(record: RunRecord, key: str, title: str) -> list[str]:
     if reason:
         return lines + [f"* {NA} ({reason})", ""]
     location = ", ".join(f"{name}={fmt(bias.get(name))}" for name in ("mean", "median", "p05", "p95"))
-    lines.append(f"* {location} (over {bias['count']} pixels)")
+    lines.append(f"* {location} (over {fmt(bias['count'], '%d', 'count not recorded')} pixels)")
     errors = [f"{label}={fmt(bias.get(name))}" for name, label in (("mae", "MAE"), ("rmse", "RMSE"),
                                                                    ("max_abs", "max_abs"))]
     if "pearson_r" in bias:
@@ -527,14 +528,156 @@ def _stage_stats_section(record: RunRecord) -> list[str]:
                     "llrrrrrrr", rows), ""]
 
 
+_PHYSICS_LABELS = {
+    "photon_budget": "Photon budget (mean Σ predicted / Σ measured)",
+    "nonpositive_fraction": "Fraction of predicted intensities ≤ 0",
+    "saturation_fraction": "Amplitude-head saturation fraction",
+}
+
+
+def _failure_step(record: RunRecord) -> int | None:
+    steps = [e.get("step") for e in record.nan_events if isinstance(e.get("step"), int)]
+    return min(steps) if steps else None
+
+
+def _moved_line(entry: Mapping) -> str:
+    label = _PHYSICS_LABELS[entry["measure"]]
+    spec = "%.3f" if entry["measure"] == "photon_budget" else "%.4f"
+    if entry["moved"] is None:
+        values = f"{fmt(entry['last'], spec, 'no evaluation')}, moved: {NA} ({entry['reason']})"
+    else:
+        verdict = "⚠️ moved" if entry["moved"] else "steady"
+        values = f"{fmt(entry['first'], spec)} → {fmt(entry['last'], spec)}: {verdict}"
+    if entry["measure"] == "nonpositive_fraction" and (entry["last"] or 0) > 0:
+        values += "; ⚠️ above 0: the Poisson NLL's log is -Inf at those pixels"
+    return f"- {label}: {values}"
+
+
+def _physics_section(record: RunRecord) -> list[str]:
+    """Physics health over the evaluations, and which measure moved before a failure."""
+    if not record.physics:
+        return []
+    failure = _failure_step(record)
+    rows = []
+    for evaluation in record.physics:
+        budget = evaluation.get("photon_budget") or {}
+        nonpositive = evaluation.get("nonpositive_fraction") or {}
+        saturation = evaluation.get("saturation_fraction") or {}
+        step = evaluation.get("step")
+        after = failure is not None and isinstance(step, int) and step >= failure
+        rows.append([
+            fmt(evaluation.get("epoch"), "%d", "not recorded"), fmt(step, "%d", "not recorded"),
+            *(fmt(budget.get(key), reason=budget.get("reason") or "not recorded") for key in ("mean", "p05", "p95")),
+            fmt(nonpositive.get("fraction"), "%.4f", nonpositive.get("reason") or "not recorded"),
+            fmt(saturation.get("fraction"), "%.4f", saturation.get("reason") or "not recorded"),
+            "after the failure" if after else "",
+        ])
+    lines = [
+        "### Physics Health", "",
+        "On the probe batch: the photon budget is Σ predicted intensity / Σ measured counts per pattern "
+        "(1 when the model conserves photons); predicted intensities ≤ 0 make the Poisson NLL's log -Inf "
+        "or NaN; a saturated amplitude head passes no gradient.", "",
+        *_table(["Epoch", "Step", "Budget mean", "Budget p05", "Budget p95", "I_pred ≤ 0", "Amp. saturation",
+                 "Note"], "rrrrrrrl", rows),
+        "",
+    ]
+    if failure is None:
+        return lines
+    moved = physics.moved_before(record.physics, failure)
+    lines += [f"**Early warnings before the failure (step {failure})**, first → last evaluation before it:", ""]
+    lines += [_moved_line(entry) for entry in moved] + [""]
+    names = [_PHYSICS_LABELS[e["measure"]].split(" (")[0].lower() for e in moved if e["moved"]]
+    if names:
+        lines.append(f"**Moved before the failure:** {', '.join(names)}")
+    elif all(e["moved"] is False for e in moved):
+        lines.append("**Moved before the failure:** none: these measures gave no warning")
+    else:
+        lines.append(f"**Moved before the failure:** {NA} (not enough evaluations before the failure)")
+    return lines + [""]
+
+
+_STAGE_TEXT = {
+    "forward": "forward pass",
+    "loss": "loss",
+    "gradients": "gradients (backward pass)",
+    "none": "none: the replayed step is finite",
+}
+
+
+def _sample_flags_line(label: str, flags: Mapping | None, kind: str) -> str | None:
+    found = [f"`{key}` samples {entry.get(kind)}" for key, entry in (flags or {}).items() if entry.get(kind)]
+    return f"- {label}: {'; '.join(found)}" if found else None
+
+
+def forensics_lines(forensics: Mapping) -> list[str]:
+    """The "NaN Forensics" section for a replay result (`ptycho_callbacks.forensics.replay`)."""
+    lines = ["### NaN Forensics", ""]
+    folder = forensics.get("folder")
+    folder_line = f"- Saved step: `{folder}`" if folder else f"- Saved step: {NA} (no nan_forensics folder)"
+    stage = forensics.get("stage")
+    if stage not in _STAGE_TEXT:
+        return lines + [f"- Where: {NA} ({forensics.get('reason') or 'the step was not replayed'})",
+                        folder_line, ""]
+    check = forensics.get("check_numerics") or {}
+    op = forensics.get("op")
+    if op:
+        function = check.get("function")
+        op_text = f"`{op}`" + (f" in `{function}`" if function else "")
+        if check.get("values"):
+            op_text += f" ({check['values']})"
+    else:
+        op_text = f"{NA} ({check.get('reason') or 'not checked: the step is finite'})"
+    samples = forensics.get("samples") or []
+    size = forensics.get("batch_size")
+    lines += [
+        f"- Where: {_STAGE_TEXT[stage]}",
+        f"- Layer: `{forensics['layer']}`" if forensics.get("layer") else f"- Layer: {NA} (not identified)",
+        f"- Op: {op_text}",
+    ]
+    if forensics.get("loss"):
+        lines.append(f"- Loss function: `{forensics['loss']}`")
+    lines.append(f"- Samples involved: {samples} of {fmt(size, '%d', 'batch size not recorded')}" if samples
+                 else f"- Samples involved: {NA} (no sample singled out)")
+    lines += [line for line in (
+        _sample_flags_line("Non-finite inputs", forensics.get("inputs"), "nonfinite"),
+        _sample_flags_line("Extreme inputs", forensics.get("inputs"), "extreme"),
+        _sample_flags_line("Non-finite targets", forensics.get("targets"), "nonfinite"),
+    ) if line]
+    weights = forensics.get("nonfinite_weights") or []
+    lines.append(f"- Non-finite weights before the step: {_code_list(weights) if weights else 'none'}")
+    lines.append(folder_line)
+    for dropped in forensics.get("dropped") or []:
+        lines.append(f"  - dropped {dropped.get('part')}: {dropped.get('reason')}")
+    if forensics.get("message"):
+        lines += ["", forensics["message"]]
+    components = forensics.get("loss_components") or {}
+    if components:
+        lines += [""] + _table(["Component", "Loss", "Weight", "Value", "Non-finite samples"], "llrrl", [
+            [f"`{name}`", f"`{c.get('loss')}`", fmt(c.get("weight"), "%g", "unknown"),
+             fmt(c.get("value"), "%.6g", "not finite"), str(c.get("samples") or "none")]
+            for name, c in components.items()])
+    norms = forensics.get("gradient_norms") or []
+    if norms:
+        lines += ["", "Gradient norms per layer at the failing step:", ""]
+        lines += _table(["Layer", "Gradient norm"], "lr",
+                        [[f"`{n.get('layer')}`", fmt(n.get("norm"), "%.4g", "not finite")] for n in norms])
+    return lines + [""]
+
+
+def _forensics_section(record: RunRecord) -> list[str]:
+    return forensics_lines(record.forensics) if record.forensics is not None else []
+
+
 def render_scenario(record: RunRecord, spec_refs: Mapping[str, str] | None = None) -> str:
     """The per-scenario part of the report for one record (Markdown)."""
     refs = {**DEFAULT_SPEC_REFS, **(spec_refs or {}), **(record.config.get("spec_refs") or {})}
     lines = [
         *_scenario_header(record),
         *_nan_event_section(record),
+        *_forensics_section(record),
         *_other_findings(record),
         *_loss_section(record, refs),
+        *_physics_section(record),
         *_intensity_scale_section(record, refs),
         *_scaler_state_section(record, refs),
         *_container_section(record, refs),

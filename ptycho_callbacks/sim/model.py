@@ -5,6 +5,13 @@ It has what matters to the callbacks: the `input`/`input_positions` inputs,
 variable, a CNN with amplitude and phase heads, probe illumination and a
 far-field FFT, the outputs `trimmed_obj`, `intensity_scaler_inv` and
 `pred_intensity`, and the three weighted losses (real space, MAE, Poisson NLL).
+
+Its layers, `RealspaceLoss` and `negloglik` are registered for saving
+(package `ptycho_callbacks`): `model.save("m.keras")` and
+`keras.models.load_model("m.keras")` work under both Keras versions once this
+module is imported. A loaded model's two scaler layers each hold their own
+copy of `log_scale` (equal to the saved value): one variable cannot be shared
+across a save.
 """
 
 import math
@@ -12,18 +19,64 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from .._keras import keras
+from .._keras import IS_LEGACY, keras
 
 SCALER_STYLES = ("keras", "ptychopinn")
 
 
-def _add_log_scale(layer, initial, trainable):
-    return layer.add_weight(
-        name="log_scale", shape=(), initializer=keras.initializers.Constant(initial),
-        trainable=trainable)
+SERIALIZATION_PACKAGE = "ptycho_callbacks"
+"""Package name under which the stand-in's layers, loss and `negloglik` are registered for saving."""
+
+serializable = keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 
 
-class IntensityScaler(keras.layers.Layer):
+def _variable_style(variable):
+    """How a log_scale variable was made: "keras" (a weight Keras tracks) or "ptychopinn" (a plain `tf.Variable`).
+
+    Keras 3 does not track a plain `tf.Variable` attribute (so it is not saved
+    with the weights either); tf_keras tracks every `tf.Variable` attribute.
+    """
+    keras_variable = getattr(keras, "Variable", None)
+    if keras_variable is None or isinstance(variable, keras_variable):
+        return "keras"
+    return "ptychopinn"
+
+
+class _LogScaleHolder(keras.layers.Layer):
+    """A layer holding the intensity scaler's `log_scale` as its attribute `w`.
+
+    A saved and loaded model cannot share one variable between two layers:
+    each loaded scaler layer holds its own copy, equal to the saved value.
+
+    Args:
+        log_scale: the variable to hold, or None to create one.
+        initial: the initial log_scale of a created variable.
+        scale_trainable: whether a created variable is trainable.
+        variable_style: how to create it: "keras" (`add_weight`) or
+            "ptychopinn" (a plain `tf.Variable`, untracked by Keras 3).
+    """
+
+    def __init__(self, log_scale=None, initial=0.0, scale_trainable=True, variable_style="keras", **kwargs):
+        super().__init__(**kwargs)
+        if log_scale is not None:
+            self.w = log_scale
+        elif variable_style == "ptychopinn":
+            self.w = tf.Variable(initial, dtype=tf.float32, trainable=scale_trainable, name="log_scale")
+        else:
+            self.w = self.add_weight(
+                name="log_scale", shape=(), initializer=keras.initializers.Constant(initial),
+                trainable=scale_trainable)
+
+    def get_config(self):
+        config = super().get_config()
+        # The current value: Keras 3 does not save an untracked variable with the weights.
+        config.update(initial=float(tf.convert_to_tensor(self.w)), scale_trainable=bool(self.w.trainable),
+                      variable_style=_variable_style(self.w))
+        return config
+
+
+@serializable
+class IntensityScaler(_LogScaleHolder):
     """Divides the diffraction input by exp(log_scale).
 
     Args:
@@ -31,34 +84,28 @@ class IntensityScaler(keras.layers.Layer):
             attribute `w`), or None to create a Keras weight named `log_scale`.
         initial: the initial log_scale when the layer creates its own weight.
         scale_trainable: whether that weight is trainable.
+        variable_style: "keras" or "ptychopinn", how a created weight is made.
     """
-
-    def __init__(self, log_scale=None, initial=0.0, scale_trainable=True, **kwargs):
-        super().__init__(**kwargs)
-        if log_scale is not None:
-            self.w = log_scale
-        else:
-            self.w = _add_log_scale(self, initial, scale_trainable)
 
     def call(self, inputs):
         return inputs / tf.exp(tf.cast(self.w, inputs.dtype))
 
 
-class IntensityScaler_inv(keras.layers.Layer):  # noqa: N801 - PtychoPINN's class name
+@serializable
+class IntensityScaler_inv(_LogScaleHolder):  # noqa: N801 - PtychoPINN's class name
     """Multiplies the predicted diffraction amplitude by exp(log_scale).
 
     Args:
-        log_scale: the variable shared with the `IntensityScaler`.
+        log_scale: the variable shared with the `IntensityScaler` (None when
+            loaded from a saved model: the layer then holds its own copy).
+        initial, scale_trainable, variable_style: as for `IntensityScaler`.
     """
-
-    def __init__(self, log_scale, **kwargs):
-        super().__init__(**kwargs)
-        self.w = log_scale
 
     def call(self, inputs):
         return inputs * tf.exp(tf.cast(self.w, inputs.dtype))
 
 
+@serializable
 class CombineComplex(keras.layers.Layer):
     """amplitude * exp(i * phase) as complex64."""
 
@@ -69,6 +116,7 @@ class CombineComplex(keras.layers.Layer):
         return keras.KerasTensor(amplitude.shape, dtype="complex64")
 
 
+@serializable
 class FarFieldAmplitude(keras.layers.Layer):
     """Illuminates each object patch with the probe and returns |FFT2| (orthonormal, centred).
 
@@ -79,6 +127,18 @@ class FarFieldAmplitude(keras.layers.Layer):
     def __init__(self, probe, **kwargs):
         super().__init__(**kwargs)
         self.probe = tf.constant(np.asarray(probe, dtype=np.complex64))
+
+    def get_config(self):
+        config = super().get_config()
+        probe = self.probe.numpy()
+        config.update(probe_real=probe.real.tolist(), probe_imag=probe.imag.tolist())
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        probe = np.asarray(config.pop("probe_real")) + 1j * np.asarray(config.pop("probe_imag"))
+        return cls(probe, **config)
 
     def call(self, obj):
         waves = tf.transpose(obj, (0, 3, 1, 2)) * self.probe
@@ -91,6 +151,7 @@ class FarFieldAmplitude(keras.layers.Layer):
         return keras.KerasTensor(obj.shape, dtype="float32")
 
 
+@serializable
 class Square(keras.layers.Layer):
     """Amplitude to intensity."""
 
@@ -98,6 +159,7 @@ class Square(keras.layers.Layer):
         return tf.square(inputs)
 
 
+@serializable
 class PhaseActivation(keras.layers.Layer):
     """pi * tanh, PtychoPINN's phase head."""
 
@@ -108,6 +170,17 @@ class PhaseActivation(keras.layers.Layer):
 def realspace_loss(y_true, y_pred):
     """Mean absolute error between object amplitudes (complex inputs)."""
     return tf.reduce_mean(tf.abs(tf.abs(y_pred) - tf.abs(tf.cast(y_true, y_pred.dtype))), axis=(1, 2, 3))
+
+
+@serializable
+def _replica_share(loss):
+    """A replica's share of a batch-mean loss, as Keras 3's own losses return it.
+
+    Under a strategy with several replicas Keras 3 divides each replica's
+    loss by their number (it sums them later); tf_keras does not.
+    """
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss if IS_LEGACY or replicas == 1 else loss / replicas
 
 
 class RealspaceLoss(keras.losses.Loss):
@@ -123,14 +196,20 @@ class RealspaceLoss(keras.losses.Loss):
     def __call__(self, y_true, y_pred, sample_weight=None):
         per_sample = realspace_loss(y_true, y_pred)
         if sample_weight is None:
-            return tf.reduce_mean(per_sample)
-        weights = tf.cast(tf.reshape(sample_weight, [-1]), per_sample.dtype)
-        return tf.reduce_sum(per_sample * weights) / tf.cast(tf.size(per_sample), per_sample.dtype)
+            mean = tf.reduce_mean(per_sample)
+        else:
+            weights = tf.cast(tf.reshape(sample_weight, [-1]), per_sample.dtype)
+            mean = tf.reduce_sum(per_sample * weights) / tf.cast(tf.size(per_sample), per_sample.dtype)
+        return _replica_share(mean)
 
     def call(self, y_true, y_pred):
         return realspace_loss(y_true, y_pred)
 
+    def get_config(self):
+        return {"name": self.name}
 
+
+@serializable
 def negloglik(y_true, y_pred):
     """Poisson negative log-likelihood of counts y_true given intensities y_pred.
 

@@ -1,0 +1,218 @@
+"""`PhysicsHealth`: the photon budget and the Poisson NLL's early warnings on a probe batch."""
+
+import numpy as np
+import tensorflow as tf
+
+from .. import physics, stats
+from .._keras import keras
+from .base import RecordingCallback
+
+AMPLITUDE_LAYER_NAMES = ("amp_head", "amp")
+"""Amplitude-head layer names looked for when none is given: the stand-in's, then PtychoPINN's."""
+
+
+def _as_numpy_batch(inputs):
+    if isinstance(inputs, dict):
+        return {key: np.asarray(value) for key, value in inputs.items()}
+    if isinstance(inputs, (list, tuple)):
+        return [np.asarray(value) for value in inputs]
+    return np.asarray(inputs)
+
+
+def _activation_name(layer):
+    """Name of the layer's activation (Keras `activation`, or PtychoPINN's `activation_name`), or None."""
+    activation = getattr(layer, "activation", None)
+    name = getattr(activation, "__name__", None) or getattr(layer, "activation_name", None)
+    return name if isinstance(name, str) else None
+
+
+class PhysicsHealth(RecordingCallback):
+    """Logs the photon budget and the early warnings of a Poisson-NLL NaN on a fixed probe batch.
+
+    At the start of training and every `every_n_epochs` epochs (and at
+    train end, when the last epoch was not logged) the model is evaluated on
+    `probe_inputs` and three measures are computed with
+    `ptycho_callbacks.physics`:
+
+    - the photon budget: per pattern `sum_xy pred_intensity / sum_xy
+      probe_counts` (mean, p05, p95): 1 when the model conserves photons;
+    - the fraction of predicted intensities `<= 0`, where the Poisson NLL's
+      `log` is -Inf or NaN;
+    - the amplitude head's saturation fraction: outputs within
+      `physics.SATURATION_TOLERANCE` of a bound of its activation (for a
+      ReLU head, the dead outputs).
+
+    They are written to TensorBoard (`physics/photon_budget/mean|p05|p95`,
+    `physics/nonpositive_fraction`, `physics/saturation_fraction`; the step
+    is the number of completed epochs, so a fit from `initial_epoch` goes on
+    where the last one stopped; undefined values are not written) and
+    appended to `record.physics` as `{"epoch", "step", "photon_budget",
+    "nonpositive_fraction", "saturation_fraction"}` (`step` is the global
+    optimizer step, which the report compares with a NaN event's to say
+    which measure moved before the failure).
+
+    Args:
+        probe_inputs: a small fixed batch of model inputs (dict by input
+            name, or list). Keep it small: it is evaluated at every logging
+            epoch.
+        probe_counts: the measured intensities of that batch, in the units of
+            the model's `pred_intensity` output: its training target
+            `(intensity_scale * X)**2` (see `ptycho_callbacks.physics`).
+        every_n_epochs: evaluate every this many epochs (and at train begin).
+        intensity_output: name of the layer giving the predicted intensity.
+        amplitude_layer: name of the amplitude head's layer; None looks for
+            `AMPLITUDE_LAYER_NAMES` and leaves the saturation out when none
+            exists.
+        amplitude_range: `(low, high)` bounds of the head's activation (None
+            for unbounded); by default from its activation's name
+            (`physics.ACTIVATION_RANGES`).
+        log_dir: run directory; None writes no TensorBoard data.
+        record: the `RunRecord` to fill; a new one if None.
+
+    Raises:
+        ValueError: at construction for an empty probe batch or counts that
+            are not numeric; at train begin for an unknown layer name or
+            counts whose shape differs from the predicted intensity.
+
+    Example:
+
+    ```python
+    data = simulate(N=64, gridsize=2)
+    probe = {key: value[:8] for key, value in data.model_inputs().items()}
+    counts = data.model_targets()["pred_intensity"][:8]
+    health = PhysicsHealth(probe, counts, every_n_epochs=5, log_dir="runs/gs2_base")
+    model.fit(data.model_inputs(), data.model_targets(), epochs=50, callbacks=[health])
+    health.record.physics[-1]["photon_budget"]["mean"]
+    ```
+    """
+
+    def __init__(self, probe_inputs, probe_counts, every_n_epochs=1, intensity_output="pred_intensity",
+                 amplitude_layer=None, amplitude_range=None, log_dir=None, record=None):
+        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be an integer >= 1, got {every_n_epochs!r}")
+        counts = np.asarray(probe_counts)
+        if counts.dtype.kind not in "iuf" or counts.ndim == 0 or counts.shape[0] == 0:
+            raise ValueError(f"probe_counts must be a non-empty real array, got dtype {counts.dtype}, "
+                             f"shape {counts.shape}")
+        if amplitude_range is not None and len(amplitude_range) != 2:
+            raise ValueError(f"amplitude_range must be (low, high), got {amplitude_range!r}")
+        super().__init__(log_dir=log_dir, record=record)
+        self.probe_inputs = _as_numpy_batch(probe_inputs)
+        self.probe_counts = counts
+        self.every_n_epochs = every_n_epochs
+        self.intensity_output = intensity_output
+        self.amplitude_layer = amplitude_layer
+        self.amplitude_range = tuple(amplitude_range) if amplitude_range is not None else None
+        self._probe_model = None
+        self._range = (None, None)
+        self._range_reason = None
+        self._pending = None
+        self._completed = None
+        self._last_logged = None
+
+    # --- Keras hooks -------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._build_probe_model()
+        self._completed = self._last_logged = None
+        # Evaluated now (errors surface before any step); recorded at the first
+        # epoch's start, whose index is the number of completed epochs.
+        self._pending = self._evaluate()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        if self._pending is not None:
+            self._record_and_write(self._pending, epoch)
+            self._pending = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self._completed = epoch + 1
+        if self._completed % self.every_n_epochs == 0:
+            self._record_and_write(self._evaluate(), self._completed)
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        try:
+            if self._pending is not None:
+                self._record_and_write(self._pending, 0)
+                self._pending = None
+            if self._completed is not None and self._last_logged != self._completed:
+                self._record_and_write(self._evaluate(), self._completed)
+        finally:
+            self.release_writers()
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"every_n_epochs": self.every_n_epochs, "intensity_output": self.intensity_output,
+                       "amplitude_layer": self.amplitude_layer, "amplitude_range": self.amplitude_range})
+        return config
+
+    # --- evaluation --------------------------------------------------------
+
+    def _layer(self, name):
+        try:
+            return self.model.get_layer(name)
+        except (ValueError, KeyError):
+            names = ", ".join(layer.name for layer in self.model.layers)
+            raise ValueError(f"PhysicsHealth: the model {self.model.name!r} has no layer named {name!r}; "
+                             f"its layers are: {names}") from None
+
+    def _amplitude_head(self):
+        if self.amplitude_layer is not None:
+            return self._layer(self.amplitude_layer)
+        present = {layer.name: layer for layer in self.model.layers}
+        return next((present[name] for name in AMPLITUDE_LAYER_NAMES if name in present), None)
+
+    def _build_probe_model(self):
+        intensity = self._layer(self.intensity_output)
+        outputs = [intensity.output]
+        head = self._amplitude_head()
+        if head is not None:
+            outputs.append(head.output)
+            activation = _activation_name(head)
+            self._range = self.amplitude_range or physics.ACTIVATION_RANGES.get(activation, (None, None))
+            self._range_reason = f"bounds of activation {activation!r} unknown: pass amplitude_range"
+        else:
+            self._range = (None, None)
+            self._range_reason = f"no amplitude layer (looked for {', '.join(AMPLITUDE_LAYER_NAMES)})"
+        inputs = self.model.inputs
+        self._probe_model = keras.Model(inputs[0] if len(inputs) == 1 else inputs, outputs,
+                                        name="physics_health_probe")
+
+    def _evaluate(self):
+        outputs = self._probe_model(self.probe_inputs, training=False)
+        outputs = [np.asarray(value) for value in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
+        intensity = outputs[0]
+        if intensity.shape != self.probe_counts.shape:
+            raise ValueError(f"PhysicsHealth: {self.intensity_output!r} on probe_inputs has shape "
+                             f"{intensity.shape} but probe_counts has shape {self.probe_counts.shape}; give "
+                             "the measured intensities of the probe batch")
+        saturation = physics.saturation_fraction(outputs[1] if len(outputs) > 1 else [], *self._range)
+        if self._range == (None, None):
+            saturation["reason"] = self._range_reason
+        return {
+            "step": int(self.global_step),
+            "photon_budget": physics.photon_budget(intensity, self.probe_counts),
+            "nonpositive_fraction": physics.nonpositive_fraction(intensity),
+            "saturation_fraction": saturation,
+        }
+
+    def _record_and_write(self, evaluation, epoch):
+        evaluation = {"epoch": int(epoch), **evaluation}
+        self.record.physics.append(evaluation)
+        self._last_logged = epoch
+        writer = self.writer()
+        if writer is None:
+            return
+        budget = evaluation["photon_budget"]
+        scalars = {f"physics/photon_budget/{key}": budget[key] for key in ("mean", "p05", "p95")}
+        scalars["physics/nonpositive_fraction"] = evaluation["nonpositive_fraction"]["fraction"]
+        scalars["physics/saturation_fraction"] = evaluation["saturation_fraction"]["fraction"]
+        with writer.as_default():
+            for tag, value in scalars.items():
+                value = stats.finite_or_none(value)
+                if value is not None:
+                    tf.summary.scalar(tag, value, step=epoch)
+        writer.flush()

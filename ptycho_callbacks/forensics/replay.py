@@ -1,0 +1,604 @@
+"""Replaying a failing training step to name the layer and op that first went non-finite.
+
+`replay(model, batch)` runs one training step on the batch eagerly, forward
+and backward, twice:
+
+1. a sweep, without numeric checking: every layer's output (one functional
+   sub-model over all of them), every loss component (the compiled losses
+   with their compiled weights, per sample), the gradients of every weight
+   and of every layer's output. The first layer whose output is non-finite,
+   the first loss component, or the layer whose backward pass made the first
+   non-finite gradient gives the stage and the layer; the samples whose
+   values are non-finite there are the samples involved. Complex tensors
+   (which TensorFlow's numeric checking skips) are checked here, both parts.
+2. the same step with `tf.debugging.enable_check_numerics()` switched on
+   for this replay only (restored after, also on error), and with the
+   traceback filtering of Keras and TensorFlow off so the error's frames
+   show the layer and the function that ran the op: it names the op (e.g.
+   `Log` inside `negloglik`).
+
+`replay_folder(folder)` does the same offline from a `nan_forensics/`
+folder, and `replay_main(argv)` is `ptycho-callbacks replay RUN_DIR`.
+"""
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import re
+import sys
+import sysconfig
+
+import numpy as np
+import tensorflow as tf
+
+from .._keras import keras
+from ..callbacks.batch_values import tf_variable
+from ..callbacks.loss_discovery import _per_output, compiled_loss_weights
+from . import capture
+
+MAX_GRADIENT_SAMPLES = 64
+"""At a gradient-stage failure, up to this many samples are replayed one by one to find those involved."""
+
+MAX_LISTED_LAYERS = 10
+"""At most this many non-finite layers are listed in a result."""
+
+_HEADER = re.compile(r'Detected Infinity or NaN in output (\d+) of (?:eagerly-executing|graph) op "([^"]+)"')
+_COUNTS = re.compile(r"# of ([+-]?(?:Inf|NaN)) elements: (\d+)")
+_LIBRARY_DIRS = tuple(os.path.dirname(module.__file__) + os.sep for module in (tf, keras, np)) + (
+    os.path.dirname(os.path.abspath(__file__)) + os.sep,)
+_STDLIB_DIR = sysconfig.get_paths()["stdlib"] + os.sep
+_PACKAGES_DIRS = (sysconfig.get_paths()["purelib"] + os.sep, sysconfig.get_paths()["platlib"] + os.sep)
+
+
+# ------------------------------------------------------------------ helpers
+def _numpy(value):
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
+def _all_finite(value):
+    array = _numpy(value)
+    return array.dtype.kind not in "fc" or bool(np.isfinite(array).all())
+
+
+def _nonfinite_samples(value, size):
+    return capture.nonfinite_samples(_numpy(value), size)
+
+
+def _finite_or_none(value):
+    number = float(value)
+    return number if np.isfinite(number) else None
+
+
+def _as_list(outputs):
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def _check_numerics_enabled():
+    """Whether the user had TensorFlow's numeric checking on already (then it is left on)."""
+    try:
+        from tensorflow.python.debug.lib import check_numerics_callback
+    except ImportError:
+        return False
+    return hasattr(check_numerics_callback._state, "check_numerics_callback")
+
+
+@contextlib.contextmanager
+def numerics_checked():
+    """Per-op numeric checking on, traceback filtering off; both restored on exit."""
+    switches = [(tf.debugging.is_traceback_filtering_enabled, tf.debugging.enable_traceback_filtering,
+                 tf.debugging.disable_traceback_filtering)]
+    config = getattr(keras, "config", None)
+    if hasattr(config, "is_traceback_filtering_enabled"):
+        switches.append((config.is_traceback_filtering_enabled, config.enable_traceback_filtering,
+                         config.disable_traceback_filtering))
+    filtering = [(enable, disable) for is_enabled, enable, disable in switches if is_enabled()]
+    already_checking = _check_numerics_enabled()
+    # TensorFlow's error message prints the op's inputs: keep them to a few values.
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(np.printoptions(threshold=8, edgeitems=1))
+        for enable, disable in filtering:
+            disable()
+            stack.callback(enable)
+        if not already_checking:
+            tf.debugging.enable_check_numerics()
+            stack.callback(tf.debugging.disable_check_numerics)
+        yield
+
+
+def _frames(traceback):
+    while traceback is not None:
+        yield traceback.tb_frame
+        traceback = traceback.tb_next
+
+
+def _is_user_code(filename):
+    """False for TensorFlow, Keras, numpy, the standard library and this module."""
+    filename = os.path.abspath(filename)
+    if filename.startswith(_LIBRARY_DIRS):
+        return False
+    return not filename.startswith(_STDLIB_DIR) or filename.startswith(_PACKAGES_DIRS)
+
+
+def _describe_check_error(error):
+    """What an error of TensorFlow's numeric checking says: op, values, and the layer and function running it."""
+    text = str(error)
+    header = _HEADER.search(text)
+    if header is None:
+        return None
+    counts = ", ".join(f"{count} {kind}" for kind, count in _COUNTS.findall(text))
+    layer = loss = function = None
+    for frame in _frames(error.__traceback__):
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, keras.layers.Layer) and not isinstance(owner, keras.Model):
+            layer = owner.name
+        elif isinstance(owner, keras.losses.Loss):
+            loss = owner.name
+        if _is_user_code(frame.f_code.co_filename):
+            function = getattr(frame.f_code, "co_qualname", frame.f_code.co_name)
+    return {"op": header.group(2), "output": int(header.group(1)), "values": counts or None,
+            "layer": layer, "loss": loss, "function": function}
+
+
+def _parent_layers(layer):
+    """The layers feeding `layer` (its first call), or [] when Keras does not say."""
+    try:
+        nodes = layer._inbound_nodes[0].parent_nodes
+    except (AttributeError, IndexError):
+        return []
+    return [getattr(node, "operation", None) or getattr(node, "layer", None) for node in nodes]
+
+
+def _layer_output(layer):
+    """The layer's single symbolic output, or None (input layers, shared layers, several outputs)."""
+    if isinstance(layer, keras.layers.InputLayer):
+        return None
+    try:
+        output = layer.output
+    except (AttributeError, ValueError, RuntimeError):
+        return None
+    return None if isinstance(output, (list, tuple, dict)) else output
+
+
+class _Component:
+    """One compiled loss term: its output, logged name, per-sample function and weight."""
+
+    def __init__(self, index, output, name, spec, weight):
+        if isinstance(spec, str):
+            spec = keras.losses.get(spec)
+        if isinstance(spec, keras.losses.Loss):
+            self.function, self.loss_name = spec.call, spec.name
+        else:
+            self.function, self.loss_name = spec, getattr(spec, "__name__", type(spec).__name__)
+        self.index, self.output, self.name, self.weight = index, output, name, weight
+
+    def values(self, y_true, y_pred, sample_weight):
+        """Per-element loss values (sample weights applied) and their mean, Keras's reduction."""
+        y_true = tf.convert_to_tensor(y_true)
+        if y_pred.dtype.is_floating and y_true.dtype != y_pred.dtype:
+            y_true = tf.cast(y_true, y_pred.dtype)
+        values = self.function(y_true, y_pred)
+        if sample_weight is not None:
+            weights = tf.cast(tf.convert_to_tensor(sample_weight), values.dtype)
+            values = values * tf.reshape(weights, [-1] + [1] * (len(values.shape) - 1))
+        return values, tf.reduce_mean(values)
+
+
+def _components(model):
+    output_names = list(getattr(model, "output_names", None) or [])
+    spec = getattr(model, "loss", None)
+    if spec is None or not output_names:
+        raise capture.ForensicsError(f"the model {model.name!r} is not compiled with a loss: nothing to replay")
+    weights = compiled_loss_weights(model)
+    per_output = _per_output(spec, output_names, default=None)
+    components = []
+    for index, output in enumerate(output_names):
+        if per_output[output] is None:
+            continue
+        name = f"{output}_loss" if len(output_names) > 1 else "loss"
+        components.append(_Component(index, output, name, per_output[output], weights.get(name, 1.0)))
+    return components
+
+
+def _targets(y, output_names):
+    if isinstance(y, dict):
+        return [y.get(name) for name in output_names]
+    if isinstance(y, (list, tuple)):
+        return list(y) + [None] * (len(output_names) - len(y))
+    return [y] + [None] * (len(output_names) - 1)
+
+
+# ------------------------------------------------------------------- replay
+class _Replay:
+    """One replay of a training step on one batch (the model's weights already set)."""
+
+    def __init__(self, model, x, y, sample_weight):
+        self.model, self.x, self.sample_weight = model, x, sample_weight
+        self.size = capture.batch_size((x,))
+        self.output_names = list(model.output_names)
+        self.y = _targets(y, self.output_names)
+        self.components = _components(model)
+        self.trainable = list(model.trainable_variables)
+        self.owner = {}
+        for layer in model.layers:
+            for variable in layer.trainable_weights:
+                self.owner.setdefault(id(tf_variable(variable)), layer.name)
+        self.sweep_layers = [layer for layer in model.layers if _layer_output(layer) is not None]
+        self.sweep_model = None
+        if getattr(model, "inputs", None) and self.sweep_layers:
+            inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+            self.sweep_model = keras.Model(inputs, [_layer_output(layer) for layer in self.sweep_layers],
+                                           name="nan_forensics_sweep")
+        self.current = None  # (part of the step, loss component) running, for the numeric-checking pass
+
+    # --- one step -----------------------------------------------------------
+
+    def _forward(self, x, sweep):
+        """(model outputs, {layer name: output}) of a training-mode forward pass."""
+        layer_outputs = {}
+        if sweep and self.sweep_model is not None:
+            values = _as_list(self.sweep_model(x, training=True))
+            layer_outputs = {layer.name: value for layer, value in zip(self.sweep_layers, values)}
+        if all(name in layer_outputs for name in self.output_names):
+            return [layer_outputs[name] for name in self.output_names], layer_outputs
+        return _as_list(self.model(x, training=True)), layer_outputs
+
+    def _losses(self, outputs, y, sample_weight):
+        """({component name: (per-element values, mean)}, weighted total plus regularization)."""
+        losses, terms = {}, []
+        for component in self.components:
+            self.current = ("loss", component)
+            if y[component.index] is None:
+                continue
+            values, mean = component.values(y[component.index], outputs[component.index], sample_weight)
+            losses[component.name] = (values, mean)
+            terms.append(component.weight * mean)
+        self.current = ("loss", None)
+        terms += list(self.model.losses)
+        if not terms:
+            return losses, tf.constant(0.0)
+        return losses, tf.add_n([tf.cast(term, terms[0].dtype) for term in terms])
+
+    def _step(self, x, y, sample_weight, sweep):
+        """Forward, loss and backward of one step; with `sweep`, every layer's output and its gradient too."""
+        self.current = ("forward", None)
+        with tf.GradientTape() as tape:
+            outputs, layer_outputs = self._forward(x, sweep)
+            losses, total = self._losses(outputs, y, sample_weight)
+        self.current = ("gradients", None)
+        sources = self.trainable + list(layer_outputs.values())
+        gradients = tape.gradient(total, sources) if sources else []
+        output_gradients = dict(zip(layer_outputs, gradients[len(self.trainable):]))
+        return outputs, layer_outputs, losses, total, gradients[:len(self.trainable)], output_gradients
+
+    # --- analysis -----------------------------------------------------------
+
+    def run(self):
+        outputs, layer_outputs, losses, total, variable_gradients, output_gradients = self._step(
+            self.x, self.y, self.sample_weight, sweep=True)
+        if not layer_outputs:  # no sweep (a subclassed model): the model's outputs stand for its layers
+            layer_outputs = dict(zip(self.output_names, outputs))
+        components = {}
+        for component in self.components:
+            if component.name in losses:
+                values, mean = losses[component.name]
+                components[component.name] = {
+                    "value": _finite_or_none(mean), "weight": component.weight, "finite": _all_finite(values),
+                    "loss": component.loss_name, "samples": _nonfinite_samples(values, self.size)}
+        result = {
+            "stage": "none", "layer": None, "op": None, "loss": None, "message": None,
+            "batch_size": self.size, "samples": [],
+            "inputs": capture.sample_flags(self.x, "x", self.size),
+            "targets": capture.sample_flags(dict(zip(self.output_names, self.y)), "y", self.size),
+            "nonfinite_weights": [name for name, variable in capture.model_variables(self.model)
+                                  if not _all_finite(variable)],
+            "nonfinite_layers": [name for name, value in layer_outputs.items()
+                                 if not _all_finite(value)][:MAX_LISTED_LAYERS],
+            "loss_components": components,
+            "total_loss": _finite_or_none(total),
+            "gradient_norms": self._gradient_norms(variable_gradients),
+            "check_numerics": None,
+        }
+        self._locate(result, layer_outputs, output_gradients, variable_gradients)
+        if result["stage"] != "none":
+            check = result["check_numerics"] = self._check_numerics()
+            result["op"] = check.get("op")
+            result["layer"] = result["layer"] or check.get("layer")
+            result["loss"] = result["loss"] or check.get("loss")
+        result["message"] = _message(result)
+        return result
+
+    def _gradient_norms(self, gradients):
+        """[{"layer", "norm", "finite"}]: the norm of each layer's weight gradients (None when not finite)."""
+        squares = {}
+        for variable, gradient in zip(self.trainable, gradients):
+            if gradient is None:
+                continue
+            layer = self.owner.get(id(tf_variable(variable)), capture.variable_name(variable))
+            values = np.abs(_numpy(tf.convert_to_tensor(gradient))).astype(np.float64)
+            with np.errstate(all="ignore"):
+                squares[layer] = squares.get(layer, 0.0) + float(np.sum(values ** 2))
+        return [{"layer": layer, "norm": _finite_or_none(np.sqrt(square)), "finite": bool(np.isfinite(square))}
+                for layer, square in squares.items()]
+
+    def _locate(self, result, layer_outputs, output_gradients, variable_gradients):
+        """Sets stage, layer, loss and samples from the sweep."""
+        first_layer = next((name for name, value in layer_outputs.items() if not _all_finite(value)), None)
+        if first_layer is not None:
+            result.update(stage="forward", layer=first_layer,
+                          samples=_nonfinite_samples(layer_outputs[first_layer], self.size))
+            return
+        for component in self.components:
+            entry = result["loss_components"].get(component.name)
+            if entry is not None and not entry["finite"]:
+                result.update(stage="loss", layer=component.output, loss=component.loss_name,
+                              samples=entry["samples"])
+                return
+        if result["total_loss"] is None:
+            result.update(stage="loss", loss="total")
+            return
+        nonfinite_gradients = [variable for variable, gradient in zip(self.trainable, variable_gradients)
+                               if gradient is not None and not _all_finite(gradient)]
+        bad_outputs = {name for name, gradient in output_gradients.items()
+                       if gradient is not None and not _all_finite(gradient)}
+        if nonfinite_gradients or bad_outputs:
+            culprit = self._backward_culprit(bad_outputs, nonfinite_gradients)
+            from_loss = next((c.loss_name for c in self.components if c.output == culprit and culprit in bad_outputs),
+                             None)
+            result.update(stage="gradients", layer=culprit, loss=from_loss,
+                          samples=self._samples_with_nonfinite_gradients())
+
+    def _backward_culprit(self, bad_outputs, nonfinite_gradients):
+        """The layer whose backward pass made the first non-finite gradient (nearest the loss).
+
+        A layer made it when the gradient of its own output is finite but
+        that of an input, or of one of its weights, is not; an output layer
+        whose output gradient is non-finite got it from the loss.
+        """
+        for name in self.output_names:
+            if name in bad_outputs:
+                return name
+        bad_weight_layers = {self.owner.get(id(tf_variable(v))) for v in nonfinite_gradients}
+        for layer in reversed(self.sweep_layers):
+            if layer.name in bad_outputs:
+                continue
+            parents = {parent.name for parent in _parent_layers(layer) if parent is not None}
+            if parents & bad_outputs or layer.name in bad_weight_layers:
+                return layer.name
+        return next(iter(bad_weight_layers), None)
+
+    def _samples_with_nonfinite_gradients(self):
+        """Samples whose own step (alone in a batch) has a non-finite weight gradient."""
+        whole = (self.x, self.y, self.sample_weight)
+        involved = []
+        for index in range(min(self.size, MAX_GRADIENT_SAMPLES)):
+            x, y, sample_weight = capture.take_samples(whole, [index], self.size)
+            gradients = self._step(x, y, sample_weight, sweep=False)[4]
+            if any(gradient is not None and not _all_finite(gradient) for gradient in gradients):
+                involved.append(index)
+        return involved
+
+    def _check_numerics(self):
+        """The step again with per-op numeric checking: what TensorFlow names, or why it named nothing."""
+        try:
+            with numerics_checked():
+                self._step(self.x, self.y, self.sample_weight, sweep=False)
+        except tf.errors.InvalidArgumentError as error:
+            described = _describe_check_error(error)
+            if described is None:
+                raise
+            phase, component = self.current
+            described["phase"] = phase
+            if component is not None:
+                described["component"] = component.name
+                described["loss"] = described["loss"] or component.loss_name
+            return described
+        return {"reason": "TensorFlow's numeric checking found nothing: the first non-finite value is "
+                          "complex (which it does not check) or appears only in the sweep"}
+
+
+def _message(result):
+    """One paragraph saying where the first non-finite value appeared."""
+    stage, layer, check = result["stage"], result["layer"], result["check_numerics"] or {}
+    op = f"`{check['op']}`" + (f" in `{check['function']}`" if check.get("function") else "") \
+        if check.get("op") else None
+    samples = f"samples {result['samples']}" if result["samples"] else "no single sample"
+    bad_inputs = {key: entry["nonfinite"] for key, entry in result["inputs"].items() if entry["nonfinite"]}
+    bad_targets = {key: entry["nonfinite"] for key, entry in result["targets"].items() if entry["nonfinite"]}
+    if stage == "none":
+        return ("The forward pass, the loss and the gradients are all finite on this batch with these weights: "
+                "the non-finite value came from the optimizer's update (look at the learning rate and the "
+                "optimizer state) or the replayed batch or weights are not those of the failing step.")
+    parts = []
+    if stage == "forward":
+        parts.append(f"Forward pass: `{layer}` is the first layer whose output is non-finite ({samples}).")
+        if result["nonfinite_weights"]:
+            parts.append(f"Non-finite weights: {', '.join(f'`{n}`' for n in result['nonfinite_weights'])}.")
+        for key, indices in bad_inputs.items():
+            parts.append(f"The input `{key}` holds NaN/Inf in samples {indices}.")
+    elif stage == "loss":
+        what = (f"the loss of output `{layer}` ({result['loss']})" if layer else
+                "the weighted total of the loss components (with regularization)")
+        parts.append(f"Loss: the forward pass is finite, {what} is not ({samples}).")
+        for key, indices in bad_targets.items():
+            parts.append(f"The target `{key}` holds NaN/Inf in samples {indices}.")
+    else:
+        where = (f"the gradient of the loss of output `{layer}` ({result['loss']})" if result["loss"] else
+                 f"the backward pass of `{layer}`")
+        parts.append(f"Gradients: the forward pass and the loss are finite; {where} makes the first non-finite "
+                     f"gradient ({samples}).")
+    if op:
+        where = f" (in the {check['phase']} pass)" if check.get("phase") != stage else ""
+        values = f", {check['values']}" if check.get("values") else ""
+        parts.append(f"TensorFlow's numeric checking names op {op}{where}{values}.")
+    elif check.get("reason"):
+        parts.append(check["reason"] + ".")
+    return " ".join(parts)
+
+
+def replay(model, batch, weights=None):
+    """Replays one training step on `batch` to name what went non-finite first.
+
+    The step runs eagerly (forward, the compiled losses with their compiled
+    weights, gradients); per-op numeric checking is on only during the
+    replay and restored after, even on error. The model's weights are put
+    back as they were afterwards.
+
+    Args:
+        model: the compiled Keras model.
+        batch: `(x, y, sample_weight)` (or `(x, y)`) as Keras fed `train_step`.
+        weights: the weights to replay with (`[(name, array)]` or a list of
+            arrays, see `capture.assign_weights`); None keeps the model's.
+
+    Returns:
+        A JSON-safe dict: `stage` ("forward", "loss", "gradients" or
+        "none"), `layer` (the first non-finite layer, the output whose loss
+        is non-finite, or the layer whose backward pass made the first
+        non-finite gradient), `op` (as TensorFlow's numeric checking names
+        it), `loss` (the loss function), `message`, `samples` (batch indices
+        involved), `batch_size`, `inputs`/`targets` (per array, the samples
+        non-finite or extreme), `nonfinite_weights`, `nonfinite_layers`,
+        `loss_components`, `total_loss`, `gradient_norms` (per layer) and
+        `check_numerics` (op, values, layer, function, phase).
+
+    Example:
+
+    ```python
+    result = replay(model, (x_batch, y_batch), weights=weights_before)
+    print(result["stage"], result["layer"], result["op"])   # loss pred_intensity Log
+    ```
+    """
+    x, y, sample_weight = capture.split_batch(batch)
+    saved = capture.current_weights(model)
+    try:
+        if weights is not None:
+            capture.assign_weights(model, weights)
+        return _Replay(model, x, y, sample_weight).run()
+    finally:
+        capture.assign_weights(model, saved)
+
+
+# -------------------------------------------------------------- from a folder
+def _import_custom_objects(modules):
+    importlib.import_module("ptycho_callbacks.sim.model")  # registers the stand-in's layers and losses
+    for module in modules or ():
+        importlib.import_module(module)
+
+
+def _original_indices(result, kept):
+    """Maps the sample indices of a replay on kept samples back to the failing batch's."""
+    def mapped(indices):
+        return [kept[i] for i in indices]
+
+    result["samples"] = mapped(result["samples"])
+    for key in ("inputs", "targets"):
+        for entry in result[key].values():
+            entry["nonfinite"], entry["extreme"] = mapped(entry["nonfinite"]), mapped(entry["extreme"])
+    for entry in result["loss_components"].values():
+        entry["samples"] = mapped(entry["samples"])
+
+
+def replay_folder(folder, model=None, modules=None):
+    """Loads a `nan_forensics/` folder (or the run directory holding it) and replays its step.
+
+    Args:
+        folder: the folder, or the run directory holding it.
+        model: the compiled model to replay with (its weights are set from
+            `weights_before.npz`); None loads the folder's `model.keras`,
+            which holds those weights already.
+        modules: modules to import first, so that the saved model's custom
+            layers and losses are registered (the stand-in's are).
+
+    Returns:
+        `replay`'s dict with sample indices of the failing batch, plus
+        `folder`, `event` (the guard's) and `dropped` (from the manifest).
+
+    Raises:
+        capture.ForensicsError: no folder, no batch, or no model to replay.
+    """
+    folder = capture.find_folder(folder)
+    manifest = capture.read_manifest(folder)
+    batch = capture.read_batch(folder, manifest)
+    weights = None
+    if model is None:
+        info = manifest.get("model") or {}
+        if not info.get("file"):
+            raise capture.ForensicsError(
+                f"{folder}: no saved model ({info.get('reason') or 'no reason recorded'}); "
+                "pass the compiled model to replay_folder(folder, model=...)")
+        _import_custom_objects(modules)
+        try:
+            model = keras.models.load_model(os.path.join(folder, info["file"]))
+        except Exception as error:  # noqa: BLE001 - loading user models fails in many ways
+            raise capture.ForensicsError(
+                f"{folder}: the saved model cannot be loaded ({type(error).__name__}: {error}); import the "
+                "module defining its custom layers and losses (--import MODULE) or pass the model") from None
+    else:
+        weights = capture.read_weights(folder, manifest)
+        if weights is None:
+            raise capture.ForensicsError(f"{folder}: the weights before the failing step were not saved")
+    result = replay(model, batch, weights)
+    _original_indices(result, manifest["batch"]["samples"])
+    result.update(folder=os.path.abspath(folder), event=manifest.get("event"), dropped=manifest.get("dropped"))
+    return result
+
+
+def _replay_parser():
+    parser = argparse.ArgumentParser(
+        prog="ptycho-callbacks replay",
+        description="Replay the failing step saved by NaNGuard(forensics=True) in RUN_DIR/nan_forensics with "
+                    "per-op numeric checking, and say which layer and op made the first NaN/Inf.",
+        epilog="example:\n  ptycho-callbacks replay runs/gs2_base --write",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (or its nan_forensics folder)")
+    parser.add_argument("--write", action="store_true",
+                        help="also store the result in RUN_DIR/record.json and re-render RUN_DIR/report.md")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON instead of Markdown")
+    parser.add_argument("--import", dest="modules", action="append", metavar="MODULE",
+                        help="import MODULE first (registers the saved model's custom objects; repeatable)")
+    return parser
+
+
+def _write_back(run_dir, result):
+    from ..callbacks.summary_report import RECORD_FILE, REPORT_FILE
+    from ..record import RunRecord, atomic_write_text
+    from ..render import render_report
+
+    record_path = os.path.join(run_dir, RECORD_FILE)
+    record = RunRecord.load(record_path)
+    record.forensics = result
+    record.save(record_path)
+    atomic_write_text(os.path.join(run_dir, REPORT_FILE), render_report(record))
+    return record_path
+
+
+def replay_main(argv=None):
+    """Replay the NaN step a run saved and say which layer and op made the first NaN/Inf.
+
+    `ptycho-callbacks replay RUN_DIR [--write] [--json] [--import MODULE]`;
+    returns the exit status (0 ok, 2 error: one `ptycho-callbacks replay:
+    error: ...` line on stderr).
+    """
+    from ..record import RecordError, _encode_nonfinite, to_builtin
+    from ..render import forensics_lines
+
+    parser = _replay_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:
+        return int(exit_request.code or 0)
+    try:
+        folder = capture.find_folder(args.run_dir)
+        result = replay_folder(folder, modules=args.modules)
+        if args.write:
+            run_dir = os.path.dirname(os.path.abspath(folder))
+            result["written_to"] = _write_back(run_dir, result)
+    except (capture.ForensicsError, OSError, RecordError, ImportError) as error:
+        print(f"{parser.prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(_encode_nonfinite(to_builtin(result)), indent=2, allow_nan=False))
+    else:
+        print("\n".join(forensics_lines(result)))
+    return 0

@@ -1,0 +1,94 @@
+"""NaN forensics end to end: NaNGuard(forensics=True) in model.fit, then `ptycho-callbacks replay`.
+
+The model is the demo's `nan_poisson` one (ReLU amplitude head, high
+learning rate). Its biases start at zero, so the sample whose input is all
+zero predicts an intensity of exactly 0 at the first step: the Poisson NLL
+takes log(0) there, the way PtychoPINN trainings go NaN, but at a known
+step and sample.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from ptycho_callbacks._keras import keras
+from ptycho_callbacks.callbacks.nan_guard import NaNGuard
+from ptycho_callbacks.demo import SCENARIOS
+from ptycho_callbacks.forensics.replay import replay_main
+from ptycho_callbacks.record import RunRecord
+from ptycho_callbacks.sim.model import build_model
+from ptycho_callbacks.suite import default_callbacks
+
+BATCH = 4
+DEAD_SAMPLE = 2  # in the first batch (shuffle=False)
+LOG_OF_POISSON_NLL = {"stage": "loss", "layer": "pred_intensity", "op": "Log", "loss": "negloglik",
+                      "samples": [DEAD_SAMPLE]}
+
+
+def _model(data, scenario):
+    keras.utils.set_random_seed(0)
+    return build_model(N=16, gridsize=2, n_filters=4, probe=data.probe, intensity_scale=data.intensity_scale,
+                       **SCENARIOS[scenario])
+
+
+def _fit(model, data, callbacks, dead_sample=DEAD_SAMPLE):
+    inputs = {key: np.array(value) for key, value in data.model_inputs().items()}
+    if dead_sample is not None:
+        inputs["input"][dead_sample] = 0.0
+    model.fit(inputs, data.model_targets(), batch_size=BATCH, epochs=2, shuffle=False, verbose=0,
+              callbacks=callbacks)
+
+
+def _answer(forensics):
+    return {key: forensics.get(key) for key in LOG_OF_POISSON_NLL}
+
+
+def _probe(data):
+    return ({key: value[:BATCH] for key, value in data.model_inputs().items()},
+            data.model_targets()["pred_intensity"][:BATCH])
+
+
+def test_guard_saves_the_failing_step_and_names_the_log_of_the_poisson_nll(small_data, tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    guard = NaNGuard(log_dir=run_dir, forensics=True, verbose=0)
+    _fit(_model(small_data, "nan_poisson"), small_data, [guard])
+    (event,) = guard.record.nan_events
+    assert (event["epoch"], event["batch"]) == (0, 0)
+    folder = os.path.join(run_dir, "nan_forensics")
+    assert os.path.isfile(os.path.join(folder, "manifest.json"))
+    assert _answer(guard.record.forensics) == LOG_OF_POISSON_NLL
+    assert guard.record.forensics["folder"] == folder
+
+    capsys.readouterr()
+    assert replay_main([run_dir, "--json"]) == 0  # offline, from the saved folder
+    assert _answer(json.loads(capsys.readouterr().out)) == _answer(guard.record.forensics)
+
+
+def test_suite_records_the_forensics_and_physics_health_in_record_and_report(small_data, tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    model = _model(small_data, "nan_poisson")
+    probe, counts = _probe(small_data)
+    _fit(model, small_data, default_callbacks(model, run_dir, probe_inputs=probe, probe_counts=counts,
+                                              forensics=True, verbose=0))
+    record = RunRecord.load(os.path.join(run_dir, "record.json"))
+    assert record.status == "stopped_nan"
+    assert _answer(record.forensics) == LOG_OF_POISSON_NLL
+    assert record.physics and record.physics[0]["step"] == 0
+    with open(os.path.join(run_dir, "report.md"), encoding="utf-8") as handle:
+        report = handle.read()
+    assert "### NaN Forensics" in report and "- Op: `Log` in `negloglik`" in report
+    assert "### Physics Health" in report
+
+    capsys.readouterr()
+    assert replay_main([run_dir, "--json"]) == 0
+    assert _answer(json.loads(capsys.readouterr().out)) == _answer(record.forensics)
+
+
+def test_a_finite_run_writes_no_forensics(small_data, tmp_path):
+    run_dir = str(tmp_path / "run")
+    model = _model(small_data, "stable")
+    _fit(model, small_data, default_callbacks(model, run_dir, forensics=True, verbose=0), dead_sample=None)
+    assert not os.path.exists(os.path.join(run_dir, "nan_forensics"))
+    record = RunRecord.load(os.path.join(run_dir, "record.json"))
+    assert record.status == "completed" and record.forensics is None and not record.nan_events
