@@ -6,6 +6,8 @@ process, interleaving repetitions of:
   keras  Keras's TensorBoard(update_freq="batch") + TerminateOnNaN
   suite  ptycho_callbacks.default_callbacks at its defaults
   guard  NaNGuard alone
+  forensics  NaNGuard with forensics armed (the batch kept on the device, a
+         device-side snapshot of the weights every step)
 and prints the median steps per second of each and the time ratios against
 `bare` measured in the same run (this machine is noisy: compare ratios, not
 absolute speeds). Warm-up steps are not timed.
@@ -31,7 +33,7 @@ from ptycho_callbacks._keras import keras  # noqa: E402
 from ptycho_callbacks.sim.data import simulate  # noqa: E402
 from ptycho_callbacks.sim.model import build_model  # noqa: E402
 
-CONFIGS = ("bare", "keras", "suite", "guard")
+CONFIGS = ("bare", "keras", "suite", "guard", "forensics")
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -58,7 +60,7 @@ def callbacks_for(name, model, log_dir):
                 keras.callbacks.TerminateOnNaN()]
     if name == "suite":
         return default_callbacks(model, log_dir, verbose=0)
-    return [NaNGuard(log_dir=log_dir, verbose=0)]
+    return [NaNGuard(log_dir=log_dir, forensics=name == "forensics", verbose=0)]
 
 
 def measure(args):
@@ -109,9 +111,9 @@ def main(argv=None):
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{'config':<8} {'steps/s':>9} {'time ratio vs bare':>19}")
+    print(f"{'config':<10} {'steps/s':>9} {'time ratio vs bare':>19}")
     for name in args.configs:
-        print(f"{name:<8} {result['steps_per_second'][name]:>9.3f} {result['time_ratio_vs_bare'][name]:>19.3f}")
+        print(f"{name:<10} {result['steps_per_second'][name]:>9.3f} {result['time_ratio_vs_bare'][name]:>19.3f}")
     print(f"({result['repeats']} interleaved repetitions of {result['steps']} steps, N={args.N}, "
           f"gridsize {args.gridsize}, batch {args.batch_size}, Keras {result['keras']})")
     return 0

@@ -18,6 +18,8 @@ _LAZY = {
     "LossComponents": "callbacks.loss_components",
     "NaNGuard": "callbacks.nan_guard",
     "NonFiniteTrainingError": "callbacks.nan_guard",
+    "PhysicsHealth": "callbacks.physics_health",
+    "finish_on_exception": "callbacks.fit_exceptions",
     "StageStatistics": "callbacks.stage_statistics",
     "SummaryReport": "callbacks.summary_report",
     "RunRecord": "record",

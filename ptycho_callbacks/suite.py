@@ -7,14 +7,17 @@ from .record import RunRecord
 
 def default_callbacks(model, log_dir, scenario=None, config=None, stages=None, probe_inputs=None,
                       truth=None, log_scale_variable=None, update_freq=1, stage_every_n_epochs=1,
-                      restore_weights=False, on_nan="stop", verbose=1):
-    """Builds the suite: scale monitor, loss components, stage statistics, NaN guard, report.
+                      restore_weights=True, on_nan="stop", verbose=1, probe_counts=None,
+                      physics_every_n_epochs=1, forensics=True, forensics_max_bytes=None):
+    """Builds the suite: scale monitor, loss components, stage statistics, physics health, NaN guard, report.
 
     With nothing but the model and a directory it still watches the scale,
     splits the loss, guards against NaN and writes the report; stages,
     probe inputs and truth add the data-path statistics and the
     prediction-vs-truth sections. All callbacks feed one `RunRecord` and one
-    TensorBoard run under `log_dir/ptycho`.
+    TensorBoard run under `log_dir/ptycho`. `model.fit` is wrapped
+    (`finish_on_exception`) so that a fit left by an exception or Ctrl-C
+    still writes the record and the report.
 
     Args:
         model: the compiled model (used to discover the scale variable and
@@ -35,9 +38,17 @@ def default_callbacks(model, log_dir, scenario=None, config=None, stages=None, p
         log_scale_variable: the scale variable, if it cannot be found.
         update_freq: batches between per-batch TensorBoard points.
         stage_every_n_epochs: epochs between stage statistics.
-        restore_weights: put back the last finite weights on NaN.
+        restore_weights: put back the last finite weights on NaN (before any
+            other callback, e.g. a checkpoint, can see the non-finite ones).
         on_nan: "stop" (graceful) or "raise".
         verbose: 1 prints one line per finding or event.
+        probe_counts: measured intensities of `probe_inputs` in the units of
+            the model's `pred_intensity` (its training target); with
+            `probe_inputs` it adds `PhysicsHealth`.
+        physics_every_n_epochs: epochs between physics-health evaluations.
+        forensics: on NaN, save the failing step to `log_dir/nan_forensics`
+            and replay it to name the layer and op (see `NaNGuard`).
+        forensics_max_bytes: size limit of that folder (NaNGuard's default if None).
 
     Returns:
         A list of callbacks for `model.fit(..., callbacks=...)`.
@@ -46,9 +57,11 @@ def default_callbacks(model, log_dir, scenario=None, config=None, stages=None, p
     >>> callbacks = default_callbacks(model, "runs/gs2", config={"nphotons": 1e9, "N": 64})
     >>> model.fit(x, y, epochs=50, callbacks=callbacks)
     """
+    from .callbacks.fit_exceptions import finish_on_exception
     from .callbacks.intensity_scale_monitor import IntensityScaleMonitor
     from .callbacks.loss_components import LossComponents
-    from .callbacks.nan_guard import NaNGuard
+    from .callbacks.nan_guard import DEFAULT_FORENSICS_BYTES, NaNGuard
+    from .callbacks.physics_health import PhysicsHealth
     from .callbacks.stage_statistics import StageStatistics
     from .callbacks.summary_report import SummaryReport
 
@@ -57,8 +70,10 @@ def default_callbacks(model, log_dir, scenario=None, config=None, stages=None, p
     name = scenario or os.path.basename(os.path.normpath(os.fspath(log_dir)))
     record = RunRecord(scenario=name, base_dir=os.path.abspath(log_dir), config=dict(config or {}))
     shared = dict(log_dir=log_dir, record=record)
+    max_bytes = DEFAULT_FORENSICS_BYTES if forensics_max_bytes is None else forensics_max_bytes
     suite = [
-        NaNGuard(on_nan=on_nan, restore_weights=restore_weights, verbose=verbose, **shared),
+        NaNGuard(on_nan=on_nan, restore_weights=restore_weights, verbose=verbose, forensics=forensics,
+                 forensics_max_bytes=max_bytes, **shared),
         IntensityScaleMonitor(log_scale_variable=log_scale_variable, update_freq=update_freq,
                               probe_inputs=probe_inputs, verbose=verbose, **shared),
         LossComponents(update_freq=update_freq, **shared),
@@ -66,5 +81,8 @@ def default_callbacks(model, log_dir, scenario=None, config=None, stages=None, p
     if stages:
         suite.append(StageStatistics(stages, probe_inputs=probe_inputs, truth=truth,
                                      every_n_epochs=stage_every_n_epochs, **shared))
+    if probe_inputs is not None and probe_counts is not None:
+        suite.append(PhysicsHealth(probe_inputs, probe_counts, every_n_epochs=physics_every_n_epochs, **shared))
     suite.append(SummaryReport(**shared))
+    finish_on_exception(model)
     return suite

@@ -223,7 +223,9 @@ def test_nan_at_the_very_first_batch_restores_initial_weights(fresh_model, small
     assert all(event["last_finite"][name] is None for name in event["components"] if name != "weights")
     assert math.isfinite(event["last_finite"]["intensity_scaler_inv_loss"])
     assert event["weights_restored"] is True
-    assert any(not np.all(np.isfinite(w)) for w in counter.weights[(0, 0)]), "the NaN did not reach the weights"
+    assert event["nonfinite_weights"], "the NaN did not reach the weights"
+    # The step put the weights back itself: the callback before the guard never saw them non-finite.
+    assert all(np.all(np.isfinite(w)) for w in counter.weights[(0, 0)])
     for restored, expected in zip(_model_variables(model), initial):
         np.testing.assert_array_equal(restored.numpy(), expected)
     out = capsys.readouterr().out
@@ -240,7 +242,8 @@ def test_restored_weights_are_those_after_the_last_finite_batch(fresh_model, sma
     event = _only_event(guard)
     assert (event["batch"], event["weights_restored"]) == (2, True)
     assert counter.batches[-1] == (0, 2)
-    assert any(not np.all(np.isfinite(w)) for w in counter.weights[(0, 2)]), "the NaN did not reach the weights"
+    assert event["nonfinite_weights"], "the NaN did not reach the weights"
+    assert all(np.all(np.isfinite(w)) for w in counter.weights[(0, 2)])
     restored = [np.array(v.numpy()) for v in _model_variables(model)]
     assert all(np.all(np.isfinite(w)) for w in restored)
     for got, expected in zip(restored, counter.weights[(0, 1)]):
@@ -292,7 +295,8 @@ def test_nan_in_a_weight_is_named_and_restored(fresh_model, small_data):
     assert event["nonfinite_weights"] == [_name(kernel)]
     assert math.isnan(event["values"]["weights"])
     assert event["weights_restored"] is True
-    for got, expected in zip(_model_variables(model), counter.weights[(1, 1)]):
+    # The NaN came after step 7, from a callback: the weights of step 7 itself were the last finite ones.
+    for got, expected in zip(_model_variables(model), counter.weights[(1, 2)]):
         np.testing.assert_array_equal(got.numpy(), expected)
 
 
@@ -394,6 +398,64 @@ def test_snapshot_only_when_restore_is_asked_for(fresh_model, small_data):
 def test_config_and_arguments():
     guard = NaNGuard(on_nan="raise", restore_weights=True, check_weights=False, check_validation=False, verbose=0)
     assert guard.get_config() == {"log_dir": None, "on_nan": "raise", "restore_weights": True,
-                                  "check_weights": False, "check_validation": False, "verbose": 0}
+                                  "check_weights": False, "check_validation": False, "forensics": False,
+                                  "forensics_max_bytes": 256 * 2**20, "verbose": 0}
+    with pytest.raises(ValueError, match="log_dir"):
+        NaNGuard(forensics=True)
     with pytest.raises(ValueError, match="on_nan"):
         NaNGuard(on_nan="ignore")
+
+
+def _small_dense_model(steps_per_execution=1, jit_compile=False):
+    """Two named losses on a dense model: XLA on the CPU compiles it under both Keras versions
+    (tf_keras cannot compile the stand-in's UpSampling2D gradient there)."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,), name="x")
+    hidden = keras.layers.Dense(8, activation="tanh", name="hidden")(inputs)
+    first = keras.layers.Dense(1, name="first")(hidden)
+    second = keras.layers.Dense(1, name="second")(hidden)
+    model = keras.Model(inputs, {"first": first, "second": second})
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss={"first": "mse", "second": "mae"},
+                  steps_per_execution=steps_per_execution, jit_compile=jit_compile)
+    return model
+
+
+def _dense_data(nan_batch=None):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4 * BATCH, 6)).astype("float32")
+    y = {"first": rng.normal(size=(4 * BATCH, 1)).astype("float32"),
+         "second": rng.normal(size=(4 * BATCH, 1)).astype("float32")}
+    if nan_batch is not None:
+        y["second"][nan_batch * BATCH] = np.nan
+    return x, y
+
+
+@pytest.mark.parametrize("steps_per_execution, jit_compile", [(3, False), (1, True), (3, True)])
+def test_exact_step_under_steps_per_execution_and_xla(steps_per_execution, jit_compile):
+    model = _small_dense_model(steps_per_execution, jit_compile)
+    counter, guard = Counter(), NaNGuard(restore_weights=True, verbose=0)
+    x, y = _dense_data(nan_batch=1)
+    model.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[counter, guard])
+
+    # Keras calls the hooks once per execution: with 3 steps per call its
+    # only hook comes after batch 2, one step after the failing one.
+    assert counter.batches == ([(0, 2)] if steps_per_execution == 3 else [(0, 0), (0, 1)])
+    event = _only_event(guard)
+    assert (event["epoch"], event["batch"], event["step"]) == (0, 1, 2)
+    assert event["components"][0] == "second_loss"
+    assert event["weights_restored"] is True
+
+    # The weights put back are those after step 1: a twin trained on the first batch alone has them.
+    twin = _small_dense_model()
+    twin.fit(x[:BATCH], {k: v[:BATCH] for k, v in y.items()}, batch_size=BATCH, epochs=1, shuffle=False,
+             verbose=0)
+    for got, expected in zip(model.weights, twin.weights):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_the_model_gets_its_own_train_step_back(fresh_model, small_data):
+    model = fresh_model()
+    guard = NaNGuard(verbose=0)
+    _fit(model, small_data, [guard], epochs=1)
+    assert "train_step" not in vars(model)
+    assert model.train_function is None  # rebuilt without the guard at the next fit

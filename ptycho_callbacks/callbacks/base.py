@@ -1,10 +1,12 @@
 """What every callback of ours shares: the run record, the summary writers, the step count."""
 
+import json
 import os
 
 from .._keras import keras
 from ..record import RunRecord
 from . import _writers
+from .batch_values import variable_value
 
 
 def check_writable_dir(log_dir):
@@ -19,20 +21,53 @@ def check_writable_dir(log_dir):
         raise OSError(f"log directory {log_dir!r} cannot be written: {error}") from error
 
 
+def is_chief():
+    """True unless this process is a non-chief task of a multi-worker training.
+
+    Multi-worker strategies describe the cluster in `TF_CONFIG`; the chief is
+    the task of type "chief", or worker 0 when the cluster has no chief (the
+    rule Keras's own callbacks follow). Only the chief writes.
+    """
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = config.get("task") or {}
+    kind = task.get("type")
+    if not kind or kind == "chief":
+        return True
+    return kind == "worker" and int(task.get("index", 0)) == 0 and "chief" not in (config.get("cluster") or {})
+
+
+def optimizer_step(model):
+    """The optimizer's step count (`optimizer.iterations`), 0 for a model without optimizer.
+
+    Read once at train begin: from there our callbacks count steps on the
+    host, so the x axis of TensorBoard continues across `fit` calls, as
+    Keras's own TensorBoard callback does.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    iterations = getattr(optimizer, "iterations", None)
+    return 0 if iterations is None else int(variable_value(iterations))
+
+
 class RecordingCallback(keras.callbacks.Callback):
     """Base of our callbacks: a thin adapter that feeds one `RunRecord`.
 
     Callbacks built by `default_callbacks` share one record and one log
-    directory; a callback used alone makes its own record.
+    directory; a callback used alone makes its own record. `global_step` is
+    the optimizer's step count after the batch just done (exact with
+    `steps_per_execution > 1`).
 
     Args:
-        log_dir: run directory for TensorBoard logs; None writes no logs.
+        log_dir: run directory for TensorBoard logs; None writes no logs
+            (nor does a non-chief worker of a multi-worker training).
         record: the `RunRecord` to fill; a new one (named after `log_dir`)
             if None.
     """
 
     def __init__(self, log_dir=None, record=None):
         super().__init__()
+        self.is_chief = is_chief()
+        if not self.is_chief:
+            log_dir = None  # another worker of a multi-worker training: the chief writes the run
         if log_dir is not None:
             log_dir = os.fspath(log_dir)
             check_writable_dir(log_dir)
@@ -43,6 +78,7 @@ class RecordingCallback(keras.callbacks.Callback):
         self.record = record
         self.global_step = 0
         self.epoch = 0
+        self._epoch_start_step = self._fit_start_step = 0
         self._writers = {}
 
     def writer(self, run="train"):
@@ -54,13 +90,20 @@ class RecordingCallback(keras.callbacks.Callback):
         return self._writers[run]
 
     def on_train_begin(self, logs=None):
-        self.global_step = 0
+        self.global_step = self._fit_start_step = optimizer_step(self.model)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
+        self._epoch_start_step = self.global_step
 
     def on_train_batch_end(self, batch, logs=None):
-        self.global_step += 1
+        # Keras passes the index of the last batch the call ran, also when
+        # one call runs several steps (steps_per_execution > 1).
+        self.global_step = self._epoch_start_step + batch + 1
+
+    def on_fit_exception(self, error):
+        """`fit` was left by `error` (Keras calls no `on_train_end` then; see `finish_on_exception`)."""
+        self.release_writers()
 
     def release_writers(self):
         """Flushes and returns every writer this callback borrowed."""

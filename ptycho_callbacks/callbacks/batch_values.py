@@ -5,6 +5,7 @@ far. Their `Mean` trackers keep a `total` and a `count`; the change of both
 over one batch gives that batch's value exactly, whatever weights Keras used.
 """
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -14,6 +15,11 @@ def tf_variable(variable):
         return variable
     value = getattr(variable, "value", None)
     return value if isinstance(value, tf.Variable) else variable
+
+
+def variable_value(variable):
+    """A variable's value as numpy; also for distributed variables, whose `__array__` fails under tf_keras."""
+    return np.asarray(variable.numpy() if hasattr(variable, "numpy") else variable)
 
 
 def _mean_state(metric):

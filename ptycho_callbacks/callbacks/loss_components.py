@@ -50,7 +50,8 @@ class LossComponents(RecordingCallback):
 
     TensorBoard tags (run `ptycho/train`, and `ptycho/validation` for epochs):
     `loss/batch/<name>`, `loss/batch_weighted/<name>`, `loss/batch_share/<name>`,
-    `loss/batch/residual` at the global step; `loss/epoch/<name>` at the epoch.
+    `loss/batch/residual` at the global step; `loss/epoch/<name>` at the
+    number of epochs completed.
 
     Args:
         loss_weights: {component name: weight}; discovered from the compiled
@@ -100,8 +101,9 @@ class LossComponents(RecordingCallback):
             chart("share of the total per batch", r"loss/batch_share/.*"),
             chart("loss per epoch", r"loss/epoch/.*"),
         ]), layout_pb2.Category(title=f"{LAYOUT_CATEGORY}: intensity scale", chart=[
-            chart("log_scale", r"scale/.*/log_scale"),
-            chart("exp(log_scale) and configured scale", r"scale/.*/(exp_log_scale|configured_scale)"),
+            chart("log_scale per batch", r"scale/batch/log_scale"),
+            chart("exp(log_scale) per batch", r"scale/batch/exp_log_scale"),
+            chart("exp(log_scale) and configured scale per epoch", r"scale/epoch/(exp_log_scale|configured_scale)"),
         ])])
         with self.writer().as_default():
             tf.summary.experimental.write_raw_pb(
@@ -159,7 +161,7 @@ class LossComponents(RecordingCallback):
         for run, values in (("train", train), ("validation", validation)):
             if not values:
                 continue
-            with self.writer(run).as_default(step=epoch):
+            with self.writer(run).as_default(step=epoch + 1):  # epochs completed, as for all epoch series
                 for name, value in values.items():
                     if name == loss_discovery.TOTAL or name in self._weights:
                         tf.summary.scalar(f"loss/epoch/{name}", float(value))

@@ -1,16 +1,19 @@
 """NaNGuard: stops a training at the batch where the loss, log_scale or a weight stops being finite."""
 
-import contextlib
 import math
 
 import numpy as np
 import tensorflow as tf
 
 from .base import RecordingCallback
+from ..forensics.capture import variable_name
 from .batch_values import BatchValues, tf_variable
 from .scale_discovery import find_log_scale
+from .step_guard import NAN, NEG_INF, POS_INF, StepGuard, is_loss_name
 
 ON_NAN_CHOICES = ("stop", "raise")
+
+DEFAULT_FORENSICS_BYTES = 256 * 2**20
 
 LOG_SCALE = "log_scale"
 """Component name of the intensity scaler's `log_scale` in an event."""
@@ -43,10 +46,6 @@ class NonFiniteTrainingError(RuntimeError):
         self.event = event
 
 
-def _is_loss_name(name):
-    return name == "loss" or name.endswith("_loss")
-
-
 def _as_float(value):
     try:
         return float(np.asarray(value))
@@ -58,11 +57,6 @@ def _is_finite(value):
     return value is not None and math.isfinite(value)
 
 
-def _variable_name(variable):
-    name = getattr(variable, "path", None) or getattr(variable, "name", "") or "?"
-    return name[:-2] if name.endswith(":0") else name
-
-
 def _describe(value):
     if value is None:
         return "none"
@@ -71,19 +65,6 @@ def _describe(value):
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
     return f"{value:.3g}"
-
-
-def _first_nonfinite(variable):
-    """A non-finite element of `variable` (NaN first), or None; computed on the device."""
-    values = tf.convert_to_tensor(variable)
-    if not values.dtype.is_floating:
-        return None
-    if bool(tf.reduce_any(tf.math.is_nan(values))):
-        return float("nan")
-    if bool(tf.reduce_any(tf.math.is_inf(values))):
-        positive = tf.reduce_any(tf.logical_and(values > 0, tf.math.is_inf(values)))
-        return float("inf") if bool(positive) else float("-inf")
-    return None
 
 
 class NaNGuard(RecordingCallback):
@@ -110,33 +91,49 @@ class NaNGuard(RecordingCallback):
 
     Conventions of an event: `epoch` and `batch` are 0-based, as Keras passes
     them to callbacks (the progress bar shows them 1-based); `step` is the
-    number of optimizer steps done in this `fit`, the failing one included
-    (1-based), the same step our other callbacks use on TensorBoard's x axis.
-    With `steps_per_execution > 1` Keras calls the hook once per execution and
-    the guard checks there.
+    optimizer's step count after the failing step (`optimizer.iterations`,
+    1-based), the step our other callbacks use on TensorBoard's x axis.
 
-    Cost: ONE compiled `tf.function` call per training batch, returning one
-    small vector: Keras's loss-tracker totals and counts (the per-batch
-    values are their change, as `BatchValues` computes them), one "all
-    weights finite" boolean reduced on the device, and log_scale. With
-    `restore_weights` the same call copies the weights into device-side
-    shadow variables (`assign`, no host copy) when everything was finite.
-    Weight names and values are fetched only when the check fails. A
-    validation batch costs one read of the trackers. `restore_weights` keeps
-    one extra copy of the weights in device memory; it does not restore the
-    optimizer's state (e.g. Adam's moments), which a NaN gradient may have
-    spoiled: the printed line says so, re-compile before training on.
+    Where: the guard wraps the model's `train_step` for the duration of the
+    fit (`StepGuard`), so the check runs inside every step: with
+    `steps_per_execution > 1` (one hook per several steps) and under
+    `jit_compile=True` (XLA, where `tf.debugging.check_numerics` lets NaN
+    through; `tf.math.is_finite` does not) the event still names the exact
+    step, and with `restore_weights` the last finite weights are back before
+    any other callback (`ModelCheckpoint`, `BackupAndRestore`,
+    `EarlyStopping`) sees the step, wherever the guard stands in the list.
+    Under a strategy with several replicas the step is not wrapped and the
+    guard checks in the batch hook.
+
+    Cost: inside the step, a few `is_finite` reductions and, with
+    `restore_weights` or `forensics`, one device-side copy of the weights
+    (no host copy); in the batch hook, ONE compiled call returning the first
+    bad step and Keras's loss-tracker totals and counts (the per-batch values
+    are their change, as `BatchValues` computes them). Names and values are
+    fetched only when the guard fires. A validation batch costs one read of
+    the trackers. `restore_weights` does not restore the optimizer's state
+    (e.g. Adam's moments), which a NaN gradient may have spoiled: the printed
+    line says so, re-compile before training on.
+
+    With `forensics` (and a `log_dir`), the failing step's batch is kept on
+    the device (not under XLA) and, when the guard fires, written with the
+    weights before the step to `<log_dir>/nan_forensics/`; the step is then
+    replayed with per-op numeric checking to name the layer and op that went
+    first (`record.forensics`, the report's "NaN forensics" section).
 
     Args:
         on_nan: `"stop"` (set `model.stop_training`, graceful) or `"raise"`
             (raise `NonFiniteTrainingError`, with the event as its `event`
             attribute; other callbacks' `on_train_end` do not run).
         restore_weights: on a training event, put back the weights after the
-            last batch where everything was finite (the weights at train
-            begin if the very first batch fails).
+            last step where everything was finite (the weights at train
+            begin if the very first step fails).
         check_weights: also check every weight after every batch (catches a
             NaN/Inf update before the loss shows it).
         check_validation: also check validation batches.
+        forensics: on a training event, save and replay the failing step
+            (needs `log_dir`).
+        forensics_max_bytes: size limit of the `nan_forensics/` folder.
         log_dir: run directory for TensorBoard (`<log_dir>/ptycho/train`);
             None writes no TensorBoard data.
         record: the `RunRecord` to fill; a new one if None.
@@ -153,10 +150,17 @@ class NaNGuard(RecordingCallback):
     """
 
     def __init__(self, on_nan="stop", restore_weights=False, check_weights=True, check_validation=True,
-                 log_dir=None, record=None, verbose=1):
+                 forensics=False, forensics_max_bytes=DEFAULT_FORENSICS_BYTES, log_dir=None, record=None,
+                 verbose=1):
         if on_nan not in ON_NAN_CHOICES:
             raise ValueError(f"on_nan must be one of {ON_NAN_CHOICES}, got {on_nan!r}")
+        if forensics and log_dir is None:
+            raise ValueError("NaNGuard(forensics=True) needs a log_dir to write nan_forensics/ into")
+        if forensics_max_bytes <= 0:
+            raise ValueError(f"forensics_max_bytes must be positive, got {forensics_max_bytes!r}")
         super().__init__(log_dir=log_dir, record=record)
+        self.forensics = bool(forensics)
+        self.forensics_max_bytes = int(forensics_max_bytes)
         self.on_nan = on_nan
         self.restore_weights = bool(restore_weights)
         self.check_weights = bool(check_weights)
@@ -175,12 +179,15 @@ class NaNGuard(RecordingCallback):
         self._last_finite = {"train": {}, "val": {}}
         self._variables = None  # [(name, tf.Variable)] watched: weights and log_scale
         self._log_scale = None
-        self._shadows = None
-        self._snapshot_batch = None  # (epoch, batch, step) of the snapshot; None: train begin
+        self._step_guard = None
         self._train_check = None
 
+    @property
+    def _shadows(self):
+        return None if self._step_guard is None else self._step_guard.shadows
+
     def _prepare_variables(self):
-        """Finds the watched variables (weights and log_scale); makes the shadows when asked to."""
+        """Finds the watched variables (weights and log_scale) and arms the device-side guard."""
         variables, seen = [], set()
         log_scale, _, _ = find_log_scale(self.model)
         self._log_scale = None if log_scale is None else tf_variable(log_scale)
@@ -190,46 +197,39 @@ class NaNGuard(RecordingCallback):
             if id(tf_var) in seen or not tf.as_dtype(tf_var.dtype).is_floating:
                 continue
             seen.add(id(tf_var))
-            variables.append((_variable_name(variable), tf_var))
+            variables.append((variable_name(variable), tf_var))
         self._variables = variables
-        if self.restore_weights:
-            self._shadows = self._make_shadows()
-
-    def _make_shadows(self):
-        strategy = getattr(self.model, "distribute_strategy", None)
-        scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
-        with scope:
-            return [tf.Variable(v.read_value(), trainable=False, name=f"nan_guard_shadow_{i}")
-                    for i, (_, v) in enumerate(self._variables)]
+        self._step_guard = StepGuard(
+            self.model, [v for _, v in variables], check_weights=self.check_weights,
+            keep_snapshot=self.restore_weights or self.forensics, restore_in_step=self.restore_weights,
+            capture_batch=self.forensics)
+        self._step_guard.reset(self.global_step)
+        self._in_step = self._step_guard.install()
 
     def _prepare_trackers(self):
         """Keras's loss trackers, read the way `LossComponents` reads them."""
-        self._trackers = BatchValues(self.model, include=_is_loss_name)
+        self._trackers = BatchValues(self.model, include=is_loss_name)
 
     def _build_train_check(self):
-        """ONE compiled call per batch: tracker state, all-weights-finite, snapshot, log_scale."""
-        tf_vars = [v for _, v in self._variables]
-        shadows = self._shadows
-        check_all = self.check_weights or bool(shadows)
-        log_scale = self._log_scale
+        """ONE compiled call per batch: the hook's own check, the first bad step, tracker state, log_scale.
 
-        def check(logged_ok):
+        Inside the step (when the guard could wrap it) the check already ran
+        per step; here it catches what changed between steps (e.g. a
+        callback assigning a weight) and, under a multi-replica strategy, is
+        the only check.
+        """
+        guard = self._step_guard
+        log_scale = self._log_scale
+        snapshot = not self._in_step
+
+        def check(logged_ok, step):
             state = self._trackers.state()
             losses_ok = tf.logical_and(logged_ok, tf.reduce_all(tf.math.is_finite(state)))
-            if check_all and tf_vars:
-                weights_ok = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in tf_vars]))
-            else:
-                weights_ok = tf.constant(True)
-            saved = tf.constant(False)
-            if shadows:
-                def save():
-                    with tf.control_dependencies([s.assign(v) for s, v in zip(shadows, tf_vars)]):
-                        return tf.constant(True)
-
-                saved = tf.cond(tf.logical_and(weights_ok, losses_ok), save, lambda: tf.constant(False))
-            scale = tf.cast(log_scale, tf.float32) if log_scale is not None else tf.constant(0.0)
-            head = tf.stack([tf.cast(weights_ok, tf.float32), tf.cast(saved, tf.float32), scale])
-            return tf.concat([head, state], 0)
+            fired = guard.check(losses_ok, step, snapshot=snapshot)
+            with tf.control_dependencies([fired]):
+                first_bad = tf.identity(guard.first_bad)
+                scale = tf.cast(log_scale, tf.float32) if log_scale is not None else tf.constant(0.0)
+            return first_bad, tf.concat([tf.reshape(scale, [1]), state], 0)
 
         return tf.function(check, autograph=False)
 
@@ -240,7 +240,7 @@ class NaNGuard(RecordingCallback):
         self._reset_state()
         self._in_fit = True
         if self.model.weights:
-            self._prepare_variables()  # the shadows hold the initial weights until a finite batch
+            self._prepare_variables()  # the snapshot holds the initial weights until a finite step
 
     def on_epoch_begin(self, epoch, logs=None):
         super().on_epoch_begin(epoch, logs)
@@ -259,18 +259,16 @@ class NaNGuard(RecordingCallback):
             self._train_check = self._build_train_check()
         logged = self._logged_losses(logs, prefix="")
         logged_ok = all(_is_finite(v) for v in logged.values())
-        packed = self._train_check(tf.constant(logged_ok)).numpy()
-        weights_ok = bool(packed[0]) or not self.check_weights
-        if packed[1]:
-            self._snapshot_batch = (self.epoch, batch, self.global_step)
-        values = self._trackers.values_from(packed[3:])
+        first_bad, packed = self._train_check(tf.constant(logged_ok), tf.constant(self.global_step, tf.int64))
+        first_bad, packed = int(first_bad.numpy()), packed.numpy()
+        values = self._trackers.values_from(packed[1:])
         values.update(logged)
         if self._log_scale is not None:
-            values[LOG_SCALE] = float(packed[2])
-        if weights_ok and all(_is_finite(v) for v in values.values()):
+            values[LOG_SCALE] = float(packed[0])
+        if first_bad < 0:
             self._last_finite["train"].update(values)
             return
-        self._on_event("train", batch, values, weights_failed=not weights_ok)
+        self._on_event("train", first_bad - self._epoch_start_step - 1, values, step=first_bad)
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
@@ -293,7 +291,7 @@ class NaNGuard(RecordingCallback):
         if all(_is_finite(v) for v in values.values()):
             self._last_finite["val"].update(values)
             return
-        self._on_event("val", batch, values, weights_failed=False)
+        self._on_event("val", batch, values)
 
     def on_test_end(self, logs=None):
         super().on_test_end(logs)
@@ -302,8 +300,16 @@ class NaNGuard(RecordingCallback):
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)
+        self._end_fit()
+
+    def _end_fit(self):
         self._in_fit = False
+        if self._step_guard is not None:
+            self._step_guard.uninstall()
         self.release_writers()
+
+    def on_fit_exception(self, error):
+        self._end_fit()
 
     # ------------------------------------------------------------------ details
 
@@ -315,20 +321,18 @@ class NaNGuard(RecordingCallback):
         tracked = set(self._trackers.names) if self._trackers is not None else set()
         values = {}
         for name, value in (logs or {}).items():
-            if _is_loss_name(name) and name not in tracked:
+            if is_loss_name(name) and name not in tracked:
                 value = _as_float(value)
                 if value is not None:
                     values[prefix + name] = value
         return values
 
-    def _nonfinite_weights(self):
-        """[(name, a non-finite value)] of the watched variables that hold NaN/Inf (event time only)."""
-        found = []
-        for name, variable in self._variables or []:
-            value = _first_nonfinite(variable)
-            if value is not None:
-                found.append((name, value, variable is self._log_scale))
-        return found
+    def _nonfinite_variables(self):
+        """[(name, value, is log_scale)] of the watched variables non-finite when the guard fired."""
+        kinds = self._step_guard.variable_kinds() if self._step_guard is not None else []
+        value_of = {NAN: float("nan"), POS_INF: float("inf"), NEG_INF: float("-inf")}
+        return [(name, value_of[kind], variable is self._log_scale)
+                for (name, variable), kind in zip(self._variables or [], kinds) if kind in value_of]
 
     def _order(self, names):
         def rank(name):
@@ -338,19 +342,21 @@ class NaNGuard(RecordingCallback):
             return 1 if bare == "loss" else 0
         return sorted(names, key=rank)  # stable: components keep Keras's order
 
-    def _on_event(self, phase, batch, values, weights_failed):
-        components = [name for name, value in values.items() if not _is_finite(value)]
-        # Per name: the names still finite at this batch keep this batch's value.
-        self._last_finite[phase].update({name: value for name, value in values.items() if _is_finite(value)})
+    def _on_event(self, phase, batch, values, step=None):
         extra_values = {}
         nonfinite_weights = []
-        if phase == "train" and (weights_failed or LOG_SCALE in components):
-            bad = self._nonfinite_weights()
+        if phase == "train":
+            bad = self._nonfinite_variables()
             nonfinite_weights = [name for name, _, _ in bad]
+            for name, value, is_scale in bad:
+                if is_scale:
+                    values[LOG_SCALE] = value
             others = [(name, value) for name, value, is_scale in bad if not is_scale]
             if others and self.check_weights:
-                components.append(WEIGHTS)
                 extra_values[WEIGHTS] = others[0][1]
+        # Per name: the names still finite at this batch keep this batch's value.
+        self._last_finite[phase].update({name: value for name, value in values.items() if _is_finite(value)})
+        components = [name for name, value in values.items() if not _is_finite(value)] + list(extra_values)
         components = self._order(components)
         event_values = {name: extra_values[name] if name in extra_values else values[name] for name in components}
         last_finite = {name: self._last_finite[phase].get(name)
@@ -360,7 +366,7 @@ class NaNGuard(RecordingCallback):
         event = {
             "epoch": int(self.epoch),
             "batch": int(batch),
-            "step": int(self.global_step),
+            "step": int(self.global_step if step is None else step),
             "phase": phase,
             "components": components,
             "values": event_values,
@@ -371,6 +377,8 @@ class NaNGuard(RecordingCallback):
         restore_note = ""
         if phase == "train" and self.restore_weights:
             restore_note = self._restore(event)
+        if phase == "train" and self.forensics and self.log_dir is not None:
+            restore_note += self._collect_forensics(event)
         self.event = event
         self.record.nan_events.append(event)
         self.record.status = "stopped_nan"
@@ -389,22 +397,60 @@ class NaNGuard(RecordingCallback):
         else:
             self._stop_at_epoch_end = True
 
+    def _collect_forensics(self, event):
+        """Saves the failing step to `nan_forensics/` and replays it; returns a note for the message.
+
+        Forensics must never be what breaks a training: a failure here is a
+        finding of the record, not an exception.
+        """
+        from ..forensics.capture import write_forensics
+        from ..forensics.replay import replay
+
+        guard = self._step_guard
+        before = list(zip([name for name, _ in self._variables], guard.snapshot()))
+        batch = guard.captured_batch()
+        try:
+            folder = write_forensics(self.log_dir, self.model, batch, before, self._optimizer_state(), event,
+                                     max_bytes=self.forensics_max_bytes)
+            if batch is None:
+                if not guard.installed:
+                    reason = "the train step was not wrapped (a strategy with several replicas): no batch captured"
+                elif not guard.captures_batch:
+                    reason = "the batch was not captured: the step ran under XLA (jit_compile=True)"
+                else:
+                    reason = "the non-finite value appeared between steps (assigned outside the train step)"
+                result = {"stage": "n/a", "reason": reason}
+            else:
+                result = replay(self.model, batch, weights=before)
+            result["folder"] = folder
+        except Exception as error:  # noqa: BLE001 - reported, never raised into the training
+            self.record.add_finding("warning", "nan_forensics_failed",
+                                    f"NaN forensics failed: {type(error).__name__}: {error}")
+            return f" NaN forensics failed ({type(error).__name__}: {error})."
+        self.record.forensics = result
+        event["forensics"] = folder
+        where = ", ".join(str(result[key]) for key in ("stage", "layer", "op") if result.get(key))
+        return f" Forensics ({where or result.get('reason', 'n/a')}) in {folder}."
+
+    def _optimizer_state(self):
+        optimizer = getattr(self.model, "optimizer", None)
+        variables = getattr(optimizer, "variables", None)
+        variables = variables() if callable(variables) else (variables or [])
+        return [(variable_name(v), np.asarray(tf_variable(v).numpy())) for v in variables]
+
     def _restore(self, event):
         if not self._shadows:
             return " No weights were restored: no snapshot exists (the model had no weights at train begin)."
-        for shadow, (_, variable) in zip(self._shadows, self._variables):
-            variable.assign(shadow)
+        self._step_guard.restore()
         event["weights_restored"] = True
-        if self._snapshot_batch is None:
-            where = "the weights of train begin (no batch had finished with everything finite)"
+        snapshot_step = self._step_guard.snapshot_step_value()
+        if snapshot_step <= self._fit_start_step:
+            where = "the weights of train begin (no step had finished with everything finite)"
         else:
-            epoch, batch, step = self._snapshot_batch
-            where = f"the weights after epoch {epoch}, batch {batch} (step {step}), the last finite batch"
+            where = f"the weights after step {snapshot_step}, the last finite step"
         note = f" Restored {where}."
-        optimizer = getattr(self.model, "optimizer", None)
-        opt_vars = getattr(optimizer, "variables", None)
-        opt_vars = opt_vars() if callable(opt_vars) else (opt_vars or [])
-        if any(_first_nonfinite(tf_variable(v)) is not None for v in opt_vars):
+        if any(not np.all(np.isfinite(value)) for _, value in self._optimizer_state()
+               if np.issubdtype(value.dtype, np.floating)):
             note += " The optimizer's state is non-finite too: re-compile before training on."
         return note
 
@@ -460,6 +506,8 @@ class NaNGuard(RecordingCallback):
             "restore_weights": self.restore_weights,
             "check_weights": self.check_weights,
             "check_validation": self.check_validation,
+            "forensics": self.forensics,
+            "forensics_max_bytes": self.forensics_max_bytes,
             "verbose": self.verbose,
         })
         return config

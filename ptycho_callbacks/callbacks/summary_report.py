@@ -3,12 +3,11 @@
 import math
 import os
 
-import numpy as np
-
 from ..record import atomic_write_text, utc_now_iso
 from ..render import render_report
 from . import loss_discovery
-from .base import RecordingCallback
+from .base import RecordingCallback, optimizer_step
+from .batch_values import variable_value
 
 RECORD_FILE = "record.json"
 REPORT_FILE = "report.md"
@@ -22,7 +21,7 @@ def current_learning_rate(optimizer):
     if callable(rate) and not hasattr(rate, "numpy"):
         rate = rate(optimizer.iterations)
     try:
-        return float(np.asarray(rate))
+        return float(variable_value(rate))
     except (TypeError, ValueError):
         return None
 
@@ -55,7 +54,7 @@ class SummaryReport(RecordingCallback):
         super().__init__(log_dir=log_dir, record=record)
         if scenario is not None:
             self.record.scenario = scenario
-        self.record.base_dir = self.record.base_dir or os.path.abspath(self.log_dir)
+        self.record.base_dir = self.record.base_dir or os.path.abspath(log_dir)
         self.record.config.update(config or {})
         self.title = title
 
@@ -69,9 +68,10 @@ class SummaryReport(RecordingCallback):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
+        self.writer()  # held to the end, so the report lands in the event file the other callbacks wrote
         self.record.status = "running"
         self.record.config.setdefault("loss_weights", loss_discovery.compiled_loss_weights(self.model))
-        self.record.save(self.record_path)
+        self._save_record()
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
@@ -81,7 +81,11 @@ class SummaryReport(RecordingCallback):
             entries["lr"] = current_learning_rate(self.model.optimizer)
         for name, value in entries.items():
             history.setdefault(name, []).append(math.nan if value is None else float(value))
-        self.record.save(self.record_path)
+        self._save_record()
+
+    def _save_record(self):
+        if self.log_dir is not None:  # None on a non-chief worker: the chief writes the run
+            self.record.save(self.record_path)
 
     def finish(self, status=None):
         """Closes the record with `status` (or what the run says) and writes record and report.
@@ -95,18 +99,38 @@ class SummaryReport(RecordingCallback):
         elif record.status == "running":
             record.status = "completed"
         record.ended_at = utc_now_iso()
-        record.save(self.record_path)
+        self._save_record()
         report = render_report([record], title=self.title)
-        atomic_write_text(self.report_path, report)
+        if self.log_dir is not None:
+            atomic_write_text(self.report_path, report)
         return report
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)
-        report = self.finish()
-        import tensorflow as tf
+        self._close()
 
-        with self.writer().as_default(step=self.global_step):
-            tf.summary.text("report/summary", report)
+    def on_fit_exception(self, error):
+        """Closes the run that `error` ended: "interrupted" for Ctrl-C, "failed" otherwise.
+
+        A run the NaN guard stopped by raising keeps "stopped_nan".
+        """
+        if self.record.status == "running":
+            status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            self.record.add_finding(
+                "warning", f"training_{status}",
+                f"Training was {status} at epoch {self.epoch}, step {optimizer_step(self.model)} by "
+                f"{type(error).__name__}: {error}".rstrip(": ") + "; the record holds everything up to there.")
+            self.record.status = status
+        self._close()
+
+    def _close(self):
+        report = self.finish()
+        writer = self.writer()
+        if writer is not None:
+            import tensorflow as tf
+
+            with writer.as_default(step=self.global_step):
+                tf.summary.text("report/summary", report)
         self.release_writers()
 
     def get_config(self):

@@ -1,0 +1,233 @@
+"""The device-side half of NaNGuard: the finite check that runs inside Keras's train step.
+
+Keras hands callbacks one log per call of its train function, and with
+`steps_per_execution > 1` one call runs several optimizer steps; under
+`jit_compile=True` the step is an XLA program. A check done only in a batch
+hook therefore cannot say WHICH step went bad. `StepGuard` wraps the model's
+`train_step`: after each step it checks the step's losses (and the weights)
+with `tf.math.is_finite` (which, unlike `tf.debugging.check_numerics`, is
+honoured under XLA), and at the first failure it stores the optimizer step in
+a variable, freezes the snapshot of the weights taken after the last finite
+step (putting them back at once when asked), notes which variables were
+non-finite, and keeps the failing batch on the device. Until then a step
+costs a few reductions and, with a snapshot, one device-side copy of the
+weights; nothing is copied to the host.
+"""
+
+import contextlib
+
+import tensorflow as tf
+
+from .batch_values import tf_variable
+
+FINITE, NAN, POS_INF, NEG_INF = 0, 1, 2, 3
+"""Codes of `StepGuard.variable_kinds()`: what a variable held when the guard fired."""
+
+
+def is_loss_name(name):
+    """True for Keras's log names of the total loss and of loss components."""
+    return name == "loss" or name.endswith("_loss")
+
+
+def _uses_xla(model):
+    jit = getattr(model, "jit_compile", None)
+    if jit is None:
+        jit = getattr(model, "_jit_compile", None)
+    return jit is True
+
+
+def _kind(variable):
+    values = tf.convert_to_tensor(variable)
+    return tf.where(tf.reduce_any(tf.math.is_nan(values)), NAN,
+                    tf.where(tf.reduce_any(tf.equal(values, float("inf"))), POS_INF,
+                             tf.where(tf.reduce_any(tf.equal(values, float("-inf"))), NEG_INF, FINITE)))
+
+
+def _all_finite(variables):
+    if not variables:
+        return tf.constant(True)
+    return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in variables]))
+
+
+def _losses_finite(logs):
+    """True when every loss entry (every floating entry if none is named like a loss) of `logs` is finite."""
+    if isinstance(logs, dict):
+        named = [value for name, value in logs.items() if is_loss_name(name)]
+        values = named or list(logs.values())
+    else:
+        values = tf.nest.flatten(logs)
+    checks = [tf.reduce_all(tf.math.is_finite(tf.cast(value, tf.float32))) for value in values
+              if tf.is_tensor(value) and value.dtype.is_floating]
+    return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
+
+
+class StepGuard:
+    """Device-side state of a NaN guard for one model.
+
+    Args:
+        model: the model whose steps are checked.
+        variables: the `tf.Variable`s watched (weights and log_scale).
+        check_weights: a non-finite watched variable fires the guard
+            (otherwise only the losses do).
+        keep_snapshot: keep a device-side copy of the variables after the
+            last finite step.
+        restore_in_step: when the guard fires inside a step, put the
+            snapshot back before the step returns, so that no other callback
+            ever sees the non-finite weights.
+        capture_batch: keep the failing step's batch on the device.
+
+    Example:
+    >>> guard = StepGuard(model, [tf_variable(v) for v in model.weights], True, True, True, False)
+    >>> guard.install()           # at train begin
+    >>> guard.first_bad.numpy()   # -1 until a step goes non-finite
+    """
+
+    def __init__(self, model, variables, check_weights=True, keep_snapshot=False, restore_in_step=False,
+                 capture_batch=False):
+        self.model = model
+        self.variables = list(variables)
+        self.check_weights = bool(check_weights)
+        self.restore_in_step = bool(restore_in_step and keep_snapshot)
+        self.capture_batch = bool(capture_batch)
+        self._original_train_step = None
+        self.captures_batch = False
+        self._batch_structure = None
+        self._captured = None
+        strategy = getattr(model, "distribute_strategy", None)
+        scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+        with scope:
+            self.first_bad = tf.Variable(tf.constant(-1, tf.int64), trainable=False, name="nan_guard_first_bad")
+            self.losses_failed = tf.Variable(False, trainable=False, name="nan_guard_losses_failed")
+            self.kinds = tf.Variable(tf.zeros([len(self.variables)], tf.int32), trainable=False,
+                                     name="nan_guard_kinds")
+            self.batch_captured = tf.Variable(False, trainable=False, name="nan_guard_batch_captured")
+            self.snapshot_step = tf.Variable(tf.constant(0, tf.int64), trainable=False,
+                                             name="nan_guard_snapshot_step")
+            self.shadows = [tf.Variable(v.read_value(), trainable=False, name=f"nan_guard_shadow_{i}")
+                            for i, v in enumerate(self.variables)] if keep_snapshot else None
+
+    @property
+    def installed(self):
+        return self._original_train_step is not None
+
+    def reset(self, step=0):
+        """Arms the guard again and takes the current variables, at optimizer step `step`, as the snapshot."""
+        self.first_bad.assign(-1)
+        self.snapshot_step.assign(step)
+        self.losses_failed.assign(False)
+        self.batch_captured.assign(False)
+        for shadow, variable in zip(self.shadows or [], self.variables):
+            shadow.assign(variable)
+
+    def check(self, losses_ok, step, snapshot=True, batch=None):
+        """The check itself (inside a tf.function): returns True when the guard fires at this `step`."""
+        watch_all = self.check_weights or self.shadows is not None
+        weights_ok = _all_finite(self.variables) if watch_all else tf.constant(True)
+        fire_ok = tf.logical_and(losses_ok, weights_ok) if self.check_weights else losses_ok
+        armed = self.first_bad < 0
+        fire = tf.logical_and(armed, tf.logical_not(fire_ok))
+        updates = []
+        if self.shadows is not None and snapshot:
+            def save():
+                assigns = [s.assign(v) for s, v in zip(self.shadows, self.variables)]
+                assigns.append(self.snapshot_step.assign(tf.cast(step, tf.int64)))
+                with tf.control_dependencies(assigns):
+                    return tf.constant(True)
+            keep = tf.logical_and(armed, tf.logical_and(losses_ok, weights_ok))
+            updates.append(tf.cond(keep, save, lambda: tf.constant(False)))
+
+        def on_fire():
+            assigns = [self.first_bad.assign(tf.cast(step, tf.int64)),
+                       self.losses_failed.assign(tf.logical_not(losses_ok))]
+            if self.variables:
+                assigns.append(self.kinds.assign(tf.stack([_kind(v) for v in self.variables])))
+            if self.restore_in_step:
+                assigns += [v.assign(s) for s, v in zip(self.shadows, self.variables)]
+            if batch is not None:
+                assigns += [c.assign(t, read_value=False) for c, t in zip(self._captured, batch)]
+                assigns.append(self.batch_captured.assign(True))
+            with tf.control_dependencies(assigns):
+                return tf.constant(True)
+
+        with tf.control_dependencies(updates):
+            return tf.cond(fire, on_fire, lambda: tf.constant(False))
+
+    # ------------------------------------------------------------ in the step
+
+    def install(self):
+        """Wraps the model's `train_step` with the check and rebuilds Keras's train function.
+
+        Not done under a strategy with several replicas (each replica would
+        decide alone); the batch hook's check is the guard there.
+        """
+        model = self.model
+        strategy = getattr(model, "distribute_strategy", None)
+        if strategy is not None and strategy.num_replicas_in_sync > 1:
+            return False
+        self.uninstall()
+        original = model.train_step
+        capture = self.captures_batch = self.capture_batch and not _uses_xla(model)  # XLA cannot resize a variable
+        iterations = tf_variable(model.optimizer.iterations)
+
+        def guarded_train_step(data):
+            logs = original(data)
+            flat = None
+            if capture:
+                flat = [tf.convert_to_tensor(t) for t in tf.nest.flatten(data)]
+                self._prepare_capture(data, flat)
+            self.check(_losses_finite(logs), iterations, batch=flat)
+            return logs
+
+        model.train_step = guarded_train_step
+        self._original_train_step = original
+        self._rebuild_train_function()
+        return True
+
+    def uninstall(self):
+        """Gives the model back its own `train_step` (the train function is rebuilt at the next fit)."""
+        if self._original_train_step is None:
+            return
+        if "train_step" in vars(self.model):
+            del self.model.train_step
+        self.model.train_function = None
+        self._original_train_step = None
+
+    def _rebuild_train_function(self):
+        function = self.model.make_train_function(force=True)
+        if function is not None:  # tf_keras returns it; Keras 3 sets the attribute itself
+            self.model.train_function = function
+
+    def _prepare_capture(self, data, flat):
+        if self._captured is not None:
+            return
+        self._batch_structure = tf.nest.map_structure(lambda _: None, data)
+        with tf.init_scope():
+            self._captured = [tf.Variable(tf.zeros([0] * len(t.shape), t.dtype), shape=tf.TensorShape(None),
+                                          validate_shape=False, trainable=False, name=f"nan_guard_batch_{i}")
+                              for i, t in enumerate(flat)]
+
+    # ------------------------------------------------------------ on the host
+
+    def variable_kinds(self):
+        """[FINITE | NAN | POS_INF | NEG_INF] per watched variable, as they were when the guard fired."""
+        return [int(k) for k in self.kinds.numpy()]
+
+    def captured_batch(self):
+        """The failing step's batch as numpy, structured as Keras fed it to `train_step`; None if not captured."""
+        if self._captured is None or not bool(self.batch_captured.numpy()):
+            return None
+        arrays = [c.numpy() for c in self._captured]
+        return tf.nest.pack_sequence_as(self._batch_structure, arrays)
+
+    def snapshot(self):
+        """The snapshot's values as numpy (the variables before the failing step); None without one."""
+        return None if self.shadows is None else [s.numpy() for s in self.shadows]
+
+    def snapshot_step_value(self):
+        """The optimizer step after which the snapshot was taken."""
+        return int(self.snapshot_step.numpy())
+
+    def restore(self):
+        """Puts the snapshot back into the variables."""
+        for shadow, variable in zip(self.shadows or [], self.variables):
+            variable.assign(shadow)
