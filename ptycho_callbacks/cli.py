@@ -10,23 +10,42 @@ def _demo_parser():
     defaults = DemoConfig()
     parser = argparse.ArgumentParser(
         prog="ptycho-callbacks demo",
-        description="Train the bundled stand-in PtychoPINN model on simulated data, one run "
-                    "per scenario, and write TensorBoard logs and the summary report.",
-        epilog="example: ptycho-callbacks demo --out runs/demo --epochs 5")
+        description="Train the bundled stand-in PtychoPINN model on simulated data with every "
+                    "ptycho_callbacks callback, one run per scenario, and write for each run its "
+                    "TensorBoard logs, record.json and report.md, plus summary.md comparing the runs. "
+                    "It prints where to point TensorBoard before training starts.",
+        epilog="scenarios:\n"
+               "  stable       sigmoid amplitude head, learning rate 1e-3: trains normally\n"
+               "  nan_poisson  ReLU amplitude head, learning rate 3e-2: the Poisson NLL goes NaN\n"
+               "\n"
+               "examples:\n"
+               "  ptycho-callbacks demo --out runs/demo --epochs 5\n"
+               "  ptycho-callbacks demo --out runs/nan --scenario nan_poisson --N 32\n"
+               "  tensorboard --logdir runs/demo   # in another terminal, while it trains",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--N", type=int, default=defaults.N, help="patch size")
-    parser.add_argument("--gridsize", type=int, default=defaults.gridsize, choices=(1, 2))
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs,
+                        help="epochs per scenario (default: %(default)s)")
+    parser.add_argument("--N", type=int, default=defaults.N, help="patch size (default: %(default)s)")
+    parser.add_argument("--gridsize", type=int, default=defaults.gridsize, choices=(1, 2),
+                        help="patterns per group along each axis (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="batch size (default: %(default)s)")
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS),
                         help="scenario to train (repeatable; default: all)")
-    parser.add_argument("--scaler-style", default=defaults.scaler_style, choices=("keras", "ptychopinn"))
+    parser.add_argument("--scaler-style", default=defaults.scaler_style, choices=("keras", "ptychopinn"),
+                        help="'ptychopinn' holds log_scale in a plain tf.Variable as PtychoPINN does "
+                             "(Keras 3 then never trains it); 'keras' uses add_weight (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no Keras progress bar")
     return parser
 
 
 def demo_main(argv):
-    args = _demo_parser().parse_args(argv)
+    """Train the bundled model on simulated data and write logs and reports."""
+    try:
+        args = _demo_parser().parse_args(argv)
+    except SystemExit as exit_request:
+        return int(exit_request.code or 0)
     from .demo import DemoConfig, run_demo
 
     config = DemoConfig(N=args.N, gridsize=args.gridsize, epochs=args.epochs,
@@ -42,23 +61,51 @@ def demo_main(argv):
 
 
 def report_main(argv):
+    """Render saved run records as one Markdown report comparing the runs."""
     from .render import report_main as render_report_main
 
     return render_report_main(argv)
 
 
-COMMANDS = {"demo": demo_main, "report": report_main}
+def replay_main(argv):
+    """Replay a run's saved NaN step to name the layer and op that went non-finite first."""
+    from .forensics.replay import replay_main as forensics_replay_main
+
+    return forensics_replay_main(argv)
+
+
+COMMANDS = {"demo": demo_main, "report": report_main, "replay": replay_main}
+
+
+def _main_parser():
+    summaries = "\n".join(f"  {name:<8}{command.__doc__.splitlines()[0]}" for name, command in COMMANDS.items())
+    parser = argparse.ArgumentParser(
+        prog="ptycho-callbacks",
+        usage="ptycho-callbacks {%s} [options]" % ",".join(COMMANDS),
+        description="Tools of ptycho_callbacks, the Keras callbacks that show what happens inside "
+                    "PtychoPINN trainings.",
+        epilog=f"commands:\n{summaries}\n\n"
+               "`ptycho-callbacks COMMAND --help` says more about each.\n\n"
+               "examples:\n"
+               "  ptycho-callbacks demo --out runs/demo\n"
+               "  ptycho-callbacks report runs/gs2_base runs/gs2_ne60 -o summary.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=list(COMMANDS), help=argparse.SUPPRESS)
+    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
 
 
 def main(argv=None):
+    """Runs one command; returns its exit status (0 ok, 2 usage or input error)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: ptycho-callbacks {%s} [options]\n\n"
-              "  demo    train the bundled model on simulated data (see demo --help)\n"
-              "  report  render saved run records into one report (see report --help)"
-              % ",".join(COMMANDS), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    return COMMANDS[argv[0]](argv[1:])
+    parser = _main_parser()
+    try:
+        if not argv:
+            parser.error(f"give a command: {', '.join(COMMANDS)} (see --help)")
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:
+        return int(exit_request.code or 0)
+    return COMMANDS[args.command](args.args)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,6 @@
 import os
 from dataclasses import dataclass, field
 
-import numpy as np
-
 SCENARIOS = {
     "stable": dict(amplitude_activation="sigmoid", learning_rate=1e-3),
     # A ReLU amplitude head at a high learning rate dies: the predicted
@@ -83,7 +81,25 @@ def suite_callbacks(model, name, run_dir, data):
                   normalize_gain=data.normalize_gain, e_batch_intensity=data.e_batch_intensity)
     return default_callbacks(model, run_dir, scenario=name, config=config, stages=stages,
                              probe_inputs=probe, truth=data.truth_object[:PROBE_BATCH],
-                             restore_weights=True)
+                             probe_counts=data.model_targets()["pred_intensity"][:PROBE_BATCH],
+                             restore_weights=True, forensics=True)
+
+
+def _outcome(name, history, record, report_path):
+    """One line saying how a scenario's training ended and where to look."""
+    from .render import fmt_measured
+
+    losses = history.history.get("loss", [])
+    summary = (f"scenario {name!r}: {len(losses)} epoch(s), final loss "
+               f"{fmt_measured(losses[-1] if losses else None, '%.6g', reason='no epoch finished')}")
+    if record is None:
+        return summary
+    if record.nan_events:
+        event = record.nan_events[0]
+        return (f"{summary}; stopped at the first NaN/Inf ({', '.join(event['components'])}) at step "
+                f"{event['step']}: read the NaN Event section of {report_path} and nan/event in "
+                "TensorBoard's Text tab")
+    return f"{summary}; {record.status}, {len(record.findings)} finding(s) in {report_path}"
 
 
 def run_demo(out_dir, config=None, callbacks_factory=suite_callbacks, verbose=1, log=print):
@@ -93,6 +109,7 @@ def run_demo(out_dir, config=None, callbacks_factory=suite_callbacks, verbose=1,
     Returns:
         dict scenario name -> keras History.
     """
+    from .callbacks.summary_report import RECORD_FILE, REPORT_FILE
     from .record import RunRecord, atomic_write_text
     from .render import render_report
     from .sim.data import simulate
@@ -102,24 +119,29 @@ def run_demo(out_dir, config=None, callbacks_factory=suite_callbacks, verbose=1,
     if unknown:
         raise ValueError(f"unknown scenario(s) {unknown}; known: {sorted(SCENARIOS)}")
     os.makedirs(out_dir, exist_ok=True)
+    tensorboard = f"tensorboard --logdir {os.path.abspath(out_dir)}"
+    log(f"TensorBoard: to watch the training live, run `{tensorboard}` in another terminal "
+        "and open http://localhost:6006")
     data = simulate(N=config.N, gridsize=config.gridsize, n_scan=config.n_scan,
                     nphotons=config.nphotons, seed=config.seed)
     log(f"simulated {data.container_X.shape[0]} groups of {config.gridsize ** 2} patterns "
         f"at N={config.N}; intensity_scale={data.intensity_scale:.3f}")
-    histories = {}
+    histories, records = {}, []
     for name in config.scenarios:
         run_dir = os.path.join(out_dir, name)
-        log(f"scenario {name!r}: training {config.epochs} epochs -> {run_dir}")
+        log(f"scenario {name!r}: training {config.epochs} epoch(s) -> {run_dir}")
         _, history = train_scenario(name, config, data, run_dir, callbacks_factory, verbose)
-        losses = np.asarray(history.history.get("loss", []), dtype=float)
-        log(f"scenario {name!r}: {len(losses)} epoch(s), final loss "
-            f"{losses[-1] if len(losses) else float('nan'):.6g}")
         histories[name] = history
-    records = [RunRecord.load(os.path.join(out_dir, name, "record.json")) for name in config.scenarios
-               if os.path.exists(os.path.join(out_dir, name, "record.json"))]
+        record_path = os.path.join(run_dir, RECORD_FILE)
+        record = RunRecord.load(record_path) if os.path.exists(record_path) else None
+        if record is not None:
+            records.append(record)
+        log(_outcome(name, history, record, os.path.join(run_dir, REPORT_FILE)))
     if records:
         summary = os.path.join(out_dir, "summary.md")
         atomic_write_text(summary, render_report(records))
         log(f"report comparing the scenarios: {os.path.abspath(summary)}")
-    log(f"TensorBoard: tensorboard --logdir {os.path.abspath(out_dir)}")
+    log(f"TensorBoard: `{tensorboard}`, then open http://localhost:6006: Custom Scalars holds the loss "
+        "components and log_scale on shared charts; Scalars, Images and Text (the report, NaN events) "
+        "hold the rest")
     return histories
