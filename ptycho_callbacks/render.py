@@ -272,7 +272,7 @@ def _loss_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
             lines.append(f"  - Dominance ratio vs next (`{dominant['next']}`): "
                          f"{fmt(dominant['ratio_vs_next'], '%.1f×', reason=ratio_reason)}")
     else:
-        lines.append(f"**Dominant loss term:** {NA} (no finite weighted component)")
+        lines.append(f"**Dominant loss term:** {NA} ({composition['dominant_reason']})")
     if composition["inactive"]:
         lines.append(f"**Inactive components (≈0 or weight 0):** {_code_list(composition['inactive'])}")
         lines += [f"  - Per `{refs['loss']}`: {hint}" for hint in composition["hints"].values()]

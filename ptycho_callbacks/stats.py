@@ -4,7 +4,8 @@ Every function accepts NaN, Inf, empty, constant and all-zero inputs without
 raising. A quantity that is undefined for the given input is returned as
 `None` (never NaN), usually together with a `reason` string saying why, so
 the report can print `n/a (reason)` instead of a number that was never
-computed. All returned numbers are Python floats/ints.
+computed. All returned numbers are Python floats/ints. Input that is not
+numbers at all (strings, objects, booleans) raises a `ValueError` saying so.
 """
 
 from __future__ import annotations
@@ -38,12 +39,43 @@ def finite_or_none(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+NUMERIC_KINDS = "iuf"
+"""numpy dtype kinds of real numbers (signed, unsigned, floating); complex is "c"."""
+
+
+def numeric_array(values: Any, what: str = "the array", allow_complex: bool = True,
+                  allow_empty: bool = True) -> np.ndarray:
+    """`values` as a numpy array, or a `ValueError` that says what is wrong with it.
+
+    Accepts int, unsigned, float and (when `allow_complex`) complex dtypes;
+    refuses strings, objects and booleans, and (unless `allow_empty`) arrays
+    without elements. NaN and Inf are values, not errors. The message starts
+    with `what`, e.g. "stage 'raw': the array must be real ...".
+    """
+    try:
+        array = np.asarray(values)
+    except Exception as error:  # noqa: BLE001 - anything that is not array-like
+        raise ValueError(f"{what} cannot be converted to an array: {error}") from None
+    kinds = NUMERIC_KINDS + ("c" if allow_complex else "")
+    if array.dtype.kind not in kinds:
+        expected = "numeric (int, float or complex)" if allow_complex else "real (int or float)"
+        raise ValueError(f"{what} must be {expected}, got dtype {array.dtype}")
+    if not allow_empty and array.size == 0:
+        raise ValueError(f"{what} is empty (shape {array.shape})")
+    return array
+
+
+def _real_values(a: Any) -> np.ndarray:
+    """`a` as a real array in its own float dtype (no copy when it is one); complex becomes |a|."""
+    array = numeric_array(a)
+    if array.dtype.kind == "c":
+        return np.abs(array)
+    return array if array.dtype.kind == "f" else array.astype(np.float64)
+
+
 def _as_real_array(a: Any) -> np.ndarray:
     """`a` as a float64 array; complex input becomes its modulus |a|."""
-    array = np.asarray(a)
-    if np.iscomplexobj(array):
-        array = np.abs(array)
-    return np.asarray(array, dtype=np.float64)
+    return np.asarray(_real_values(a), dtype=np.float64)
 
 
 def _checked(value: Any, reason: str) -> tuple[float | None, str | None]:
@@ -62,21 +94,25 @@ def array_stats(a: Any) -> dict:
     values. Complex input is summarised by its modulus |a|. `shape` and
     `dtype` describe the input as given.
     """
-    original = np.asarray(a)
-    values = _as_real_array(original).ravel()
-    finite = values[np.isfinite(values)]
+    original = numeric_array(a)
+    # Summed in float64 but never copied to it: a 10^6-pixel float32 stage stays float32.
+    values = _real_values(original).ravel()
+    is_finite = np.isfinite(values)
+    finite_count = int(np.count_nonzero(is_finite))
+    finite = values if finite_count == values.size else values[is_finite]
+    nan_count = int(np.count_nonzero(np.isnan(values))) if finite_count < values.size else 0
     with np.errstate(all="ignore"):
-        mean = finite_or_none(finite.mean()) if finite.size else None
-        std = finite_or_none(finite.std()) if finite.size else None
+        mean = finite_or_none(finite.mean(dtype=np.float64)) if finite.size else None
+        std = finite_or_none(finite.std(dtype=np.float64)) if finite.size else None
     return {
         "count": int(values.size),
-        "finite_count": int(finite.size),
+        "finite_count": finite_count,
         "mean": mean,
         "std": std,
         "min": finite_or_none(finite.min()) if finite.size else None,
         "max": finite_or_none(finite.max()) if finite.size else None,
-        "nan_count": int(np.isnan(values).sum()),
-        "inf_count": int(np.isinf(values).sum()),
+        "nan_count": nan_count,
+        "inf_count": int(values.size) - finite_count - nan_count,
         "shape": list(original.shape),
         "dtype": str(original.dtype),
     }
@@ -218,7 +254,7 @@ def e_batch_intensity(X: Any) -> float | None:
     pattern per row. The mean runs over the patterns whose sum is finite;
     `None` for an empty array or when no pattern sum is finite.
     """
-    array = np.atleast_1d(np.asarray(X))
+    array = np.atleast_1d(numeric_array(X))
     if array.size == 0:
         return None
     with np.errstate(all="ignore"):
@@ -369,7 +405,8 @@ def loss_composition(
     explain (regularization losses, running-mean effects); `None` unless every
     weighted term is defined. `dominant` is the component with the largest
     `|weighted|`, with `ratio_vs_next = |weighted| / |next weighted|` (`None`
-    when the next is 0 or missing). `inactive` lists components with
+    when the next is 0 or missing); it is `None` when a weighted component is
+    non-finite, and `dominant_reason` says why. `inactive` lists components with
     `|v| <= INACTIVE_THRESHOLD` or `w == 0`; `hints` explains known ones.
     `learning_rate` comes from the `lr` or `learning_rate` history.
 
@@ -419,7 +456,11 @@ def loss_composition(
 
     ranked = sorted((c for c in components if c["weighted"] is not None),
                     key=lambda c: abs(c["weighted"]), reverse=True)
-    dominant = None
+    dominant, dominant_reason = None, "no finite weighted component"
+    nonfinite = [c["name"] for c in components
+                 if c["final"] is None and c["final_raw"] is not None and c["weight"] not in (None, 0.0)]
+    if nonfinite:  # a NaN/Inf term outweighs every finite one: naming a finite one would mislead
+        ranked, dominant_reason = [], f"{', '.join(nonfinite)} non-finite"
     if ranked:
         top = ranked[0]
         runner_up = ranked[1] if len(ranked) > 1 else None
@@ -444,6 +485,7 @@ def loss_composition(
         "residual": residual,
         "residual_reason": residual_reason,
         "dominant": dominant,
+        "dominant_reason": None if dominant else dominant_reason,
         "inactive": inactive,
         "hints": {name: INACTIVE_HINTS[name] for name in inactive if name in INACTIVE_HINTS},
         "learning_rate": learning_rate,
@@ -532,11 +574,16 @@ def scaling_stats(pred: Any, truth: Any) -> dict:
     return result
 
 
+def undefined_bias(reason: str) -> dict:
+    """A bias summary (as `phase_bias` returns) with every statistic `None` and the `reason`."""
+    keys = ("mean", "median", "p05", "p95", "mae", "rmse", "max_abs")
+    return {"count": 0, **dict.fromkeys(keys), "reason": reason}
+
+
 def _difference_stats(differences: np.ndarray, empty_reason: str) -> dict:
     """mean, median, p05, p95, MAE, RMSE, max_abs and count of differences."""
     if differences.size == 0:
-        keys = ("mean", "median", "p05", "p95", "mae", "rmse", "max_abs")
-        return {"count": 0, **dict.fromkeys(keys), "reason": empty_reason}
+        return undefined_bias(empty_reason)
     mae, rmse = _errors(differences)
     return {
         "count": int(differences.size),
@@ -588,8 +635,8 @@ def wrap_phase(phase: Any) -> np.ndarray:
 
 def _as_phase_array(a: Any) -> np.ndarray:
     """Phase array as float64; complex input becomes its angle."""
-    array = np.asarray(a)
-    return np.angle(array) if np.iscomplexobj(array) else np.asarray(array, dtype=np.float64)
+    array = numeric_array(a)
+    return np.angle(array) if array.dtype.kind == "c" else np.asarray(array, dtype=np.float64)
 
 
 def phase_bias(pred_phase: Any, truth_phase: Any) -> dict:

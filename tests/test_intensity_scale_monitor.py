@@ -39,7 +39,7 @@ def test_log_scale_findings_for_both_scaler_styles(small_data, tmp_path, style):
 
     written = tensorboard_events.scalars(str(tmp_path))
     assert [s for s, _ in written["scale/batch/log_scale"]] == [1, 2, 3, 4]
-    assert [s for s, _ in written["scale/epoch/log_scale"]] == [0, 1]
+    assert [s for s, _ in written["scale/epoch/log_scale"]] == [1, 2]  # epochs completed
     np.testing.assert_allclose([v for _, v in written["scale/epoch/log_scale"]], state["history"], rtol=1e-6)
     np.testing.assert_allclose([v for _, v in written["scale/epoch/exp_log_scale"]],
                                np.exp(state["history"]), rtol=1e-5)
@@ -53,7 +53,18 @@ def test_drift_from_the_configured_scale_is_reported_once(small_data):
     assert _codes(monitor.record).count("log_scale_drift") == 1
     message = next(f["message"] for f in monitor.record.findings if f["code"] == "log_scale_drift")
     drift = math.exp(monitor.record.log_scale["history"][0]) / (2 * small_data.intensity_scale) - 1
-    assert f"{100 * drift:+.1f}%" in message and "at epoch 0" in message
+    assert f"{100 * drift:+.1f}%" in message
+    assert "at the end of epoch 0" in message and "step 2" in message  # 16 samples, batches of 8
+
+
+def test_a_finding_is_printed_as_one_line_saying_when_and_where_to_look(small_data, capsys):
+    monitor = IntensityScaleMonitor(configured_scale=2 * small_data.intensity_scale)
+    _fit(small_data, monitor, epochs=2)
+    printed = capsys.readouterr().out.splitlines()
+    drift = [line for line in printed if "drifted" in line]
+    assert len(drift) == 1
+    assert drift[0].startswith("IntensityScaleMonitor: exp(log_scale) = ")
+    assert "at the end of epoch 0" in drift[0] and drift[0].endswith("See TensorBoard scale/epoch/ratio_to_configured.")
 
 
 def test_scale_applied_twice_is_detected(small_data):

@@ -233,10 +233,16 @@ def test_truth_gives_bias_statistics_scalars_and_images(small_data, tmp_path):
             assert side.min() == 0 and side.max() == 255
 
 
+def test_truth_of_another_batch_size_is_refused_at_construction(small_data):
+    data = small_data
+    with pytest.raises(ValueError, match=r"truth has shape \(3, 16, 16, 4\).*probe_inputs holds 4"):
+        StageStatistics([], probe_inputs=_probe(data), truth=data.truth_object[:PROBE - 1])
+
+
 def test_truth_of_the_wrong_shape_fails_at_train_begin(small_data):
     data = small_data
-    callback = StageStatistics([], probe_inputs=_probe(data), truth=data.truth_object[:PROBE - 1])
-    with pytest.raises(ValueError, match=r"\(4, 16, 16, 4\).*\(3, 16, 16, 4\)"):
+    callback = StageStatistics([], probe_inputs=_probe(data), truth=data.truth_object[:PROBE, ..., :2])
+    with pytest.raises(ValueError, match=r"\(4, 16, 16, 4\).*\(4, 16, 16, 2\)"):
         _fit(_model(data), data, callback)
 
 
@@ -277,6 +283,23 @@ def test_nan_in_an_array_is_counted_and_reported_not_raised(tmp_path):
             value = tensor_util.make_ndarray(event.tensor_proto)
             if value.dtype.kind == "f":
                 assert np.all(np.isfinite(value)), tag
+
+
+def test_findings_print_one_line_each_unless_quiet(capsys):
+    dirty = np.array([1.0, np.nan, 3.0])
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    _drive(StageStatistics([("dirty", dirty), ("also", np.array([np.inf]))]), model, epochs=2)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [
+        "StageStatistics: stage 'dirty' (dirty) holds 1 NaN and 0 infinite value(s) of 3 at train begin; its "
+        "mean, std, min and max cover the 2 finite value(s) only. See TensorBoard stages/dirty/nan_count and "
+        "report.md §Normalization Stage Stats.",
+        "StageStatistics: stage 'also' (also) holds 0 NaN and 1 infinite value(s) of 1 at train begin; its "
+        "mean, std, min and max cover the 0 finite value(s) only. See TensorBoard stages/also/nan_count and "
+        "report.md §Normalization Stage Stats.",
+    ]
+    _drive(StageStatistics([("dirty", dirty)], verbose=0), model)
+    assert capsys.readouterr().out == ""
 
 
 # ------------------------------------------------------------------ errors

@@ -248,6 +248,15 @@ def test_loss_composition_with_nan_training():
     assert result["learning_rate"]["key"] == "lr"
 
 
+def test_a_non_finite_component_is_not_outranked_by_a_finite_one():
+    history = {"loss": [math.nan], "pred_intensity_loss": [math.nan], "intensity_scaler_inv_loss": [20.0],
+               "trimmed_obj_loss": [math.nan]}
+    result = stats.loss_composition(history, {"pred_intensity_loss": 1.0, "intensity_scaler_inv_loss": 1.0,
+                                              "trimmed_obj_loss": 0.0})
+    assert result["dominant"] is None
+    assert result["dominant_reason"] == "pred_intensity_loss non-finite"  # the weight-0 term does not count
+
+
 def test_loss_composition_unknown_weight_and_zero_next():
     history = {"loss": [3.0], "a_loss": [3.0], "b_loss": [0.0], "extra_loss": [1.0], "val_a_loss": [1.0]}
     result = stats.loss_composition(history, {"a_loss": 1.0, "b_loss": 1.0})

@@ -4,12 +4,19 @@ import math
 
 import numpy as np
 
-from .base import RecordingCallback
+from .. import stats
+from .base import RecordingCallback, summary_value
+from .batch_values import variable_value
 from .scale_discovery import find_log_scale, is_trained_by_optimizer, shares_one_variable
+from .stage_statistics import announce, check_probe_inputs, probe_batch
 
-HOW_TO_NAME = ("pass log_scale_variable=<the tf.Variable> to IntensityScaleMonitor "
-               "(or default_callbacks), or name the scaler layers 'intensity_scaler' / "
-               "'intensity_scaler_inv'")
+HOW_TO_NAME = ("pass log_scale_variable=<the variable> to IntensityScaleMonitor or default_callbacks; "
+               "found without it are the one variable held (as a weight, or an attribute such as `w`) "
+               "by a layer of class or name IntensityScaler / IntensityScaler_inv / intensity_scaler / "
+               "intensity_scaler_inv, or else a model variable whose name contains 'log_scale'")
+"""How to make the scale variable known; kept as the record's `log_scale.note` when none is found."""
+
+_STATE_SECTION = "report.md §IntensityScaler State"
 
 
 class IntensityScaleMonitor(RecordingCallback):
@@ -47,7 +54,17 @@ class IntensityScaleMonitor(RecordingCallback):
             double-application check.
         log_dir: run directory for TensorBoard logs; None writes no logs.
         record: the `RunRecord` to fill (shared by `default_callbacks`).
-        verbose: 1 prints findings as one line each; 0 keeps them in the record.
+        verbose: 1 prints findings as one line each (what, when, where to
+            look); 0 keeps them in the record.
+
+    Raises:
+        ValueError: at construction for a `log_scale_variable` that is not
+            a scalar variable, a non-positive or non-finite
+            `configured_scale` or `drift_tolerance`, or non-numeric or empty
+            `probe_inputs`; at train begin for a configured intensity_scale
+            (argument or record config) that is not a positive number, or
+            `probe_inputs` that do not fit the model's inputs.
+        OSError: at construction, when `log_dir` cannot be written.
 
     Example:
     >>> model.fit(x, y, epochs=5,
@@ -57,46 +74,55 @@ class IntensityScaleMonitor(RecordingCallback):
     def __init__(self, log_scale_variable=None, configured_scale=None, configured_trainable=None,
                  drift_tolerance=0.05, update_freq=1, probe_inputs=None, log_dir=None, record=None,
                  verbose=1):
-        super().__init__(log_dir=log_dir, record=record)
-        if configured_scale is not None and not configured_scale > 0:
-            raise ValueError(f"configured_scale must be positive, got {configured_scale!r}")
-        if not drift_tolerance > 0:
-            raise ValueError(f"drift_tolerance must be positive, got {drift_tolerance!r}")
+        if configured_scale is not None and not _positive(configured_scale):
+            raise ValueError(f"configured_scale must be a positive finite number, got {configured_scale!r}")
+        if not _positive(drift_tolerance):
+            raise ValueError(f"drift_tolerance must be a positive finite number, got {drift_tolerance!r}")
         if update_freq != "epoch" and not (isinstance(update_freq, int) and update_freq >= 1):
             raise ValueError(f"update_freq must be 'epoch' or a positive integer, got {update_freq!r}")
+        if log_scale_variable is not None:
+            _check_variable(log_scale_variable)
+        probe = probe_batch(probe_inputs) if probe_inputs is not None else None
+        super().__init__(log_dir=log_dir, record=record)
         self.log_scale_variable = log_scale_variable
         self.configured_scale = configured_scale
         self.configured_trainable = configured_trainable
         self.drift_tolerance = float(drift_tolerance)
         self.update_freq = update_freq
-        self.probe_inputs = probe_inputs
+        self.probe_inputs = probe
         self.verbose = verbose
         self._variable = None
+        self._configured = None
         self._drift_warned = False
 
-    def _say(self, level, code, message):
-        self.record.add_finding(level, code, message)
-        if self.verbose:
-            print(f"IntensityScaleMonitor: {message}")
-
     def _value(self):
-        return float(np.asarray(self._variable))
+        return float(variable_value(self._variable))
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self._drift_warned = False
+        if self.probe_inputs is not None:
+            check_probe_inputs(self.model, self.probe_inputs)
         variable, how, scalers = find_log_scale(self.model)
         if self.log_scale_variable is not None:
             variable, how = self.log_scale_variable, "given by the user"
         self._variable = variable
         if variable is None:
             self.record.log_scale = {"found": False, "how_found": how, "note": HOW_TO_NAME}
-            self._say("warning", "log_scale_not_found", f"no log_scale variable found: {how}; {HOW_TO_NAME}.")
+            announce(self, "warning", "log_scale_not_found",
+                     f"no log_scale variable found at train begin ({how}): the scale is not watched; "
+                     f"{HOW_TO_NAME}.", _STATE_SECTION)
             return
         initial = self._value()
         config = self.record.config
-        configured = self.configured_scale or config.get("intensity_scale") or math.exp(initial)
-        config.setdefault("intensity_scale", configured)
+        configured = self.configured_scale or config.get("intensity_scale")
+        if configured is None:
+            configured = math.exp(initial)
+        elif not _positive(configured):
+            raise ValueError(f"the configured intensity_scale must be a positive finite number, got {configured!r} "
+                             "(from configured_scale= or config['intensity_scale'])")
+        self._configured = float(configured)
+        config.setdefault("intensity_scale", self._configured)
         if self.configured_trainable is not None:
             config.setdefault("intensity_scale_trainable", self.configured_trainable)
         declared = bool(getattr(variable, "trainable", False))
@@ -109,16 +135,17 @@ class IntensityScaleMonitor(RecordingCallback):
             "shared": shares_one_variable(scalers, variable), "note": None,
         }
         if declared and not trained:
-            self._say("warning", "log_scale_not_trained",
-                      "log_scale says trainable=True but is not among the model's trainable variables, "
-                      "so the optimizer never updates it (a plain tf.Variable set as a layer attribute is "
-                      "not tracked by Keras 3); create it with add_weight, or train with tf_keras.")
+            announce(self, "warning", "log_scale_not_trained",
+                     "log_scale says trainable=True but is not among the model's trainable variables at "
+                     "train begin, so the optimizer will never update it (a plain tf.Variable set as a "
+                     "layer attribute is not tracked by Keras 3); create it with add_weight, or train "
+                     "with tf_keras.", f"TensorBoard scale/epoch/log_scale (flat) and {_STATE_SECTION}")
         if self.record.log_scale["shared"] is False:
-            self._say("warning", "log_scale_not_shared",
-                      "IntensityScaler and IntensityScaler_inv hold different variables: input and "
-                      "output are scaled by different factors.")
+            announce(self, "warning", "log_scale_not_shared",
+                     "IntensityScaler and IntensityScaler_inv hold different variables at train begin: "
+                     "input and output are scaled by different factors.", _STATE_SECTION)
         if self.probe_inputs is not None:
-            self._check_double_application(configured)
+            self._check_double_application(self._configured)
 
     def _check_double_application(self, configured):
         from .._keras import keras
@@ -135,15 +162,18 @@ class IntensityScaleMonitor(RecordingCallback):
             return
         off_by = math.log(observed / expected) / (2.0 * math.log(configured)) if configured != 1 else 0.0
         self.record.log_scale["scaled_input_intensity"] = observed
+        look_at = "the model's input data path (PtychoPINN feeds intensity_scale * X)"
         if abs(off_by + 1) < 0.25:
-            self._say("warning", "log_scale_double_applied",
-                      f"the scaled input's mean pattern intensity is {observed:.4g}, about (N/2)^2 / "
-                      f"scale^2 (expected {expected:.4g}): the input looks divided by the scale twice. "
-                      "Feed the model intensity_scale * X, not X.")
+            announce(self, "warning", "log_scale_double_applied",
+                     f"at train begin, the probe batch's scaled input has mean pattern intensity {observed:.4g}, "
+                     f"about (N/2)^2 / scale^2 (expected {expected:.4g}): the input looks divided by the "
+                     "scale twice. Feed the model intensity_scale * X, not X.", look_at)
         elif abs(off_by - 1) < 0.25:
-            self._say("warning", "log_scale_not_applied",
-                      f"the scaled input's mean pattern intensity is {observed:.4g}, about (N/2)^2 * "
-                      f"scale^2 (expected {expected:.4g}): the input looks scaled up twice.")
+            announce(self, "warning", "log_scale_not_applied",
+                     f"at train begin, the probe batch's scaled input has mean pattern intensity {observed:.4g}, "
+                     f"about (N/2)^2 * scale^2 (expected {expected:.4g}): the input looks multiplied by the scale "
+                     "twice. Feed the model intensity_scale * X once.",
+                     look_at)
 
     def on_train_batch_end(self, batch, logs=None):
         super().on_train_batch_end(batch, logs)
@@ -154,8 +184,8 @@ class IntensityScaleMonitor(RecordingCallback):
 
         value = self._value()
         with self.writer().as_default(step=self.global_step):
-            tf.summary.scalar("scale/batch/log_scale", value)
-            tf.summary.scalar("scale/batch/exp_log_scale", _safe_exp(value))
+            tf.summary.scalar("scale/batch/log_scale", summary_value(value))
+            tf.summary.scalar("scale/batch/exp_log_scale", summary_value(_safe_exp(value)))
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
@@ -166,22 +196,24 @@ class IntensityScaleMonitor(RecordingCallback):
         state["history"].append(value)
         state["final"] = value
         state["moved"] = value != state["initial"]
-        configured = self.record.config["intensity_scale"]
+        configured = self._configured
         ratio = _safe_exp(value) / configured
         if math.isfinite(ratio) and abs(ratio - 1) > self.drift_tolerance and not self._drift_warned:
             self._drift_warned = True
-            self._say("warning", "log_scale_drift",
-                      f"exp(log_scale) = {_safe_exp(value):.4g} drifted {100 * (ratio - 1):+.1f}% from the "
-                      f"configured intensity_scale {configured:.4g} at epoch {epoch} (tolerance "
-                      f"{100 * self.drift_tolerance:.0f}%): predictions are rescaled by that factor.")
+            announce(self, "warning", "log_scale_drift",
+                     f"exp(log_scale) = {_safe_exp(value):.4g} drifted {100 * (ratio - 1):+.1f}% from the "
+                     f"configured intensity_scale {configured:.4g} at the end of epoch {epoch} (0-based; step "
+                     f"{self.global_step}; "
+                     f"tolerance {100 * self.drift_tolerance:.0f}%): predictions are rescaled by that factor.",
+                     "TensorBoard scale/epoch/ratio_to_configured")
         if self.log_dir is not None:
             import tensorflow as tf
 
-            with self.writer().as_default(step=epoch):
-                tf.summary.scalar("scale/epoch/log_scale", value)
-                tf.summary.scalar("scale/epoch/exp_log_scale", _safe_exp(value))
-                tf.summary.scalar("scale/epoch/configured_scale", configured)
-                tf.summary.scalar("scale/epoch/ratio_to_configured", ratio)
+            with self.writer().as_default(step=epoch + 1):  # epochs completed, as for all epoch series
+                tf.summary.scalar("scale/epoch/log_scale", summary_value(value))
+                tf.summary.scalar("scale/epoch/exp_log_scale", summary_value(_safe_exp(value)))
+                tf.summary.scalar("scale/epoch/configured_scale", summary_value(configured))
+                tf.summary.scalar("scale/epoch/ratio_to_configured", summary_value(ratio))
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)
@@ -189,10 +221,16 @@ class IntensityScaleMonitor(RecordingCallback):
         if self._variable is not None:
             state["final"] = self._value()
             state["moved"] = state["final"] != state["initial"]
-            if state["declared_trainable"] and state["in_trainable_variables"] and not state["moved"]:
-                self._say("warning", "log_scale_not_moved",
-                          "log_scale is trainable and tracked but did not move during training "
-                          "(zero gradient, or a learning rate of 0 for it).")
+            restored = any(event.get("weights_restored") for event in self.record.nan_events)
+            if restored and not state["moved"]:
+                announce(self, "info", "log_scale_restored",
+                         f"log_scale is back at its initial value at train end (step {self.global_step}): the "
+                         "NaN guard restored the weights of train begin after the NaN.", _STATE_SECTION)
+            elif state["declared_trainable"] and state["in_trainable_variables"] and not state["moved"]:
+                announce(self, "warning", "log_scale_not_moved",
+                         f"log_scale is trainable and tracked but had not moved at train end (step "
+                         f"{self.global_step}, {len(state['history'])} epoch(s)): zero gradient, or a "
+                         "learning rate of 0 for it.", f"TensorBoard scale/batch/log_scale and {_STATE_SECTION}")
         self.release_writers()
 
     def get_config(self):
@@ -201,6 +239,23 @@ class IntensityScaleMonitor(RecordingCallback):
                       drift_tolerance=self.drift_tolerance, update_freq=self.update_freq,
                       verbose=self.verbose)
         return config
+
+
+def _positive(value):
+    """True for a positive finite real number (not a bool)."""
+    number = None if isinstance(value, bool) else stats.finite_or_none(value)
+    return number is not None and number > 0
+
+
+def _check_variable(variable):
+    """ValueError unless `variable` is a scalar variable (tf.Variable or Keras Variable)."""
+    if not (hasattr(variable, "assign") and hasattr(variable, "trainable")):
+        raise ValueError("log_scale_variable must be the variable holding log(intensity_scale) (a tf.Variable "
+                         f"or Keras Variable, e.g. model.get_layer('intensity_scaler').w), got "
+                         f"{type(variable).__name__}")
+    size = variable_value(variable).size
+    if size != 1:
+        raise ValueError(f"log_scale_variable must hold one number, log(intensity_scale); it holds {size}")
 
 
 def _safe_exp(value):

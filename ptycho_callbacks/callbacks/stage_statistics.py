@@ -16,7 +16,8 @@ import tensorflow as tf
 
 from .. import stats
 from .._keras import keras
-from .base import RecordingCallback
+from ..record import CONTAINER_STAGE, PREDICTION_STAGE, TRUTH_STAGE
+from .base import RecordingCallback, summary_value
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _RESERVED_NAMES = ("ratio", "invariant")
@@ -25,24 +26,41 @@ _SPEC_KEYS = {"name", "label", "source", *_SOURCE_KEYS}
 _SCALAR_STATS = ("mean", "std", "min", "max", "count", "nan_count", "inf_count")
 _BIAS_STATS = ("mean", "median", "p05", "p95", "mae", "rmse", "max_abs", "count")
 
+AMPLITUDE_STAGES = (CONTAINER_STAGE, PREDICTION_STAGE, TRUTH_STAGE)
+"""Stage names the report reads as real diffraction amplitudes: complex values are refused."""
+
 HISTOGRAM_MAX_VALUES = 1_000_000
 """At most this many values (an even stride through the array) go into one histogram."""
 
 _NO_VALUES = np.zeros(0)
 
 
-def _check_values(where, values, what):
-    """`values` as a numpy array; ValueError naming `where` when empty or not numeric."""
-    try:
-        array = np.asarray(values)
-    except Exception as error:  # noqa: BLE001 - anything that is not array-like
-        raise ValueError(f"{where}: {what} cannot be converted to an array: {error}") from None
-    if array.dtype.kind not in "iufc":
+def announce(callback, level, code, message, look_at):
+    """Adds a finding to the callback's record and, when it is verbose, prints it as one line."""
+    callback.record.add_finding(level, code, message)
+    if callback.verbose:
+        print(f"{type(callback).__name__}: {message} See {look_at}.", flush=True)
+
+
+def _refuse_complex_amplitude(stage_name, what, dtype):
+    if np.dtype(dtype).kind == "c" and stage_name in AMPLITUDE_STAGES:
         raise ValueError(
-            f"{where}: {what} must be numeric (int, float or complex), got dtype {array.dtype}")
-    if array.size == 0:
-        raise ValueError(f"{where}: {what} is empty (shape {array.shape})")
+            f"stage {stage_name!r}: {what} is complex ({dtype}), but the report reads {stage_name!r} as a "
+            "real diffraction amplitude (its mean enters the stage ratios); pass the amplitude "
+            "(np.abs of the complex field), or give a complex object as truth= to compare with the prediction")
+
+
+def _check_values(where, values, what, stage_name=None):
+    """`values` as a numpy array; ValueError naming `where` when empty, not numeric, or
+    complex for a stage the report reads as an amplitude."""
+    array = stats.numeric_array(values, f"{where}: {what}", allow_empty=False)
+    _refuse_complex_amplitude(stage_name, what, array.dtype)
     return array
+
+
+def _symbolic_dtype(tensor):
+    """The numpy dtype of a Keras 3 or tf_keras symbolic tensor."""
+    return np.dtype(getattr(tensor.dtype, "name", tensor.dtype))
 
 
 def _histogram_values(array):
@@ -143,7 +161,7 @@ def _parse_stage(spec, index):
     kind = given[0]
     value = spec[kind]
     if kind == "array":
-        value = _check_values(f"stage {name!r}", value, "the array")
+        value = _check_values(f"stage {name!r}", value, "the array", stage_name=name)
     elif kind == "layer":
         if not isinstance(value, str) or not value:
             raise ValueError(f"stage {name!r}: 'layer' must be a layer name (a string), got {value!r}")
@@ -156,16 +174,24 @@ def _parse_stage(spec, index):
     return _Stage(name, label or name, source, kind, value)
 
 
-def _probe_batch(probe_inputs):
-    """The probe inputs as numpy (dict or list kept as such); ValueError when empty."""
+def probe_batch(probe_inputs):
+    """The probe inputs as numeric numpy arrays (dict or list kept as such).
+
+    Raises:
+        ValueError: an input is not numeric, holds no sample, or the inputs
+            have different batch sizes.
+    """
+    def numeric(value, key):
+        return stats.numeric_array(_to_numpy(value), f"probe_inputs[{key!r}]")
+
     if isinstance(probe_inputs, dict):
-        batch = {key: _to_numpy(value) for key, value in probe_inputs.items()}
+        batch = {key: numeric(value, key) for key, value in probe_inputs.items()}
         arrays = list(batch.values())
     elif isinstance(probe_inputs, (list, tuple)):
-        batch = [_to_numpy(value) for value in probe_inputs]
+        batch = [numeric(value, index) for index, value in enumerate(probe_inputs)]
         arrays = batch
     else:
-        batch = _to_numpy(probe_inputs)
+        batch = stats.numeric_array(_to_numpy(probe_inputs), "probe_inputs")
         arrays = [batch]
     if not arrays or any(a.ndim == 0 or a.shape[0] == 0 for a in arrays):
         raise ValueError("probe_inputs must hold at least one sample for every model input")
@@ -173,6 +199,50 @@ def _probe_batch(probe_inputs):
     if len(sizes) != 1:
         raise ValueError(f"probe_inputs have different batch sizes: {sorted(sizes)}")
     return batch
+
+
+def batch_size(batch):
+    """Number of samples of a `probe_batch` result."""
+    first = next(iter(batch.values())) if isinstance(batch, dict) else (
+        batch[0] if isinstance(batch, list) else batch)
+    return int(first.shape[0])
+
+
+def check_probe_inputs(model, batch):
+    """ValueError, before any training step, when `batch` does not fit the model's inputs.
+
+    Checks that every model input is given, with the model's shape (batch
+    axis aside), and that no complex array is fed where the model takes real
+    numbers (Keras would silently drop the imaginary part).
+    """
+    inputs = list(getattr(model, "inputs", None) or [])
+    if not inputs:
+        return
+    names = [tensor.name.split(":")[0] for tensor in inputs]
+    if isinstance(batch, dict):
+        missing = [name for name in names if name not in batch]
+        if missing:
+            raise ValueError(f"probe_inputs has no entry for the model input(s) {missing}; "
+                             f"it has {sorted(batch)}")
+        arrays = [batch[name] for name in names]
+    else:
+        arrays = batch if isinstance(batch, list) else [batch]
+        if len(arrays) != len(inputs):
+            raise ValueError(f"probe_inputs holds {len(arrays)} array(s), the model takes {len(inputs)} "
+                             f"input(s): {names}")
+    for name, tensor, array in zip(names, inputs, arrays):
+        expected = _symbolic_dtype(tensor)
+        if array.dtype.kind == "c" and expected.kind != "c":
+            raise ValueError(
+                f"probe_inputs[{name!r}] is complex ({array.dtype}) but the model input {name!r} is "
+                f"{expected}: Keras would silently drop the imaginary part; pass the real values "
+                "(e.g. the diffraction amplitude) the model is trained on")
+        shape = tuple(tensor.shape)[1:]
+        if array.ndim != len(shape) + 1 or any(
+                want is not None and want != got for want, got in zip(shape, array.shape[1:])):
+            wanted = ", ".join("any" if d is None else str(d) for d in shape)
+            raise ValueError(f"probe_inputs[{name!r}] has shape {array.shape}; the model input {name!r} "
+                             f"takes (batch, {wanted})")
 
 
 class StageStatistics(RecordingCallback):
@@ -214,10 +284,19 @@ class StageStatistics(RecordingCallback):
     The record is updated at each evaluation: `record.stages` is replaced by
     the latest `{"name", "label", "source", "stats"}` of every stage in the
     given order, `record.prediction` by `{"scaling", "amplitude_bias",
-    "phase_bias"}`. A stage holding NaN or Inf is not an error: it adds one
-    `stage_nonfinite` warning finding (once per stage and run). Naming stages
-    `prediction` and `truth` (after the input stages) gives the report its
-    "Normalized -> prediction" and "Prediction -> truth" ratios.
+    "phase_bias"}`. Naming stages `prediction` and `truth` (after the input
+    stages) gives the report its "Normalized -> prediction" and
+    "Prediction -> truth" ratios.
+
+    What depends on the data is a finding, not an error (recorded once per
+    fit, shown in the report, printed as one line when `verbose`):
+    `stage_nonfinite` (a stage holds NaN/Inf: its mean/std/min/max cover the
+    finite values only), `truth_nonfinite` and `truth_zeros` (the ratio
+    statistics skip those pixels; all of them undefined gives `n/a`),
+    `phase_not_compared` (a real truth for a complex prediction, or the
+    reverse: amplitudes are compared, the phase bias is `n/a`) and
+    `stage_invalid` (an `fn` stage returned no usable array after train
+    begin: its statistics are `n/a`).
 
     Args:
         stages: ordered list of stage specs. A spec is a dict with `name`
@@ -228,12 +307,16 @@ class StageStatistics(RecordingCallback):
             `probe_inputs`) or `fn` (a callable `fn(model)` returning an
             array, called at each evaluation). A tuple `(name, label, source,
             array)`, as `SimulatedData.stages()` returns, or `(name, array)`
-            is accepted too.
+            is accepted too. Complex values are summarised by their modulus,
+            except that the stages named `container_X`, `prediction` and
+            `truth` must be real: the report reads them as diffraction
+            amplitudes.
         probe_inputs: a small fixed batch of model inputs (dict by input name,
             or list), needed by `layer` stages and by `truth`. Keep it small
             (a few samples): it is evaluated at every logging epoch.
-        truth: ground-truth complex object for the probe batch, of the same
-            shape as the `prediction_output` layer's output on `probe_inputs`.
+        truth: ground-truth complex object for the probe batch: as many
+            samples as `probe_inputs` and the shape of the `prediction_output`
+            layer's output (a real truth compares amplitudes only).
         prediction_output: name of the layer whose output is the prediction
             compared with `truth` (PtychoPINN's complex object `trimmed_obj`).
         every_n_epochs: log every this many epochs (and at train begin).
@@ -242,12 +325,20 @@ class StageStatistics(RecordingCallback):
         max_images: at most this many samples per image summary.
         log_dir: run directory; None writes nothing (the record is filled).
         record: the `RunRecord` to fill; a new one if None.
+        verbose: 1 prints each finding as one line, 0 keeps them in the record.
 
     Raises:
         ValueError: at construction for a malformed spec (duplicate name,
-            none or several of array/layer/fn, empty or non-numeric array,
-            missing probe_inputs); at train begin for an unknown layer name,
-            or a prediction whose shape differs from `truth`.
+            none or several of array/layer/fn, empty, non-numeric or
+            (for an amplitude stage) complex array, missing probe_inputs),
+            non-numeric or empty probe_inputs or truth, or a truth whose
+            number of samples differs from the probe batch's; at train begin,
+            before any training step, for an unknown layer name, probe_inputs
+            that do not fit the model's inputs (missing input, other shape,
+            complex for a real input), an amplitude stage whose layer or `fn`
+            gives complex values, or a prediction whose shape differs from
+            `truth`. OSError at construction for a `log_dir` that cannot be
+            written.
 
     Example:
 
@@ -268,7 +359,7 @@ class StageStatistics(RecordingCallback):
 
     def __init__(self, stages, probe_inputs=None, truth=None, prediction_output="trimmed_obj",
                  every_n_epochs=1, histograms=True, images=True, max_images=3, log_dir=None,
-                 record=None):
+                 record=None, verbose=1):
         if isinstance(stages, dict) or not isinstance(stages, (list, tuple)):
             raise ValueError(f"stages must be a list of stage specs, got {type(stages).__name__}")
         parsed = [_parse_stage(spec, index) for index, spec in enumerate(stages)]
@@ -292,21 +383,28 @@ class StageStatistics(RecordingCallback):
                 "(a small batch of model inputs)")
         super().__init__(log_dir=log_dir, record=record)
         self.stages = parsed
-        self.probe_inputs = _probe_batch(probe_inputs) if probe_inputs is not None else None
+        self.probe_inputs = probe_batch(probe_inputs) if probe_inputs is not None else None
         self.truth = _check_values("truth", truth, "the ground truth") if truth is not None else None
+        if self.truth is not None and (self.truth.ndim == 0
+                                       or self.truth.shape[0] != batch_size(self.probe_inputs)):
+            raise ValueError(
+                f"truth has shape {self.truth.shape} but probe_inputs holds {batch_size(self.probe_inputs)} "
+                "sample(s): give the ground truth of the probe batch (its first axis is the sample axis)")
+        self.verbose = verbose
         self.prediction_output = prediction_output
         self.every_n_epochs = every_n_epochs
         self.histograms = bool(histograms)
         self.images = bool(images)
         self.max_images = max_images
-        self._probe_model = None
+        self._probe_fn = None
         self._probe_layers = []
         self._static = {}
         self._static_histograms = {}
         self._pending = None
         self._completed = None
         self._last_step = None
-        self._nonfinite_reported = set()
+        self._reported = set()
+        self._phase_reason = None
 
     # --- Keras hooks -------------------------------------------------------
 
@@ -314,8 +412,12 @@ class StageStatistics(RecordingCallback):
         super().on_train_begin(logs)
         self._completed = None
         self._last_step = None
-        self._nonfinite_reported = set()
+        self._reported = set()
+        if self.probe_inputs is not None:
+            check_probe_inputs(self.model, self.probe_inputs)
         self._build_probe_model()
+        if self.truth is not None:
+            self._note_truth()
         arrays = [s for s in self.stages if s.kind == "array"]
         self._static = {s.name: stats.array_stats(s.value) for s in arrays}
         # An array does not change: its histogram goes into the first evaluation only.
@@ -355,7 +457,7 @@ class StageStatistics(RecordingCallback):
                  **({"layer": s.value} if s.kind == "layer" else {})}
                 for s in self.stages
             ],
-            "probe_batch_size": self._probe_size(),
+            "probe_batch_size": batch_size(self.probe_inputs) if self.probe_inputs is not None else None,
             "has_truth": self.truth is not None,
             "prediction_output": self.prediction_output,
             "every_n_epochs": self.every_n_epochs,
@@ -366,13 +468,6 @@ class StageStatistics(RecordingCallback):
         return config
 
     # --- evaluation --------------------------------------------------------
-
-    def _probe_size(self):
-        if self.probe_inputs is None:
-            return None
-        first = next(iter(self.probe_inputs.values())) if isinstance(self.probe_inputs, dict) \
-            else (self.probe_inputs[0] if isinstance(self.probe_inputs, list) else self.probe_inputs)
-        return int(first.shape[0])
 
     def _layer_output(self, model, layer_name, where):
         try:
@@ -400,7 +495,7 @@ class StageStatistics(RecordingCallback):
 
     def _build_probe_model(self):
         """One sub-model, built per fit, with every layer this callback evaluates as outputs."""
-        self._probe_model, self._probe_layers = None, []
+        self._probe_fn, self._probe_layers = None, []
         wanted = [(s.value, f"stage {s.name!r}") for s in self.stages if s.kind == "layer"]
         if self.truth is not None:
             wanted.append((self.prediction_output, "prediction_output"))
@@ -417,12 +512,24 @@ class StageStatistics(RecordingCallback):
                 continue
             outputs.append(self._layer_output(model, layer_name, where))
             self._probe_layers.append(layer_name)
-        self._probe_model = keras.Model(model.inputs, outputs, name="stage_statistics_probe")
+        dtypes = {name: _symbolic_dtype(output) for name, output in zip(self._probe_layers, outputs)}
+        for stage in self.stages:
+            if stage.kind == "layer":
+                _refuse_complex_amplitude(stage.name, f"the output of layer {stage.value!r}", dtypes[stage.value])
+        if self.truth is not None:
+            self._phase_reason = _phase_reason(dtypes[self.prediction_output], self.truth.dtype,
+                                               self.prediction_output)
+        probe_model = keras.Model(model.inputs, outputs, name="stage_statistics_probe")
+        if getattr(model, "run_eagerly", False):
+            self._probe_fn = lambda inputs: probe_model(inputs, training=False)
+        else:
+            # Traced once per fit; an eager call of a functional model costs ~100 ms on a CPU.
+            self._probe_fn = tf.function(lambda inputs: probe_model(inputs, training=False))
 
     def _run_probe(self):
-        if self._probe_model is None:
+        if self._probe_fn is None:
             return {}
-        outputs = _as_list(self._probe_model(self.probe_inputs, training=False))
+        outputs = _as_list(self._probe_fn(self.probe_inputs))
         return {name: _to_numpy(value) for name, value in zip(self._probe_layers, outputs)}
 
     def _histogram(self, values):
@@ -437,11 +544,7 @@ class StageStatistics(RecordingCallback):
                 stage_stats = self._static[stage.name]
                 hist = self._static_histograms.pop(stage.name, _NO_VALUES)
             else:
-                if stage.kind == "layer":
-                    values = layer_values[stage.value]
-                else:
-                    values = _check_values(f"stage {stage.name!r}", _to_numpy(stage.value(self.model)),
-                                           "the array returned by fn(model)")
+                values = layer_values[stage.value] if stage.kind == "layer" else self._fn_values(stage)
                 stage_stats, hist = stats.array_stats(values), self._histogram(values)
             stage_results.append((stage, stage_stats, hist))
             self._report_nonfinite(stage, stage_stats)
@@ -457,6 +560,19 @@ class StageStatistics(RecordingCallback):
             result.update(self._compare_with_truth(layer_values[self.prediction_output]))
         return result
 
+    def _fn_values(self, stage):
+        """The array an `fn` stage returns; after train begin a bad one is a finding and no values."""
+        try:
+            return _check_values(f"stage {stage.name!r}", _to_numpy(stage.value(self.model)),
+                                 "the array returned by fn(model)", stage_name=stage.name)
+        except ValueError as error:
+            if self._completed is None:  # train begin: refuse before any training step
+                raise
+            self._announce_once(("invalid", stage.name), "warning", "stage_invalid",
+                                f"{error} {self._when()}; its statistics are n/a for this evaluation.",
+                                f"your fn for stage {stage.name!r}")
+            return _NO_VALUES
+
     def _compare_with_truth(self, pred):
         truth = self.truth
         if pred.shape != truth.shape:
@@ -464,28 +580,68 @@ class StageStatistics(RecordingCallback):
                 f"the prediction ({self.prediction_output!r} on probe_inputs) has shape {pred.shape} "
                 f"but truth has shape {truth.shape}; give the ground truth of the probe batch")
         pred_amp, truth_amp = np.abs(pred), np.abs(truth)
-        pred_phase, truth_phase = np.angle(pred), np.angle(truth)
+        if self._phase_reason is None:
+            pred_phase, truth_phase = np.angle(pred), np.angle(truth)
+            phase_bias = stats.phase_bias(pred_phase, truth_phase)
+        else:
+            phase_bias = stats.undefined_bias(self._phase_reason)
         prediction = {
             "scaling": stats.scaling_stats(pred_amp, truth_amp),
             "amplitude_bias": stats.amplitude_bias(pred_amp, truth_amp),
-            "phase_bias": stats.phase_bias(pred_phase, truth_phase),
+            "phase_bias": phase_bias,
         }
         self.record.prediction = prediction
         images = None
         if self.images and self.max_images > 0:
-            images = {"amplitude": _side_by_side(pred_amp, truth_amp, self.max_images),
-                      "phase": _side_by_side(pred_phase, truth_phase, self.max_images)}
+            images = {"amplitude": _side_by_side(pred_amp, truth_amp, self.max_images)}
+            if self._phase_reason is None:
+                images["phase"] = _side_by_side(pred_phase, truth_phase, self.max_images)
         return {"prediction": prediction, "images": images}
+
+    # --- findings ----------------------------------------------------------
+
+    def _when(self):
+        if self._completed is None:
+            return "at train begin"
+        return f"after epoch {self._completed - 1} (step {self.global_step})"
+
+    def _announce_once(self, key, level, code, message, look_at):
+        if key not in self._reported:
+            self._reported.add(key)
+            announce(self, level, code, message, look_at)
+
+    def _note_truth(self):
+        """Findings about the ground truth itself: known at train begin, before any step."""
+        truth = self.truth
+        where = "report.md §Prediction ↔ Truth Scaling and §Amplitude Bias"
+        nonfinite = truth.size - int(np.count_nonzero(np.isfinite(truth)))
+        if nonfinite:
+            self._announce_once("truth_nonfinite", "warning", "truth_nonfinite",
+                                f"truth holds {nonfinite} NaN/Inf pixel(s) of {truth.size} at train begin; "
+                                "the prediction-vs-truth statistics skip them.", where)
+        zeros = int(np.count_nonzero(truth == 0))
+        if zeros == truth.size:
+            self._announce_once("truth_zeros", "warning", "truth_zeros",
+                                f"truth is 0 at all {truth.size} pixels at train begin: the truth/prediction "
+                                "ratios and the best scalar are n/a; is it the right array?", where)
+        elif zeros:
+            self._announce_once("truth_zeros", "info", "truth_zeros",
+                                f"truth is 0 at {zeros} of {truth.size} pixels at train begin; the "
+                                "truth/prediction ratio statistics skip them (MAE and RMSE count them).", where)
+        if self._phase_reason is not None:
+            self._announce_once("phase", "info", "phase_not_compared",
+                                f"{self._phase_reason} (seen at train begin): amplitudes are compared, the "
+                                "phase bias is n/a.", "report.md §Phase Bias")
 
     def _report_nonfinite(self, stage, stage_stats):
         nan, inf = stage_stats["nan_count"], stage_stats["inf_count"]
-        if (nan or inf) and stage.name not in self._nonfinite_reported:
-            self._nonfinite_reported.add(stage.name)
-            when = "at train begin" if self._completed is None else f"after {self._completed} epoch(s)"
-            self.record.add_finding(
-                "warning", "stage_nonfinite",
-                f"stage {stage.name!r} ({stage.label}) holds {nan} NaN and {inf} infinite value(s) "
-                f"of {stage_stats['count']} {when}")
+        if nan or inf:
+            self._announce_once(
+                ("nonfinite", stage.name), "warning", "stage_nonfinite",
+                f"stage {stage.name!r} ({stage.label}) holds {nan} NaN and {inf} infinite value(s) of "
+                f"{stage_stats['count']} {self._when()}; its mean, std, min and max cover the "
+                f"{stage_stats['finite_count']} finite value(s) only.",
+                f"TensorBoard stages/{stage.name}/nan_count and report.md §Normalization Stage Stats")
 
     # --- writing -----------------------------------------------------------
 
@@ -518,8 +674,17 @@ class StageStatistics(RecordingCallback):
         writer.flush()
 
 
+def _phase_reason(prediction_dtype, truth_dtype, prediction_output):
+    """Why the phase cannot be compared (a real prediction or truth), or None when both are complex."""
+    if np.dtype(prediction_dtype).kind == "c" and np.dtype(truth_dtype).kind == "c":
+        return None
+    if np.dtype(prediction_dtype).kind == "c":
+        return f"truth is real ({truth_dtype}) while the prediction {prediction_output!r} is complex"
+    return f"the prediction {prediction_output!r} is real ({prediction_dtype}): no phase to compare"
+
+
 def _scalar(tag, value, step):
-    """Writes a finite scalar; None and non-finite values are skipped."""
+    """Writes a finite scalar; None and non-finite values (also after float32 rounding) are skipped."""
     value = stats.finite_or_none(value)
-    if value is not None:
-        tf.summary.scalar(tag, value, step=step)
+    if value is not None and np.isfinite(summary_value(value)):
+        tf.summary.scalar(tag, summary_value(value), step=step)

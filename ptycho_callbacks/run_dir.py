@@ -1,0 +1,81 @@
+"""Where a new run writes: the asked-for directory, or a free sibling when it already holds a run.
+
+A run directory holds `record.json` and `report.md` (see `SummaryReport`).
+Starting a second run on the same directory would overwrite the first run's
+report; `resolve_run_dir` picks `runs/a-2`, `runs/a-3`, ... instead, unless
+the caller asks to overwrite.
+
+Example:
+
+```python
+run_dir, note = resolve_run_dir("runs/gs2_base")
+if note:
+    print(note)   # "runs/gs2_base already holds a run (record.json); this run writes to runs/gs2_base-2"
+```
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import NamedTuple
+
+RUN_FILES = ("record.json", "report.md")
+"""Files whose presence marks a directory as holding a run."""
+
+
+class RunDir(NamedTuple):
+    """The directory a run should write into, and the one-line note to print (None: nothing to say)."""
+
+    path: str
+    note: str | None
+
+
+def _run_files(directory: str) -> list[str]:
+    """The `RUN_FILES` present in `directory`."""
+    return [name for name in RUN_FILES if os.path.exists(os.path.join(directory, name))]
+
+
+def _is_free(directory: str) -> bool:
+    """True when `directory` does not exist, or is a directory holding no run."""
+    if not os.path.exists(directory):
+        return True
+    return os.path.isdir(directory) and not _run_files(directory)
+
+
+def resolve_run_dir(log_dir: str | os.PathLike, overwrite: bool = False) -> RunDir:
+    """The directory a new run should write into, with a note when it is not `log_dir` as given.
+
+    `log_dir` itself when it does not exist or holds neither `record.json`
+    nor `report.md`; otherwise the first free sibling `log_dir-2`,
+    `log_dir-3`, ... (a sibling is free when it does not exist or holds no
+    run). Nothing is created or removed here: the callbacks create the
+    directory.
+
+    Args:
+        log_dir: the run directory asked for.
+        overwrite: return `log_dir` even when it holds a run (its
+            `record.json` and `report.md` will be replaced); the note says so.
+
+    Returns:
+        `RunDir(path, note)`: `path` keeps the spelling of `log_dir` (no
+        trailing separator); `note` is one line to print, or None when `path`
+        is `log_dir` and nothing in it will be overwritten.
+
+    Raises:
+        NotADirectoryError: `log_dir` exists and is not a directory.
+    """
+    requested = os.path.normpath(os.fspath(log_dir))
+    if os.path.exists(requested) and not os.path.isdir(requested):
+        raise NotADirectoryError(f"log_dir {requested!r} exists and is not a directory; choose another path")
+    existing = _run_files(requested) if os.path.isdir(requested) else []
+    if not existing:
+        return RunDir(requested, None)
+    held = " and ".join(existing)
+    if overwrite:
+        return RunDir(requested, f"{requested} already holds a run ({held}); overwriting it (overwrite=True)")
+    for number in itertools.count(2):
+        candidate = f"{requested}-{number}"
+        if _is_free(candidate):
+            return RunDir(candidate, f"{requested} already holds a run ({held}); this run writes to "
+                                     f"{candidate} (pass overwrite=True to replace the old run)")
