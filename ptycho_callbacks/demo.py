@@ -1,6 +1,7 @@
 """The main job: train the stand-in PtychoPINN model on simulated data, per scenario."""
 
 import os
+import shutil
 from dataclasses import dataclass, field
 
 SCENARIOS = {
@@ -81,8 +82,7 @@ def suite_callbacks(model, name, run_dir, data):
                   normalize_gain=data.normalize_gain, e_batch_intensity=data.e_batch_intensity)
     return default_callbacks(model, run_dir, scenario=name, config=config, stages=stages,
                              probe_inputs=probe, truth=data.truth_object[:PROBE_BATCH],
-                             probe_counts=data.model_targets()["pred_intensity"][:PROBE_BATCH],
-                             restore_weights=True, forensics=True)
+                             probe_counts=data.model_targets()["pred_intensity"][:PROBE_BATCH])
 
 
 def _outcome(name, history, record, report_path):
@@ -129,6 +129,9 @@ def run_demo(out_dir, config=None, callbacks_factory=suite_callbacks, verbose=1,
     histories, records = {}, []
     for name in config.scenarios:
         run_dir = os.path.join(out_dir, name)
+        if os.path.isdir(run_dir):  # the demo's runs are its own: a new demo replaces them
+            shutil.rmtree(run_dir)
+            log(f"scenario {name!r}: replacing the previous demo run in {run_dir}")
         log(f"scenario {name!r}: training {config.epochs} epoch(s) -> {run_dir}")
         _, history = train_scenario(name, config, data, run_dir, callbacks_factory, verbose)
         histories[name] = history

@@ -3,12 +3,13 @@
 import os
 
 from .record import RunRecord
+from .run_dir import resolve_run_dir
 
 
 def default_callbacks(model, log_dir, scenario=None, config=None, stages=None, probe_inputs=None,
                       truth=None, log_scale_variable=None, update_freq=1, stage_every_n_epochs=1,
                       restore_weights=True, on_nan="stop", verbose=1, probe_counts=None,
-                      physics_every_n_epochs=1, forensics=True, forensics_max_bytes=None):
+                      physics_every_n_epochs=1, forensics=True, forensics_max_bytes=None, overwrite=False):
     """Builds the suite: scale monitor, loss components, stage statistics, physics health, NaN guard, report.
 
     With nothing but the model and a directory it still watches the scale,
@@ -49,6 +50,9 @@ def default_callbacks(model, log_dir, scenario=None, config=None, stages=None, p
         forensics: on NaN, save the failing step to `log_dir/nan_forensics`
             and replay it to name the layer and op (see `NaNGuard`).
         forensics_max_bytes: size limit of that folder (NaNGuard's default if None).
+        overwrite: write into `log_dir` even when it holds a run; by default
+            a new run goes alongside, into `log_dir-2`, `log_dir-3`, ...
+            (`resolve_run_dir`; the callbacks' `log_dir` says where).
 
     Returns:
         A list of callbacks for `model.fit(..., callbacks=...)`.
@@ -68,6 +72,9 @@ def default_callbacks(model, log_dir, scenario=None, config=None, stages=None, p
     if model is None:
         raise ValueError("default_callbacks needs the model it will watch")
     name = scenario or os.path.basename(os.path.normpath(os.fspath(log_dir)))
+    log_dir, note = resolve_run_dir(log_dir, overwrite=overwrite)
+    if note and verbose:
+        print(f"ptycho_callbacks: {note}", flush=True)
     record = RunRecord(scenario=name, base_dir=os.path.abspath(log_dir), config=dict(config or {}))
     shared = dict(log_dir=log_dir, record=record)
     max_bytes = DEFAULT_FORENSICS_BYTES if forensics_max_bytes is None else forensics_max_bytes
@@ -78,9 +85,9 @@ def default_callbacks(model, log_dir, scenario=None, config=None, stages=None, p
                               probe_inputs=probe_inputs, verbose=verbose, **shared),
         LossComponents(update_freq=update_freq, **shared),
     ]
-    if stages:
-        suite.append(StageStatistics(stages, probe_inputs=probe_inputs, truth=truth,
-                                     every_n_epochs=stage_every_n_epochs, **shared))
+    if stages or truth is not None:
+        suite.append(StageStatistics(stages or [], probe_inputs=probe_inputs, truth=truth,
+                                     every_n_epochs=stage_every_n_epochs, verbose=verbose, **shared))
     if probe_inputs is not None and probe_counts is not None:
         suite.append(PhysicsHealth(probe_inputs, probe_counts, every_n_epochs=physics_every_n_epochs, **shared))
     suite.append(SummaryReport(**shared))

@@ -15,11 +15,13 @@ def load(log_dir, run="train"):
     return accumulator
 
 
-def _tensor_series(log_dir, run):
-    """Yields (tag, [(step, ndarray), ...]) for every tensor summary (TF2 writes scalars and text so)."""
+def _tensor_series(log_dir, run, plugin=None):
+    """Yields (tag, [(step, ndarray), ...]) for every tensor summary (TF2 writes scalars, text and images
+    so), or for those of one plugin."""
     accumulator = load(log_dir, run)
     for tag in accumulator.Tags()["tensors"]:
-        yield tag, [(e.step, tensor_util.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors(tag)]
+        if plugin is None or accumulator.SummaryMetadata(tag).plugin_data.plugin_name == plugin:
+            yield tag, [(e.step, tensor_util.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors(tag)]
 
 
 def scalars(log_dir, run="train"):
@@ -36,5 +38,4 @@ def texts(log_dir, run="train"):
         return item.decode() if isinstance(item, bytes) else str(item)
 
     return {tag: [(step, as_text(v)) for step, v in series]
-            for tag, series in _tensor_series(log_dir, run)
-            if series and series[0][1].dtype.kind in "OSU"}
+            for tag, series in _tensor_series(log_dir, run, plugin="text")}

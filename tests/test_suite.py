@@ -74,3 +74,19 @@ def test_single_output_model_logs_the_total_only(tmp_path):
     assert set(components.record.batch_history) == {"loss"}
     assert len(components.record.batch_history["loss"]) == 2
     assert components.record.batch_history["loss"][0] == pytest.approx(first_batch_loss, rel=1e-5)
+
+
+def test_a_directory_holding_a_run_gets_a_new_run_alongside(small_data, tmp_path, capsys):
+    run = str(tmp_path / "run")
+    for _ in range(2):
+        model = _model(small_data)
+        model.fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8, epochs=1, verbose=0,
+                  callbacks=default_callbacks(model, run, verbose=1))
+    first, second = (RunRecord.load(os.path.join(path, "record.json")) for path in (run, run + "-2"))
+    assert first.started_at < second.started_at, "the first run was overwritten"
+    assert os.path.exists(os.path.join(run + "-2", "report.md"))
+    assert f"this run writes to {run}-2" in capsys.readouterr().out
+
+    model = _model(small_data)
+    suite = default_callbacks(model, run, verbose=0, overwrite=True)
+    assert {callback.log_dir for callback in suite} == {run}

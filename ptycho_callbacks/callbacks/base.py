@@ -3,6 +3,8 @@
 import json
 import os
 
+import numpy as np
+
 from .._keras import keras
 from ..record import RunRecord
 from . import _writers
@@ -19,6 +21,17 @@ def check_writable_dir(log_dir):
         os.remove(probe)
     except OSError as error:
         raise OSError(f"log directory {log_dir!r} cannot be written: {error}") from error
+
+
+def summary_value(value):
+    """`value` as the numpy float32 a summary stores (out of float32 range becomes +-inf).
+
+    TensorFlow keeps every Python float it turns into an eager constant, so
+    writing a new Python float each step grows host memory without bound
+    (~0.7 kB a value); a numpy scalar is not kept.
+    """
+    with np.errstate(over="ignore"):
+        return np.float32(value)
 
 
 def is_chief():

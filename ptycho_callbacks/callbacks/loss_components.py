@@ -3,7 +3,7 @@
 import math
 
 from . import loss_discovery
-from .base import RecordingCallback
+from .base import RecordingCallback, summary_value
 from .batch_values import BatchValues
 
 LAYOUT_CATEGORY = "ptycho-callbacks"
@@ -142,13 +142,13 @@ class LossComponents(RecordingCallback):
 
         with self.writer().as_default(step=self.global_step):
             for name, value in values.items():
-                tf.summary.scalar(f"loss/batch/{name}", value)
+                tf.summary.scalar(f"loss/batch/{name}", summary_value(value))
             for name, value in weighted.items():
-                tf.summary.scalar(f"loss/batch_weighted/{name}", value)
+                tf.summary.scalar(f"loss/batch_weighted/{name}", summary_value(value))
             for name, value in shares.items():
-                tf.summary.scalar(f"loss/batch_share/{name}", value)
+                tf.summary.scalar(f"loss/batch_share/{name}", summary_value(value))
             if residual is not None:
-                tf.summary.scalar("loss/batch/residual", residual)
+                tf.summary.scalar("loss/batch/residual", summary_value(residual))
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
@@ -164,7 +164,7 @@ class LossComponents(RecordingCallback):
             with self.writer(run).as_default(step=epoch + 1):  # epochs completed, as for all epoch series
                 for name, value in values.items():
                     if name == loss_discovery.TOTAL or name in self._weights:
-                        tf.summary.scalar(f"loss/epoch/{name}", float(value))
+                        tf.summary.scalar(f"loss/epoch/{name}", summary_value(value))
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from .. import physics, stats
 from .._keras import keras
-from .base import RecordingCallback
+from .base import RecordingCallback, summary_value
 
 AMPLITUDE_LAYER_NAMES = ("amp_head", "amp")
 """Amplitude-head layer names looked for when none is given: the stand-in's, then PtychoPINN's."""
@@ -214,5 +214,5 @@ class PhysicsHealth(RecordingCallback):
             for tag, value in scalars.items():
                 value = stats.finite_or_none(value)
                 if value is not None:
-                    tf.summary.scalar(tag, value, step=epoch)
+                    tf.summary.scalar(tag, summary_value(value), step=epoch)
         writer.flush()
