@@ -172,7 +172,6 @@ def realspace_loss(y_true, y_pred):
     return tf.reduce_mean(tf.abs(tf.abs(y_pred) - tf.abs(tf.cast(y_true, y_pred.dtype))), axis=(1, 2, 3))
 
 
-@serializable
 def _replica_share(loss):
     """A replica's share of a batch-mean loss, as Keras 3's own losses return it.
 
@@ -183,6 +182,7 @@ def _replica_share(loss):
     return loss if IS_LEGACY or replicas == 1 else loss / replicas
 
 
+@serializable
 class RealspaceLoss(keras.losses.Loss):
     """`realspace_loss` averaged over the batch, on the complex object as it is.
 
