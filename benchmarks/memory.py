@@ -1,0 +1,178 @@
+"""Host memory of the callbacks: peak RSS of a training run, bare and with the full suite.
+
+Each configuration runs in its own subprocess (so their peaks do not mix),
+one after the other:
+  bare   model.fit of the stand-in PtychoPINN model, no callbacks
+  suite  the same with ptycho_callbacks.default_callbacks: every callback on,
+         with the simulation's stages, a prediction layer, probe inputs and
+         the ground-truth object
+Each process reports its peak RSS (VmHWM), its RSS before training and at
+the end of every epoch (VmRSS). The parent prints the peak each configuration
+reaches (median over `--repeats` processes), what the suite adds, and how RSS
+moves after a warm-up: the median RSS of the last `--window` epochs minus
+that of the first `--window` epochs after the warm-up (TensorFlow's allocator
+makes single samples jump by tens of MB), and the least-squares slope per
+epoch, next to the size of the suite's record (the per-epoch history it
+keeps on purpose).
+
+    python benchmarks/memory.py --epochs 100
+    python benchmarks/memory.py --json
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+CONFIGS = ("bare", "suite")
+
+
+def status_mb(field):
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MB."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def train(config, args):
+    """Runs one configuration in this process; returns its measurements."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    from ptycho_callbacks import default_callbacks
+    from ptycho_callbacks._keras import keras
+    from ptycho_callbacks.sim.data import simulate
+    from ptycho_callbacks.sim.model import build_model
+
+    class Sampler(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.rss = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.rss.append(status_mb("VmRSS"))
+
+    data = simulate(N=args.N, gridsize=args.gridsize, n_scan=args.n_scan, nphotons=1e9, seed=0)
+    keras.utils.set_random_seed(0)
+    model = build_model(N=args.N, gridsize=args.gridsize, probe=data.probe, intensity_scale=data.intensity_scale)
+    dataset = tf.data.Dataset.from_tensor_slices((data.model_inputs(), data.model_targets()))
+    dataset = dataset.batch(args.batch_size).cache().repeat()
+    probe = {key: value[:args.probe] for key, value in data.model_inputs().items()}
+    sampler = Sampler()
+    with tempfile.TemporaryDirectory() as run_dir:
+        rss_before = status_mb("VmRSS")
+        callbacks = []
+        if config == "suite":
+            stages = data.stages() + [
+                {"name": "prediction", "label": "Prediction", "layer": "pred_amplitude"},
+                {"name": "truth", "label": "Truth", "array": data.truth_diffraction[:args.probe]},
+            ]
+            callbacks = default_callbacks(
+                model, run_dir, config={"nphotons": data.nphotons, "N": data.N, "gridsize": data.gridsize},
+                stages=stages, probe_inputs=probe, truth=data.truth_object[:args.probe], verbose=0)
+        model.fit(dataset, steps_per_epoch=args.steps_per_epoch, epochs=args.epochs, shuffle=False, verbose=0,
+                  callbacks=callbacks + [sampler])
+        record_path = os.path.join(run_dir, "record.json")
+        record_kb = os.path.getsize(record_path) / 1024.0 if os.path.exists(record_path) else 0.0
+    return {"config": config, "peak_rss_mb": status_mb("VmHWM"), "rss_before_fit_mb": rss_before,
+            "rss_per_epoch_mb": sampler.rss, "record_kb": record_kb}
+
+
+def _slope(values):
+    """Least-squares slope of `values` against their index."""
+    count = len(values)
+    if count < 2:
+        return 0.0
+    mean_x, mean_y = (count - 1) / 2.0, sum(values) / count
+    covariance = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(values))
+    return covariance / sum((x - mean_x) ** 2 for x in range(count))
+
+
+def summarize(runs, warmup, window):
+    """Peaks, what the suite adds, and RSS growth after `warmup` epochs (`runs`: config -> repeats)."""
+    result = {"configs": {}}
+    for name, repeats in runs.items():
+        series = [statistics.median(values) for values in zip(*(run["rss_per_epoch_mb"] for run in repeats))]
+        after = series[warmup:]
+        early, late = statistics.median(after[:window]), statistics.median(after[-window:])
+        result["configs"][name] = {
+            "peak_rss_mb": statistics.median(run["peak_rss_mb"] for run in repeats),
+            "peak_rss_mb_each": [run["peak_rss_mb"] for run in repeats],
+            "rss_before_fit_mb": statistics.median(run["rss_before_fit_mb"] for run in repeats),
+            "rss_early_mb": early,
+            "rss_late_mb": late,
+            "growth_after_warmup_mb": late - early,
+            "slope_kb_per_epoch": 1024.0 * _slope(after),
+            "record_kb": statistics.median(run["record_kb"] for run in repeats),
+            "rss_per_epoch_mb": series,
+        }
+    bare, suite = result["configs"]["bare"], result["configs"]["suite"]
+    epochs = len(suite["rss_per_epoch_mb"])
+    result["suite_adds_peak_mb"] = suite["peak_rss_mb"] - bare["peak_rss_mb"]
+    result["record_kb_per_epoch"] = suite["record_kb"] / epochs
+    return result
+
+
+def run_child(config, argv):
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", config, *argv],
+                          capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"the {config} run failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--steps-per-epoch", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=10, help="epochs before RSS growth is counted")
+    parser.add_argument("--window", type=int, default=20, help="epochs whose median RSS is compared")
+    parser.add_argument("--repeats", type=int, default=1, help="processes per configuration (median)")
+    parser.add_argument("--N", type=int, default=64)
+    parser.add_argument("--gridsize", type=int, default=2)
+    parser.add_argument("--n-scan", type=int, default=9)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--probe", type=int, default=4, help="samples in the probe batch")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--child", choices=CONFIGS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not 0 <= args.warmup or not 1 <= args.window <= (args.epochs - args.warmup) // 2:
+        parser.error("need --warmup >= 0 and 1 <= --window <= (--epochs - --warmup) / 2")
+    if args.child:
+        print(json.dumps(train(args.child, args)))
+        return 0
+    child_argv = [arg for arg in argv if arg != "--json"]
+    runs = {config: [] for config in CONFIGS}
+    for _ in range(args.repeats):  # interleaved, so a slow phase of the machine hits both
+        for config in CONFIGS:
+            runs[config].append(run_child(config, child_argv))
+    result = summarize(runs, args.warmup, args.window)
+    result.update(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, warmup=args.warmup,
+                  window=args.window, repeats=args.repeats, N=args.N, gridsize=args.gridsize,
+                  batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{'config':<7} {'peak RSS MB':>12} {'RSS early MB':>13} {'RSS late MB':>12} "
+          f"{'growth MB':>10} {'slope kB/epoch':>15}")
+    for name, run in result["configs"].items():
+        print(f"{name:<7} {run['peak_rss_mb']:>12.1f} {run['rss_early_mb']:>13.1f} {run['rss_late_mb']:>12.1f} "
+              f"{run['growth_after_warmup_mb']:>10.1f} {run['slope_kb_per_epoch']:>15.1f}")
+    suite = result["configs"]["suite"]
+    print(f"the suite adds {result['suite_adds_peak_mb']:.1f} MB of peak RSS; from the first to the last "
+          f"{args.window} epochs after epoch {args.warmup} its RSS moves {suite['growth_after_warmup_mb']:+.1f} MB "
+          f"(bare: {result['configs']['bare']['growth_after_warmup_mb']:+.1f} MB); its record keeps "
+          f"{result['record_kb_per_epoch']:.2f} kB of history per epoch "
+          f"({args.epochs} epochs, N={args.N}, gridsize {args.gridsize}, batch {args.batch_size}, "
+          f"{args.steps_per_epoch} step(s) per epoch, {args.repeats} process(es) per configuration)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
