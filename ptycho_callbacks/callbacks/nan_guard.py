@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from .base import RecordingCallback
-from ..forensics.capture import variable_name
+from ..forensics.capture import model_variables, variable_name
 from .batch_values import BatchValues, tf_variable
 from .scale_discovery import find_log_scale
 from .step_guard import NAN, NEG_INF, POS_INF, StepGuard, is_loss_name
@@ -187,17 +187,14 @@ class NaNGuard(RecordingCallback):
         return None if self._step_guard is None else self._step_guard.shadows
 
     def _prepare_variables(self):
-        """Finds the watched variables (weights and log_scale) and arms the device-side guard."""
-        variables, seen = [], set()
+        """Finds the watched variables (weights and log_scale) and arms the device-side guard.
+
+        The names are those `nan_forensics/` and its replay use (`model_variables`).
+        """
         log_scale, _, _ = find_log_scale(self.model)
         self._log_scale = None if log_scale is None else tf_variable(log_scale)
-        candidates = list(self.model.weights) + ([log_scale] if log_scale is not None else [])
-        for variable in candidates:
-            tf_var = tf_variable(variable)
-            if id(tf_var) in seen or not tf.as_dtype(tf_var.dtype).is_floating:
-                continue
-            seen.add(id(tf_var))
-            variables.append((variable_name(variable), tf_var))
+        variables = [(name, variable) for name, variable in model_variables(self.model)
+                     if tf.as_dtype(variable.dtype).is_floating]
         self._variables = variables
         self._step_guard = StepGuard(
             self.model, [v for _, v in variables], check_weights=self.check_weights,
