@@ -19,25 +19,14 @@ from ptycho_callbacks.callbacks.scale_discovery import find_log_scale
 from ptycho_callbacks.record import RunRecord
 from ptycho_callbacks.sim.model import build_model
 
+from model_state import optimizer_variables, watched_variables
+
 BATCH = 4  # 16 samples: 4 batches per epoch, sample 4*k lands in batch k (shuffle=False)
-
-
-def _variables(model):
-    variables = list(model.weights)
-    log_scale, _, _ = find_log_scale(model)
-    if not any(v is log_scale or getattr(v, "value", None) is log_scale for v in variables):
-        variables.append(log_scale)
-    return variables
 
 
 @pytest.fixture(scope="module")
 def pool():
     return {}
-
-
-def _optimizer_variables(model):
-    variables = model.optimizer.variables
-    return variables() if callable(variables) else variables
 
 
 @pytest.fixture
@@ -47,12 +36,12 @@ def model(pool, small_data):
         keras.utils.set_random_seed(2)
         made = build_model(N=16, gridsize=2, n_filters=4, probe=small_data.probe,
                            intensity_scale=small_data.intensity_scale)
-        pool["model"] = (made, [np.array(v.numpy()) for v in _variables(made)],
+        pool["model"] = (made, [np.array(v.numpy()) for v in watched_variables(made)],
                          float(np.asarray(made.optimizer.learning_rate)))
     made, initial, learning_rate = pool["model"]
-    for variable, value in zip(_variables(made), initial):
+    for variable, value in zip(watched_variables(made), initial):
         variable.assign(value)
-    for variable in _optimizer_variables(made):
+    for variable in optimizer_variables(made):
         if "learning_rate" not in variable.name:
             variable.assign(tf.zeros_like(variable))
     made.optimizer.learning_rate.assign(learning_rate)
@@ -129,7 +118,7 @@ def test_non_finite_loss_component(model, small_data, tmp_path, output, batch, v
     assert event["components"][0] == f"{output}_loss"
     assert f"{output}_loss" in report and "NaN Event" in report
     assert len(record.history.get("loss", [])) == 1  # Keras still ends the epoch it stopped in
-    assert all(np.all(np.isfinite(v.numpy())) for v in _variables(model)), "the suite restores finite weights"
+    assert all(np.all(np.isfinite(v.numpy())) for v in watched_variables(model)), "the suite restores finite weights"
 
 
 def test_nan_in_log_scale(model, small_data, tmp_path):
@@ -250,4 +239,4 @@ def test_keras_savers_never_keep_non_finite_weights(model, small_data, tmp_path,
     for path in saved:
         arrays = [a for a in _saved_arrays(path) if np.issubdtype(np.asarray(a).dtype, np.floating)]
         assert arrays and all(np.all(np.isfinite(a)) for a in arrays), f"non-finite weights saved in {path}"
-    assert all(np.all(np.isfinite(v.numpy())) for v in _variables(model))
+    assert all(np.all(np.isfinite(v.numpy())) for v in watched_variables(model))

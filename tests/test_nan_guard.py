@@ -20,6 +20,7 @@ from ptycho_callbacks.record import RunRecord
 from ptycho_callbacks.sim.model import build_model
 
 import tensorboard_events
+from model_state import optimizer_variables, watched_variables
 
 BATCH = 4
 BATCHES_PER_EPOCH = 4  # 16 samples
@@ -28,20 +29,6 @@ BATCHES_PER_EPOCH = 4  # 16 samples
 def _name(variable):
     name = getattr(variable, "path", None) or variable.name
     return name[:-2] if name.endswith(":0") else name
-
-
-def _model_variables(model):
-    """Every variable the guard watches: the weights and log_scale (untracked under Keras 3 in PtychoPINN style)."""
-    variables = list(model.weights)
-    log_scale, _, _ = find_log_scale(model)
-    if not any(v is log_scale or getattr(v, "value", None) is log_scale for v in variables):
-        variables.append(log_scale)
-    return variables
-
-
-def _optimizer_variables(model):
-    variables = model.optimizer.variables
-    return variables() if callable(variables) else variables
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +44,11 @@ def fresh_model(model_pool, small_data):
         if style not in model_pool:
             model = build_model(N=16, gridsize=2, n_filters=4, probe=small_data.probe,
                                 intensity_scale=small_data.intensity_scale, scaler_style=style)
-            model_pool[style] = (model, [np.array(v.numpy()) for v in _model_variables(model)])
+            model_pool[style] = (model, [np.array(v.numpy()) for v in watched_variables(model)])
         model, initial = model_pool[style]
-        for variable, value in zip(_model_variables(model), initial):
+        for variable, value in zip(watched_variables(model), initial):
             variable.assign(value)
-        for variable in _optimizer_variables(model):
+        for variable in optimizer_variables(model):
             if "learning_rate" not in variable.name:
                 variable.assign(tf.zeros_like(variable))
         return model
@@ -106,7 +93,7 @@ class Counter(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.batches.append((self.epoch, batch))
         if self.keep_weights:
-            self.weights[(self.epoch, batch)] = [np.array(v.numpy()) for v in _model_variables(self.model)]
+            self.weights[(self.epoch, batch)] = [np.array(v.numpy()) for v in watched_variables(self.model)]
 
 
 class AssignAt(keras.callbacks.Callback):
@@ -211,7 +198,7 @@ def test_last_finite_values_are_per_batch_values_not_running_means(fresh_model, 
 
 def test_nan_at_the_very_first_batch_restores_initial_weights(fresh_model, small_data, capsys):
     model = fresh_model()
-    initial = [np.array(v.numpy()) for v in _model_variables(model)]
+    initial = [np.array(v.numpy()) for v in watched_variables(model)]
     counter, guard = Counter(keep_weights=True), NaNGuard(restore_weights=True)
     _fit(model, small_data, [counter, guard], _targets(small_data, "pred_intensity", 0))
 
@@ -226,7 +213,7 @@ def test_nan_at_the_very_first_batch_restores_initial_weights(fresh_model, small
     assert event["nonfinite_weights"], "the NaN did not reach the weights"
     # The step put the weights back itself: the callback before the guard never saw them non-finite.
     assert all(np.all(np.isfinite(w)) for w in counter.weights[(0, 0)])
-    for restored, expected in zip(_model_variables(model), initial):
+    for restored, expected in zip(watched_variables(model), initial):
         np.testing.assert_array_equal(restored.numpy(), expected)
     out = capsys.readouterr().out
     assert "weights of train begin" in out
@@ -244,7 +231,7 @@ def test_restored_weights_are_those_after_the_last_finite_batch(fresh_model, sma
     assert counter.batches[-1] == (0, 2)
     assert event["nonfinite_weights"], "the NaN did not reach the weights"
     assert all(np.all(np.isfinite(w)) for w in counter.weights[(0, 2)])
-    restored = [np.array(v.numpy()) for v in _model_variables(model)]
+    restored = [np.array(v.numpy()) for v in watched_variables(model)]
     assert all(np.all(np.isfinite(w)) for w in restored)
     for got, expected in zip(restored, counter.weights[(0, 1)]):
         np.testing.assert_array_equal(got, expected)
@@ -296,7 +283,7 @@ def test_nan_in_a_weight_is_named_and_restored(fresh_model, small_data):
     assert math.isnan(event["values"]["weights"])
     assert event["weights_restored"] is True
     # The NaN came after step 7, from a callback: the weights of step 7 itself were the last finite ones.
-    for got, expected in zip(_model_variables(model), counter.weights[(1, 2)]):
+    for got, expected in zip(watched_variables(model), counter.weights[(1, 2)]):
         np.testing.assert_array_equal(got.numpy(), expected)
 
 
@@ -380,7 +367,7 @@ def test_clean_training_records_nothing_and_runs_to_the_end(fresh_model, small_d
     assert guard.record.nan_events == [] and guard.record.status == "running"
     assert model.stop_training is False
     # The snapshot does not touch the weights; the check is one traced function.
-    for got, expected in zip(_model_variables(model), counter.weights[(1, BATCHES_PER_EPOCH - 1)]):
+    for got, expected in zip(watched_variables(model), counter.weights[(1, BATCHES_PER_EPOCH - 1)]):
         np.testing.assert_array_equal(got.numpy(), expected)
     assert guard._train_check.experimental_get_tracing_count() == 1
     train_dir = tmp_path / "ptycho" / "train"

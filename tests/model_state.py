@@ -1,0 +1,13 @@
+"""The variables the NaN guard watches and the optimizer's, as the guard tests read and reset them."""
+
+from ptycho_callbacks.forensics.capture import model_variables
+
+
+def watched_variables(model):
+    """The weights, then log_scale when Keras does not track it (PtychoPINN style under Keras 3)."""
+    return [variable for _, variable in model_variables(model)]
+
+
+def optimizer_variables(model):
+    variables = model.optimizer.variables
+    return variables() if callable(variables) else variables
