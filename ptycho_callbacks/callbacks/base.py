@@ -9,6 +9,7 @@ from .._keras import keras
 from ..record import RunRecord
 from . import _writers
 from .batch_values import variable_value
+from .scalar_buffer import ScalarBuffer
 
 
 def check_writable_dir(log_dir):
@@ -93,6 +94,7 @@ class RecordingCallback(keras.callbacks.Callback):
         self.epoch = 0
         self._epoch_start_step = self._fit_start_step = 0
         self._writers = {}
+        self._scalar_buffers = {}
 
     def writer(self, run="train"):
         """The shared summary writer of this run's `run` directory, or None without log_dir."""
@@ -101,6 +103,25 @@ class RecordingCallback(keras.callbacks.Callback):
         if run not in self._writers:
             self._writers[run] = _writers.acquire(self.log_dir, run)
         return self._writers[run]
+
+    def write_batch_scalars(self, values, run="train"):
+        """Queues the scalars {tag: value} at `global_step` for `run`; they reach TensorBoard in batches.
+
+        Per-batch series go through a `ScalarBuffer` (one compiled write per
+        flush instead of an eager summary per value); it is flushed at each
+        epoch end and when the writers are released.
+        """
+        if self.log_dir is None:
+            return
+        buffer = self._scalar_buffers.get(run)
+        if buffer is None:
+            buffer = self._scalar_buffers[run] = ScalarBuffer(self.writer(run))
+        buffer.add(self.global_step, values)
+
+    def flush_scalars(self):
+        """Writes every queued per-batch scalar now."""
+        for buffer in self._scalar_buffers.values():
+            buffer.flush()
 
     def on_train_begin(self, logs=None):
         self.global_step = self._fit_start_step = optimizer_step(self.model)
@@ -114,12 +135,17 @@ class RecordingCallback(keras.callbacks.Callback):
         # one call runs several steps (steps_per_execution > 1).
         self.global_step = self._epoch_start_step + batch + 1
 
+    def on_epoch_end(self, epoch, logs=None):
+        self.flush_scalars()
+
     def on_fit_exception(self, error):
         """`fit` was left by `error` (Keras calls no `on_train_end` then; see `finish_on_exception`)."""
         self.release_writers()
 
     def release_writers(self):
-        """Flushes and returns every writer this callback borrowed."""
+        """Writes the queued scalars, then flushes and returns every writer this callback borrowed."""
+        self.flush_scalars()
+        self._scalar_buffers = {}
         for run in self._writers:
             _writers.release(self.log_dir, run)
         self._writers = {}

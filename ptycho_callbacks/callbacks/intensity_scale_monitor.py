@@ -180,12 +180,8 @@ class IntensityScaleMonitor(RecordingCallback):
         if (self._variable is None or self.log_dir is None or self.update_freq == "epoch"
                 or self.global_step % self.update_freq):
             return
-        import tensorflow as tf
-
         value = self._value()
-        with self.writer().as_default(step=self.global_step):
-            tf.summary.scalar("scale/batch/log_scale", summary_value(value))
-            tf.summary.scalar("scale/batch/exp_log_scale", summary_value(_safe_exp(value)))
+        self.write_batch_scalars({"scale/batch/log_scale": value, "scale/batch/exp_log_scale": _safe_exp(value)})
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)

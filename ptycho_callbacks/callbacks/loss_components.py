@@ -138,17 +138,12 @@ class LossComponents(RecordingCallback):
                 del series[:overflow]
 
     def _write_batch(self, values, weighted, shares, residual):
-        import tensorflow as tf
-
-        with self.writer().as_default(step=self.global_step):
-            for name, value in values.items():
-                tf.summary.scalar(f"loss/batch/{name}", summary_value(value))
-            for name, value in weighted.items():
-                tf.summary.scalar(f"loss/batch_weighted/{name}", summary_value(value))
-            for name, value in shares.items():
-                tf.summary.scalar(f"loss/batch_share/{name}", summary_value(value))
-            if residual is not None:
-                tf.summary.scalar("loss/batch/residual", summary_value(residual))
+        scalars = {f"loss/batch/{name}": value for name, value in values.items()}
+        scalars.update((f"loss/batch_weighted/{name}", value) for name, value in weighted.items())
+        scalars.update((f"loss/batch_share/{name}", value) for name, value in shares.items())
+        if residual is not None:
+            scalars["loss/batch/residual"] = residual
+        self.write_batch_scalars(scalars)
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)

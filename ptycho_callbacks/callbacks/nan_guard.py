@@ -18,6 +18,9 @@ DEFAULT_FORENSICS_BYTES = 256 * 2**20
 LOG_SCALE = "log_scale"
 """Component name of the intensity scaler's `log_scale` in an event."""
 
+_HEAD = 4
+"""Entries of the batch check's vector before the tracker state."""
+
 WEIGHTS = "weights"
 """Component name of the model's weights (other than `log_scale`) in an event."""
 
@@ -213,7 +216,9 @@ class NaNGuard(RecordingCallback):
         Inside the step (when the guard could wrap it) the check already ran
         per step; here it catches what changed between steps (e.g. a
         callback assigning a weight) and, under a multi-replica strategy, is
-        the only check.
+        the only check. It returns one float64 vector, read in one transfer:
+        [first bad step, must fire, losses finite, log_scale, tracker
+        state...] (float64 holds any step count exactly).
         """
         guard = self._step_guard
         log_scale = self._log_scale
@@ -222,12 +227,18 @@ class NaNGuard(RecordingCallback):
         def check(logged_ok, step):
             state = self._trackers.state()
             losses_ok = tf.logical_and(logged_ok, tf.reduce_all(tf.math.is_finite(state)))
-            fired = guard.check(losses_ok, step, snapshot=snapshot)
+            if snapshot:  # no check in the step: this one is the guard, snapshot included
+                fired = guard.check(losses_ok, step, snapshot=True)
+                must_fire = tf.constant(0.0, tf.float64)
+            else:  # the firing itself, rare, is a call of its own (fire_now)
+                fired = must_fire = tf.cast(guard.must_fire(losses_ok), tf.float64)
             with tf.control_dependencies([fired]):
-                first_bad = tf.identity(guard.first_bad)
-                scale = tf.cast(log_scale, tf.float32) if log_scale is not None else tf.constant(0.0)
-            return first_bad, tf.concat([tf.reshape(scale, [1]), state], 0)
+                first_bad = tf.cast(guard.first_bad, tf.float64)
+            scale = tf.cast(log_scale, tf.float64) if log_scale is not None else tf.constant(0.0, tf.float64)
+            head = tf.stack([first_bad, must_fire, tf.cast(losses_ok, tf.float64), tf.reshape(scale, [])])
+            return tf.concat([head, tf.cast(state, tf.float64)], 0)
 
+        self._verdicts = {True: tf.constant(True), False: tf.constant(False)}  # made once, not per call
         return tf.function(check, autograph=False)
 
     # ------------------------------------------------------------------ hooks
@@ -256,12 +267,14 @@ class NaNGuard(RecordingCallback):
             self._train_check = self._build_train_check()
         logged = self._logged_losses(logs, prefix="")
         logged_ok = all(_is_finite(v) for v in logged.values())
-        first_bad, packed = self._train_check(tf.constant(logged_ok), tf.constant(self.global_step, tf.int64))
-        first_bad, packed = int(first_bad.numpy()), packed.numpy()
-        values = self._trackers.values_from(packed[1:])
+        packed = self._train_check(self._verdicts[logged_ok], tf.constant(self.global_step, tf.int64)).numpy()
+        first_bad, must_fire, losses_ok = int(packed[0]), bool(packed[1]), bool(packed[2])
+        if must_fire:
+            first_bad = self._step_guard.fire_now(losses_ok, self.global_step)
+        values = self._trackers.values_from(packed[_HEAD:])
         values.update(logged)
         if self._log_scale is not None:
-            values[LOG_SCALE] = float(packed[0])
+            values[LOG_SCALE] = float(packed[3])
         if first_bad < 0:
             self._last_finite["train"].update(values)
             return

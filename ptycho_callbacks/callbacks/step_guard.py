@@ -93,6 +93,7 @@ class StepGuard:
         self.captures_batch = False
         self._batch_structure = None
         self._captured = None
+        self._fire_function = None
         strategy = getattr(model, "distribute_strategy", None)
         scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
         with scope:
@@ -119,13 +120,29 @@ class StepGuard:
         for shadow, variable in zip(self.shadows or [], self.variables):
             shadow.assign(variable)
 
-    def check(self, losses_ok, step, snapshot=True, batch=None):
-        """The check itself (inside a tf.function): returns True when the guard fires at this `step`."""
+    def _verdict(self, losses_ok):
+        """(fire, all_ok) inside a tf.function: fire is True when the guard, still armed, must fire now."""
         watch_all = self.check_weights or self.shadows is not None
         weights_ok = _all_finite(self.variables) if watch_all else tf.constant(True)
         fire_ok = tf.logical_and(losses_ok, weights_ok) if self.check_weights else losses_ok
-        armed = self.first_bad < 0
-        fire = tf.logical_and(armed, tf.logical_not(fire_ok))
+        return tf.logical_and(self.first_bad < 0, tf.logical_not(fire_ok)), tf.logical_and(losses_ok, weights_ok)
+
+    def _fire(self, losses_ok, step, batch=None):
+        """The assignments of a firing: first bad step, variable kinds, restore, captured batch."""
+        assigns = [self.first_bad.assign(tf.cast(step, tf.int64)),
+                   self.losses_failed.assign(tf.logical_not(losses_ok))]
+        if self.variables:
+            assigns.append(self.kinds.assign(tf.stack([_kind(v) for v in self.variables])))
+        if self.restore_in_step:
+            assigns += [v.assign(s) for s, v in zip(self.shadows, self.variables)]
+        if batch is not None:
+            assigns += [c.assign(t, read_value=False) for c, t in zip(self._captured, batch)]
+            assigns.append(self.batch_captured.assign(True))
+        return assigns
+
+    def check(self, losses_ok, step, snapshot=True, batch=None):
+        """The check itself (inside a tf.function): returns True when the guard fires at this `step`."""
+        fire, all_ok = self._verdict(losses_ok)
         updates = []
         if self.shadows is not None and snapshot:
             def save():
@@ -133,24 +150,32 @@ class StepGuard:
                 assigns.append(self.snapshot_step.assign(tf.cast(step, tf.int64)))
                 with tf.control_dependencies(assigns):
                     return tf.constant(True)
-            keep = tf.logical_and(armed, tf.logical_and(losses_ok, weights_ok))
+            keep = tf.logical_and(self.first_bad < 0, all_ok)
             updates.append(tf.cond(keep, save, lambda: tf.constant(False)))
 
         def on_fire():
-            assigns = [self.first_bad.assign(tf.cast(step, tf.int64)),
-                       self.losses_failed.assign(tf.logical_not(losses_ok))]
-            if self.variables:
-                assigns.append(self.kinds.assign(tf.stack([_kind(v) for v in self.variables])))
-            if self.restore_in_step:
-                assigns += [v.assign(s) for s, v in zip(self.shadows, self.variables)]
-            if batch is not None:
-                assigns += [c.assign(t, read_value=False) for c, t in zip(self._captured, batch)]
-                assigns.append(self.batch_captured.assign(True))
-            with tf.control_dependencies(assigns):
+            with tf.control_dependencies(self._fire(losses_ok, step, batch)):
                 return tf.constant(True)
 
         with tf.control_dependencies(updates):
             return tf.cond(fire, on_fire, lambda: tf.constant(False))
+
+    def must_fire(self, losses_ok):
+        """Inside a tf.function: True when the guard must fire now; `fire_now` then does it.
+
+        The light half of `check` for a batch hook that runs beside the
+        in-step check: the firing itself is rare and runs as its own call.
+        """
+        return self._verdict(losses_ok)[0]
+
+    def fire_now(self, losses_ok, step):
+        """Fires the guard at optimizer step `step` (after `must_fire` said so)."""
+        if self._fire_function is None:
+            def fire(losses_ok, step):
+                with tf.control_dependencies(self._fire(losses_ok, step)):
+                    return tf.identity(self.first_bad)
+            self._fire_function = tf.function(fire, autograph=False)
+        return int(self._fire_function(tf.constant(bool(losses_ok)), tf.constant(int(step), tf.int64)))
 
     # ------------------------------------------------------------ in the step
 
