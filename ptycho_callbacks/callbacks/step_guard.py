@@ -94,6 +94,7 @@ class StepGuard:
         self._batch_structure = None
         self._captured = None
         self._fire_function = None
+        self._iterations = None
         strategy = getattr(model, "distribute_strategy", None)
         scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
         with scope:
@@ -191,22 +192,26 @@ class StepGuard:
             return False
         self.uninstall()
         original = model.train_step
-        capture = self.captures_batch = self.capture_batch and not _uses_xla(model)  # XLA cannot resize a variable
-        iterations = tf_variable(model.optimizer.iterations)
+        self.captures_batch = self.capture_batch and not _uses_xla(model)  # XLA cannot resize a variable
+        self._iterations = tf_variable(model.optimizer.iterations)
 
         def guarded_train_step(data):
             logs = original(data)
-            flat = None
-            if capture:
-                flat = [tf.convert_to_tensor(t) for t in tf.nest.flatten(data)]
-                self._prepare_capture(data, flat)
-            self.check(_losses_finite(logs), iterations, batch=flat)
+            self.after_step(data, logs)
             return logs
 
         model.train_step = guarded_train_step
         self._original_train_step = original
         self._rebuild_train_function()
         return True
+
+    def after_step(self, data, logs):
+        """What the guarded train step adds to Keras's (inside its tf.function): the check, given the batch."""
+        flat = None
+        if self.captures_batch:
+            flat = [tf.convert_to_tensor(t) for t in tf.nest.flatten(data)]
+            self._prepare_capture(data, flat)
+        return self.check(_losses_finite(logs), self._iterations, batch=flat)
 
     def uninstall(self):
         """Gives the model back its own `train_step` (the train function is rebuilt at the next fit)."""
