@@ -4,6 +4,7 @@ import tensorflow as tf
 
 from ptycho_callbacks._keras import keras
 from ptycho_callbacks.callbacks.loss_components import LossComponents, split_total
+from ptycho_callbacks.callbacks.nan_guard import NaNGuard
 from ptycho_callbacks.callbacks.loss_discovery import compiled_loss_weights
 from ptycho_callbacks.sim.model import build_model, negloglik, realspace_loss
 
@@ -68,6 +69,25 @@ def test_per_batch_values_are_the_losses_of_that_batch(small_data, tmp_path):
                                    rtol=1e-3, atol=1e-6)
     _, residual = zip(*written["loss/batch/residual"])
     assert np.max(np.abs(residual)) < 1e-3 * np.max(np.abs([e["loss"] for e in hand.expected]))
+
+
+@pytest.mark.parametrize("order", ["guard first", "guard last"])
+def test_values_shared_with_the_guard_are_still_those_of_each_batch(small_data, order):
+    """The guard's check reads the trackers once per batch for both callbacks, whichever comes first."""
+    inputs, targets = small_data.model_inputs(), small_data.model_targets()
+    model = _model(small_data)
+    hand = HandComputedLosses(inputs, targets, batch_size=5)
+    components, guard = LossComponents(), NaNGuard(verbose=0)
+    ours = [guard, components] if order == "guard first" else [components, guard]
+    for _ in range(2):  # a second fit starts the step count and Keras's trackers afresh
+        model.fit(inputs, targets, batch_size=5, epochs=2, shuffle=False, verbose=0, callbacks=[hand] + ours,
+                  validation_data=(inputs, targets))
+    record = components.record
+    assert record.batch_steps == list(range(1, 9)) + list(range(9, 17))
+    for name in ("loss",) + NAMES:
+        np.testing.assert_allclose(record.batch_history[name], [e[name] for e in hand.expected],
+                                   rtol=2e-4, err_msg=name)
+    assert set(guard._last_finite["train"]) == {"loss"} | set(NAMES) | {"log_scale"}
 
 
 def test_epoch_values_for_training_and_validation(small_data, tmp_path):

@@ -5,8 +5,12 @@ far. Their `Mean` trackers keep a `total` and a `count`; the change of both
 over one batch gives that batch's value exactly, whatever weights Keras used.
 """
 
+import weakref
+
 import numpy as np
 import tensorflow as tf
+
+_shared = weakref.WeakKeyDictionary()
 
 
 def tf_variable(variable):
@@ -45,6 +49,30 @@ class BatchValues:
     {'loss': -3.9e6, 'pred_intensity_loss': -3.9e6, ...}
     """
 
+    @classmethod
+    def shared(cls, model):
+        """The one reader of every mean tracker of `model` that our callbacks share.
+
+        Each batch's values are then read from the device once, by the first
+        callback that asks for that step (`read(step=...)`, or the NaN
+        guard's own compiled check through `values_from(..., step=...)`),
+        and the others get them from its cache. A new reader is made when
+        the model's trackers changed (a new `compile`).
+        """
+        reader = _shared.get(model)
+        trackers = [id(variable) for metric in model.metrics for variable in metric.variables]
+        if reader is None or reader._tracker_ids != trackers:
+            reader = _shared[model] = cls(model)
+            reader._tracker_ids = trackers
+        return reader
+
+    @staticmethod
+    def reset_shared(model):
+        """Resets the shared reader of `model`, if any: Keras resets its trackers at each epoch and evaluation start."""
+        reader = _shared.get(model)
+        if reader is not None:
+            reader.reset()
+
     def __init__(self, model, include=None):
         self._trackers = []
         for metric in model.metrics:
@@ -53,6 +81,8 @@ class BatchValues:
                 self._trackers.append((metric.name, tf_variable(state[0]), tf_variable(state[1])))
         self._previous = {}
         self._compiled_state = None
+        self._tracker_ids = None
+        self._latest = None  # (step, prefix, values) of the latest read
 
     @property
     def names(self):
@@ -61,6 +91,7 @@ class BatchValues:
     def reset(self):
         """Forget the previous totals: Keras resets its trackers at epoch and evaluation start."""
         self._previous = {}
+        self._latest = None
 
     def state(self):
         """The trackers' (total, count) pairs as one float32 vector; usable inside a tf.function."""
@@ -68,10 +99,11 @@ class BatchValues:
                  for v in (total, count)]
         return tf.concat(parts, 0) if parts else tf.zeros([0], tf.float32)
 
-    def values_from(self, state, prefix=""):
+    def values_from(self, state, prefix="", step=None):
         """{prefix + name: value of the last batch} from a `state()` read on the host.
 
         A metric that counted no sample since the previous read is left out.
+        With `step`, the values are kept as that step's for `read(step=...)`.
         """
         values = {}
         for index, (name, _, _) in enumerate(self._trackers):
@@ -80,10 +112,25 @@ class BatchValues:
             self._previous[name] = (total, count)
             if count > previous_count:
                 values[prefix + name] = (total - previous_total) / (count - previous_count)
-        return values
+        self._latest = (step, prefix, values) if step is not None else None
+        return dict(values)
 
-    def read(self, prefix=""):
-        """Returns {prefix + metric name: value of the last batch}, in one device-to-host read."""
+    def latest(self, step, prefix=""):
+        """The values already read at optimizer step `step` (with `prefix`), or None."""
+        latest = self._latest
+        if step is None or latest is None or latest[:2] != (step, prefix):
+            return None
+        return dict(latest[2])
+
+    def read(self, prefix="", step=None):
+        """Returns {prefix + metric name: value of the last batch}, in one device-to-host read.
+
+        With `step` (the optimizer step after the batch), a second read at
+        the same step returns the first one's values without reading again.
+        """
+        latest = self.latest(step, prefix)
+        if latest is not None:
+            return latest
         if self._compiled_state is None:
             self._compiled_state = tf.function(self.state, autograph=False)
-        return self.values_from(self._compiled_state().numpy(), prefix)
+        return self.values_from(self._compiled_state().numpy(), prefix, step)

@@ -111,16 +111,15 @@ class LossComponents(RecordingCallback):
 
     def on_epoch_begin(self, epoch, logs=None):
         super().on_epoch_begin(epoch, logs)
-        if self._batch_values is not None:
-            self._batch_values.reset()
+        BatchValues.reset_shared(self.model)
 
     def on_train_batch_end(self, batch, logs=None):
         super().on_train_batch_end(batch, logs)
         if self.update_freq == "epoch" or self.global_step % self.update_freq:
             return
         if self._batch_values is None:
-            self._batch_values = BatchValues(self.model)
-        values = self._batch_values.read()
+            self._batch_values = BatchValues.shared(self.model)
+        values = self._batch_values.read(step=self.global_step)
         weighted, shares, residual = split_total(values, self._weights)
         self._remember_batch(values)
         if self.log_dir is not None:

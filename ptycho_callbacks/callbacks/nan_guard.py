@@ -178,7 +178,8 @@ class NaNGuard(RecordingCallback):
         self.event = None
         self._in_fit = False
         self._stop_at_epoch_end = False
-        self._trackers = None  # BatchValues over Keras's loss trackers
+        self._trackers = None  # the shared BatchValues over Keras's trackers
+        self._loss_state = None  # positions of the loss trackers in its state
         self._last_finite = {"train": {}, "val": {}}
         self._variables = None  # [(name, tf.Variable)] watched: weights and log_scale
         self._log_scale = None
@@ -207,8 +208,10 @@ class NaNGuard(RecordingCallback):
         self._in_step = self._step_guard.install()
 
     def _prepare_trackers(self):
-        """Keras's loss trackers, read the way `LossComponents` reads them."""
-        self._trackers = BatchValues(self.model, include=is_loss_name)
+        """Keras's trackers, through the reader `LossComponents` shares; the guard checks the losses among them."""
+        self._trackers = BatchValues.shared(self.model)
+        self._loss_state = [2 * index + part for index, name in enumerate(self._trackers.names)
+                            if is_loss_name(name) for part in (0, 1)]
 
     def _build_train_check(self):
         """ONE compiled call per batch: the hook's own check, the first bad step, tracker state, log_scale.
@@ -226,7 +229,8 @@ class NaNGuard(RecordingCallback):
 
         def check(logged_ok, step):
             state = self._trackers.state()
-            losses_ok = tf.logical_and(logged_ok, tf.reduce_all(tf.math.is_finite(state)))
+            loss_state = tf.gather(state, tf.constant(self._loss_state, tf.int32))
+            losses_ok = tf.logical_and(logged_ok, tf.reduce_all(tf.math.is_finite(loss_state)))
             if snapshot:  # no check in the step: this one is the guard, snapshot included
                 fired = guard.check(losses_ok, step, snapshot=True)
                 must_fire = tf.constant(0.0, tf.float64)
@@ -252,8 +256,7 @@ class NaNGuard(RecordingCallback):
 
     def on_epoch_begin(self, epoch, logs=None):
         super().on_epoch_begin(epoch, logs)
-        if self._trackers is not None:
-            self._trackers.reset()  # Keras resets its trackers at each epoch start
+        BatchValues.reset_shared(self.model)
 
     def on_train_batch_end(self, batch, logs=None):
         super().on_train_batch_end(batch, logs)  # global_step now counts this batch
@@ -271,7 +274,10 @@ class NaNGuard(RecordingCallback):
         first_bad, must_fire, losses_ok = int(packed[0]), bool(packed[1]), bool(packed[2])
         if must_fire:
             first_bad = self._step_guard.fire_now(losses_ok, self.global_step)
-        values = self._trackers.values_from(packed[_HEAD:])
+        values = self._trackers.latest(self.global_step)  # a callback before this one read them already
+        if values is None:
+            values = self._trackers.values_from(packed[_HEAD:], step=self.global_step)
+        values = {name: value for name, value in values.items() if is_loss_name(name)}
         values.update(logged)
         if self._log_scale is not None:
             values[LOG_SCALE] = float(packed[3])
@@ -287,8 +293,7 @@ class NaNGuard(RecordingCallback):
 
     def on_test_begin(self, logs=None):
         super().on_test_begin(logs)
-        if self._trackers is not None:
-            self._trackers.reset()  # Keras resets its trackers at evaluation start
+        BatchValues.reset_shared(self.model)
 
     def on_test_batch_end(self, batch, logs=None):
         super().on_test_batch_end(batch, logs)
@@ -296,7 +301,7 @@ class NaNGuard(RecordingCallback):
             return
         if self._trackers is None:
             self._prepare_trackers()
-        values = self._trackers.read(prefix="val_")
+        values = {name: value for name, value in self._trackers.read(prefix="val_").items() if is_loss_name(name)}
         values.update(self._logged_losses(logs, prefix="val_"))
         if all(_is_finite(v) for v in values.values()):
             self._last_finite["val"].update(values)
