@@ -43,6 +43,8 @@ def test_a_new_set_of_tags_writes_what_is_pending_first(tmp_path):
     buffer.add(1, {"a": 1.0, "share": 0.5})
     buffer.add(2, {"a": 2.0})  # a share left out (undefined) at step 2
     buffer.add(3, {"a": 3.0, "share": 0.25})
+    buffer.add(4, {})  # nothing to write at step 4
+    assert len(buffer) == 1
     buffer.flush()
     writer.close()
 

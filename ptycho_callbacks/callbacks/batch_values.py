@@ -33,14 +33,17 @@ def _mean_state(metric):
     return None
 
 
+def _tracker_ids(model):
+    """Identities of the variables of `model`'s metrics: they change when the model is compiled again."""
+    return [id(variable) for metric in model.metrics for variable in metric.variables]
+
+
 class BatchValues:
     """Reads per-batch values of a model's mean-type metrics (the loss and its components).
 
     Args:
         model: a compiled Keras model that has run at least one step (its
             metrics exist then).
-        include: optional predicate on a metric's name; only those metrics
-            are read.
 
     Example:
     >>> values = BatchValues(model)   # in the first on_train_batch_end
@@ -60,10 +63,8 @@ class BatchValues:
         the model's trackers changed (a new `compile`).
         """
         reader = _shared.get(model)
-        trackers = [id(variable) for metric in model.metrics for variable in metric.variables]
-        if reader is None or reader._tracker_ids != trackers:
+        if reader is None or reader._tracker_ids != _tracker_ids(model):
             reader = _shared[model] = cls(model)
-            reader._tracker_ids = trackers
         return reader
 
     @staticmethod
@@ -73,15 +74,15 @@ class BatchValues:
         if reader is not None:
             reader.reset()
 
-    def __init__(self, model, include=None):
+    def __init__(self, model):
         self._trackers = []
         for metric in model.metrics:
             state = _mean_state(metric)
-            if state is not None and (include is None or include(metric.name)):
+            if state is not None:
                 self._trackers.append((metric.name, tf_variable(state[0]), tf_variable(state[1])))
         self._previous = {}
         self._compiled_state = None
-        self._tracker_ids = None
+        self._tracker_ids = _tracker_ids(model)
         self._latest = None  # (step, prefix, values) of the latest read
 
     @property

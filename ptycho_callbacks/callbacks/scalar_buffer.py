@@ -49,8 +49,10 @@ class ScalarBuffer:
         return len(self._steps)
 
     def add(self, step, values):
-        """Adds the scalars `values` ({tag: number}) at `step`."""
+        """Adds the scalars `values` ({tag: number}) at `step` (nothing for an empty `values`)."""
         tags = tuple(values)
+        if not tags:
+            return
         if tags != self._tags:
             self.flush()
             self._tags = tags
@@ -67,9 +69,8 @@ class ScalarBuffer:
         """Writes the pending rows (nothing when there are none)."""
         if not self._steps:
             return
-        if self._tags:
-            write = self._write_function(self._tags)
-            write(np.asarray(self._steps, np.int64), np.stack(self._rows))
+        write = self._write_function(self._tags)
+        write(np.asarray(self._steps, np.int64), np.stack(self._rows))
         self._steps, self._rows = [], []
 
     def _write_function(self, tags):
