@@ -27,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 
+import stand_in
+
 CONFIGS = ("bare", "suite")
 
 
@@ -42,12 +44,8 @@ def status_mb(field):
 def train(config, args):
     """Runs one configuration in this process; returns its measurements."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
     from ptycho_callbacks import default_callbacks
     from ptycho_callbacks._keras import keras
-    from ptycho_callbacks.sim.data import simulate
-    from ptycho_callbacks.sim.model import build_model
 
     class Sampler(keras.callbacks.Callback):
         def __init__(self):
@@ -57,11 +55,9 @@ def train(config, args):
         def on_epoch_end(self, epoch, logs=None):
             self.rss.append(status_mb("VmRSS"))
 
-    data = simulate(N=args.N, gridsize=args.gridsize, n_scan=args.n_scan, nphotons=1e9, seed=0)
-    keras.utils.set_random_seed(0)
-    model = build_model(N=args.N, gridsize=args.gridsize, probe=data.probe, intensity_scale=data.intensity_scale)
-    dataset = tf.data.Dataset.from_tensor_slices((data.model_inputs(), data.model_targets()))
-    dataset = dataset.batch(args.batch_size).cache().repeat()
+    data = stand_in.simulated_data(args)
+    model = stand_in.model(args, data)
+    dataset = stand_in.dataset(data).batch(args.batch_size).cache().repeat()
     probe = {key: value[:args.probe] for key, value in data.model_inputs().items()}
     sampler = Sampler()
     with tempfile.TemporaryDirectory() as run_dir:
@@ -134,10 +130,7 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=10, help="epochs before RSS growth is counted")
     parser.add_argument("--window", type=int, default=20, help="epochs whose median RSS is compared")
     parser.add_argument("--repeats", type=int, default=1, help="processes per configuration (median)")
-    parser.add_argument("--N", type=int, default=64)
-    parser.add_argument("--gridsize", type=int, default=2)
-    parser.add_argument("--n-scan", type=int, default=9)
-    parser.add_argument("--batch-size", type=int, default=16)
+    stand_in.add_arguments(parser)
     parser.add_argument("--probe", type=int, default=4, help="samples in the probe batch")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--child", choices=CONFIGS, help=argparse.SUPPRESS)

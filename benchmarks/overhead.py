@@ -42,8 +42,8 @@ from ptycho_callbacks._keras import keras  # noqa: E402
 from ptycho_callbacks.callbacks.batch_values import tf_variable  # noqa: E402
 from ptycho_callbacks.callbacks.step_guard import StepGuard  # noqa: E402
 from ptycho_callbacks.forensics.capture import model_variables  # noqa: E402
-from ptycho_callbacks.sim.data import simulate  # noqa: E402
-from ptycho_callbacks.sim.model import build_model  # noqa: E402
+
+import stand_in  # noqa: E402
 
 CONFIGS = ("bare", "keras", "suite", "guard", "forensics")
 
@@ -113,20 +113,9 @@ def callbacks_for(name, model, log_dir):
     return [NaNGuard(log_dir=log_dir, forensics=name == "forensics", verbose=0)]
 
 
-def _dataset(args):
-    data = simulate(N=args.N, gridsize=args.gridsize, n_scan=args.n_scan, nphotons=1e9, seed=0)
-    dataset = tf.data.Dataset.from_tensor_slices((data.model_inputs(), data.model_targets()))
-    return data, dataset.repeat().batch(args.batch_size).prefetch(2)
-
-
-def _model(args, data):
-    keras.utils.set_random_seed(0)
-    return build_model(N=args.N, gridsize=args.gridsize, probe=data.probe, intensity_scale=data.intensity_scale)
-
-
 def measure_fits(args, data, dataset):
     """The whole-fit comparison: interleaved repetitions of every config; hooks timed inside the same fits."""
-    models = {name: _model(args, data) for name in args.configs}
+    models = {name: stand_in.model(args, data) for name in args.configs}
     rates = {name: [] for name in args.configs}
     hooks = {name: [] for name in args.configs}
     steps = {name: [] for name in args.configs}
@@ -163,7 +152,7 @@ def measure_in_step(args, data, dataset):
     nothing, in interleaved blocks. Inside the train step there is no call
     overhead at all, so this is an upper bound of what a step pays.
     """
-    model = _model(args, data)
+    model = stand_in.model(args, data)
     model.fit(dataset, epochs=1, steps_per_epoch=1, verbose=0)  # builds the model and its metrics
     variables = [tf_variable(v) for _, v in model_variables(model) if tf.as_dtype(v.dtype).is_floating]
     batch = next(iter(dataset))
@@ -193,7 +182,8 @@ def measure_in_step(args, data, dataset):
 
 
 def measure(args):
-    data, dataset = _dataset(args)
+    data = stand_in.simulated_data(args)
+    dataset = stand_in.dataset(data).repeat().batch(args.batch_size).prefetch(2)
     result = measure_fits(args, data, dataset)
     result.update(repeats=args.repeats, steps=args.steps, warmup=args.warmup, N=args.N, gridsize=args.gridsize,
                   batch_size=args.batch_size, keras=keras.__version__, tensorflow=tf.__version__)
@@ -212,10 +202,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=30, help="timed steps per repetition")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of each fit")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--N", type=int, default=64)
-    parser.add_argument("--gridsize", type=int, default=2)
-    parser.add_argument("--n-scan", type=int, default=9)
-    parser.add_argument("--batch-size", type=int, default=16)
+    stand_in.add_arguments(parser)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     parser.add_argument("--op-blocks", type=int, default=7,
                         help="interleaved blocks timing the guard's in-step ops alone (0: skip)")
