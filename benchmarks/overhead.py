@@ -1,25 +1,29 @@
 """Overhead of the callbacks: steps per second of the stand-in model, with and without them.
 
 Trains the stand-in PtychoPINN model (N=64, gridsize 2 by default) in one
-process, interleaving repetitions of:
+process, one real `model.fit` per config:
   bare   model.fit with no callbacks
   keras  Keras's TensorBoard(update_freq="batch") + TerminateOnNaN
   suite  ptycho_callbacks.default_callbacks at its defaults
   guard  NaNGuard alone
   forensics  NaNGuard with forensics armed (the batch kept on the device, a
          device-side snapshot of the weights every step)
-and prints the median steps per second of each and the time ratios against
-`bare` measured in the same run (this machine is noisy: compare ratios, not
-absolute speeds). Warm-up steps are not timed.
+and prints the median steps per second of each over the repeats and the
+time ratio against `bare`, with a bootstrap 95% interval.
 
-Whole fits differ by several percent from one repetition to the next on a
-shared machine (single steps by ~10%), more than the overhead sought, so the
-run also measures the two parts of the overhead where the noise is small:
-  hooks    the callbacks' own time per batch, timed inside the same fits
-           between two markers, one first and one last in the callback list;
+This machine's speed drifts by several percent over seconds, more than the
+overhead sought, so fits run one after another did not agree from one
+repeat to the next. Here the fits of all configs run at once, each in its
+own thread, and take turns batch by batch (`Baton`): only one batch runs
+at any time, the rounds rotate the order, and a turn holds everything from
+one batch begin to the next (the step, every callback's hooks, epoch ends).
+Drifts then fall on every config alike. Warm-up turns are not timed.
+
+Also printed, to say where the time goes:
+  hooks    the callbacks' own time per batch, between two markers placed
+           first and last in the callback list;
   in step  the ops the guard adds to Keras's train step, compiled and timed
            on their own with a real batch, against an empty compiled call.
-The estimated time ratio is 1 + (in-step ops + hooks) / bare step.
 
     python benchmarks/overhead.py --steps 30 --repeats 3
     python benchmarks/overhead.py --json
@@ -31,10 +35,12 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from ptycho_callbacks import NaNGuard, default_callbacks  # noqa: E402
@@ -55,51 +61,114 @@ STEP_GUARDS = {
 }
 
 
-class Marker(keras.callbacks.Callback):
-    """One of two markers around the callbacks under test; times the batches after `warmup`.
+class Baton:
+    """Lets the fits of several threads take turns, one batch each, in rounds.
 
-    The first marker's batch begin to the last's is the callbacks' begin
-    hooks; the last's batch begin to the first's batch end is Keras's train
-    step; the first's batch end to the last's is the callbacks' end hooks.
+    Round k gives a turn to every fit still running, in the order of
+    `names` rotated by k, so that no config always follows the same one.
     """
 
-    def __init__(self, clock, position, warmup):
-        super().__init__()
-        self.clock, self.position, self.warmup = clock, position, warmup
+    def __init__(self, names):
+        self.names = list(names)
+        self._order = list(names)
+        self._turn = 0
+        self._round = 0
+        self._left = set()
+        self._condition = threading.Condition()
 
-    def on_train_batch_begin(self, batch, logs=None):
-        self.clock.mark(self.position, "begin", batch, self.warmup)
+    def _holder(self):
+        return self._order[self._turn]
 
-    def on_train_batch_end(self, batch, logs=None):
-        self.clock.mark(self.position, "end", batch, self.warmup)
+    def take(self, name):
+        with self._condition:
+            self._condition.wait_for(lambda: self._holder() == name)
+
+    def pass_on(self, name):
+        with self._condition:
+            if self._holder() == name:
+                self._advance()
+            self._condition.notify_all()
+
+    def leave(self, name):
+        with self._condition:
+            self._left.add(name)
+            self.pass_on(name)
+
+    def _advance(self):
+        if self._left >= set(self.names):
+            return
+        while True:
+            self._turn += 1
+            if self._turn == len(self._order):
+                self._turn, self._round = 0, self._round + 1
+                shift = self._round % len(self.names)
+                self._order = self.names[shift:] + self.names[:shift]
+            if self._holder() not in self._left:
+                return
 
 
-class BatchClock:
-    """Marks from a `Marker` pair: batch times, step times and hook times of one fit."""
+class Turns:
+    """One config's fit in a lock-step run: its turns with the baton, timed, and its hooks' share.
 
-    def __init__(self):
-        self.marks = {}
+    `first()` and `last()` are the markers to put first and last in the
+    fit's callback list. A turn runs from the first marker's batch begin
+    to the next batch begin (to the last marker's epoch end after the last
+    batch), so that it holds the step, every callback's batch hooks and
+    any epoch-end work between. Turns after `warmup` batches are timed.
+    """
 
-    def mark(self, position, hook, batch, warmup):
-        if batch >= warmup:
-            self.marks[(position, hook, batch)] = time.perf_counter()
+    def __init__(self, name, baton, warmup):
+        self.name, self.baton, self.warmup = name, baton, warmup
+        self.seconds = []  # per timed turn
+        self.hook_seconds = []  # per timed turn: between the markers, begin and end hooks
+        self._batches = 0
+        self._start = self._hook_start = None
 
-    def batches(self):
-        return sorted({batch for _, _, batch in self.marks})
+    def _close_turn(self, pass_on=True):
+        if self._start is not None:
+            self.seconds.append(time.perf_counter() - self._start)
+            self._start = None
+        if pass_on:
+            self.baton.pass_on(self.name)
 
-    def wall_seconds(self):
-        batches = self.batches()
-        return self.marks[("last", "end", batches[-1])] - self.marks[("first", "begin", batches[0])]
+    def first(self):
+        turns = self
 
-    def hook_seconds(self):
-        """Median time per batch spent in the callbacks between the markers."""
-        return statistics.median(
-            (self.marks[("last", "begin", b)] - self.marks[("first", "begin", b)])
-            + (self.marks[("last", "end", b)] - self.marks[("first", "end", b)]) for b in self.batches())
+        class First(keras.callbacks.Callback):
+            def on_train_batch_begin(self, batch, logs=None):
+                if turns._batches:
+                    turns._close_turn()
+                turns.baton.take(turns.name)
+                now = time.perf_counter()
+                if turns._batches >= turns.warmup:
+                    turns._start = now
+                turns._hook_start = now
 
-    def step_seconds(self):
-        return statistics.median(self.marks[("first", "end", b)] - self.marks[("last", "begin", b)]
-                                 for b in self.batches())
+            def on_train_batch_end(self, batch, logs=None):
+                turns._hook_start = time.perf_counter()
+
+        return First()
+
+    def last(self):
+        turns = self
+
+        class Last(keras.callbacks.Callback):
+            def on_train_batch_begin(self, batch, logs=None):
+                turns._begin_hooks = time.perf_counter() - turns._hook_start
+
+            def on_train_batch_end(self, batch, logs=None):
+                if turns._start is not None:
+                    turns.hook_seconds.append(turns._begin_hooks + time.perf_counter() - turns._hook_start)
+                turns._batches += 1
+
+            def on_epoch_end(self, epoch, logs=None):
+                if turns._batches == self.params["epochs"] * self.params["steps"]:
+                    turns._close_turn(pass_on=False)  # the fit's end runs untimed, baton in hand
+
+            def on_train_end(self, logs=None):
+                turns.baton.leave(turns.name)
+
+        return Last()
 
 
 def callbacks_for(name, model, log_dir):
@@ -113,31 +182,78 @@ def callbacks_for(name, model, log_dir):
     return [NaNGuard(log_dir=log_dir, forensics=name == "forensics", verbose=0)]
 
 
+def lock_step_fits(args, models, dataset, root, repeat):
+    """One fit per config, each in its own thread, taking turns batch by batch: {config: Turns}.
+
+    Only one batch runs at any time, and consecutive batches belong to
+    different configs, so that the machine's slow drifts (several percent
+    over seconds here) fall on every config alike.
+    """
+    baton = Baton(args.configs)
+    turns = {name: Turns(name, baton, args.warmup) for name in args.configs}
+    errors = []
+
+    def fit(name):
+        try:
+            callbacks = ([turns[name].first()]
+                         + callbacks_for(name, models[name], os.path.join(root, f"{name}-{repeat}"))
+                         + [turns[name].last()])
+            models[name].fit(dataset, epochs=args.epochs, steps_per_epoch=args.steps, callbacks=callbacks,
+                             verbose=0)
+        except BaseException as error:  # re-raised in the main thread
+            errors.append(error)
+        finally:
+            baton.leave(name)
+
+    threads = [threading.Thread(target=fit, args=(name,), name=f"fit-{name}") for name in args.configs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return turns
+
+
+def median_rates(seconds_by_repeat, rounds=None):
+    """Median over repeats of timed turns per second; `rounds` picks (with repetition) the turns counted."""
+    rates = []
+    for repeat, seconds in enumerate(seconds_by_repeat):
+        picked = seconds if rounds is None else seconds[rounds[repeat]]
+        rates.append(len(picked) / picked.sum())
+    return float(np.median(rates))
+
+
 def measure_fits(args, data, dataset):
-    """The whole-fit comparison: interleaved repetitions of every config; hooks timed inside the same fits."""
+    """The whole-fit comparison: lock-step fits of every config, repeated; ratios with bootstrap intervals."""
     models = {name: stand_in.model(args, data) for name in args.configs}
-    rates = {name: [] for name in args.configs}
+    for model in models.values():  # compiled and warmed up once, untimed
+        model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
+    seconds = {name: [] for name in args.configs}
     hooks = {name: [] for name in args.configs}
-    steps = {name: [] for name in args.configs}
     with tempfile.TemporaryDirectory() as root:
-        for repeat in range(args.repeats + 1):  # repeat 0 compiles and warms up every model
-            for name in (args.configs if repeat % 2 else args.configs[::-1]):  # no config always first
-                clock = BatchClock()
-                log_dir = os.path.join(root, f"{name}-{repeat}")
-                callbacks = ([Marker(clock, "first", args.warmup)] + callbacks_for(name, models[name], log_dir)
-                             + [Marker(clock, "last", args.warmup)])
-                models[name].fit(dataset, epochs=1, steps_per_epoch=args.warmup + args.steps,
-                                 callbacks=callbacks, verbose=0)
-                if repeat:
-                    rates[name].append(len(clock.batches()) / clock.wall_seconds())
-                    hooks[name].append(clock.hook_seconds())
-                    steps[name].append(clock.step_seconds())
-    medians = {name: statistics.median(values) for name, values in rates.items()}
+        for repeat in range(args.repeats):
+            for name, turns in lock_step_fits(args, models, dataset, root, repeat).items():
+                seconds[name].append(np.array(turns.seconds))
+                hooks[name].extend(turns.hook_seconds)
+    rates = {name: median_rates(values) for name, values in seconds.items()}
+    ratios = {name: rates["bare"] / rate for name, rate in rates.items()}
+    # Resampling whole rounds keeps each config's turn paired with bare's of the same round.
+    generator = np.random.default_rng(0)
+    resampled = {name: [] for name in args.configs}
+    for _ in range(args.bootstrap):
+        rounds = [generator.integers(0, len(values), len(values)) for values in seconds["bare"]]
+        bare = median_rates(seconds["bare"], rounds)
+        for name in args.configs:
+            resampled[name].append(bare / median_rates(seconds[name], rounds))
     return {
-        "steps_per_second": medians,
-        "time_ratio_vs_bare": {name: medians["bare"] / medians[name] for name in medians},
+        "steps_per_second": rates,
+        "time_ratio_vs_bare": ratios,
+        "time_ratio_95_interval": {name: [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+                                   for name, values in resampled.items()},
+        "timed_steps": {name: sum(len(values) for values in seconds[name]) for name in args.configs},
         "hook_ms_per_step": {name: 1000 * statistics.median(values) for name, values in hooks.items()},
-        "train_step_ms": {name: 1000 * statistics.median(values) for name, values in steps.items()},
+        "step_ms": {name: 1000 / rate for name, rate in rates.items()},
     }
 
 
@@ -185,25 +301,41 @@ def measure(args):
     data = stand_in.simulated_data(args)
     dataset = stand_in.dataset(data).repeat().batch(args.batch_size).prefetch(2)
     result = measure_fits(args, data, dataset)
-    result.update(repeats=args.repeats, steps=args.steps, warmup=args.warmup, N=args.N, gridsize=args.gridsize,
-                  batch_size=args.batch_size, keras=keras.__version__, tensorflow=tf.__version__)
+    result.update(repeats=args.repeats, epochs=args.epochs, steps=args.steps, warmup=args.warmup, N=args.N,
+                  gridsize=args.gridsize, batch_size=args.batch_size, keras=keras.__version__,
+                  tensorflow=tf.__version__)
     if args.op_blocks:
-        in_step = result["in_step"] = measure_in_step(args, data, dataset)
-        step_ms = result["train_step_ms"]["bare"] + result["hook_ms_per_step"]["bare"]
-        result["estimated_time_ratio"] = {
-            name: 1.0 + (in_step["added_ms_per_step"].get(name, 0.0) + result["hook_ms_per_step"][name]
-                         - result["hook_ms_per_step"]["bare"]) / step_ms
-            for name in args.configs}
+        result["in_step"] = measure_in_step(args, data, dataset)
     return result
+
+
+def print_table(result, args):
+    print(f"{'config':<10} {'steps/s':>8} {'time ratio vs bare':>19} {'95% interval':>15} {'hooks ms/step':>14}")
+    for name in args.configs:
+        low, high = result["time_ratio_95_interval"][name]
+        print(f"{name:<10} {result['steps_per_second'][name]:>8.3f} {result['time_ratio_vs_bare'][name]:>19.3f} "
+              f"{f'{low:.3f}-{high:.3f}':>15} {result['hook_ms_per_step'][name]:>14.2f}")
+    print(f"({result['repeats']} lock-step runs of {args.epochs} epochs x {args.steps} steps per config, "
+          f"{result['timed_steps']['bare']} timed steps each; N={args.N}, gridsize {args.gridsize}, "
+          f"batch {args.batch_size}, Keras {result['keras']})")
+    if "in_step" in result:
+        in_step = result["in_step"]
+        step_ms = result["step_ms"]["bare"]
+        print(f"\nops the guard adds to each train step, timed alone ({in_step['blocks']} blocks of "
+              f"{in_step['calls_per_block']} calls, less an empty call's {in_step['call_overhead_ms']:.3f} ms):")
+        for name, added in in_step["added_ms_per_step"].items():
+            print(f"  {name:<10} {added:7.3f} ms per step = {100 * added / step_ms:.3f}% of the bare step")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per repetition")
+    parser.add_argument("--steps", type=int, default=30, help="steps per epoch")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per fit (epoch ends are timed too)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of each fit")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="lock-step runs, each one fit per config")
     stand_in.add_arguments(parser)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
+    parser.add_argument("--bootstrap", type=int, default=2000, help="resamples for the 95%% intervals")
     parser.add_argument("--op-blocks", type=int, default=7,
                         help="interleaved blocks timing the guard's in-step ops alone (0: skip)")
     parser.add_argument("--op-calls", type=int, default=200, help="calls per block")
@@ -211,30 +343,17 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if "bare" not in args.configs:
         parser.error("--configs must include bare, the baseline")
-    if args.steps < 2 or args.repeats < 1 or args.op_blocks < 0 or args.op_calls < 1:
-        parser.error("need --steps >= 2, --repeats >= 1, --op-blocks >= 0 and --op-calls >= 1")
+    if len(set(args.configs)) != len(args.configs):
+        parser.error("--configs must not repeat a config")
+    if args.steps < 1 or args.epochs < 1 or args.warmup < 1 or args.epochs * args.steps - args.warmup < 2:
+        parser.error("need --steps, --epochs and --warmup >= 1 and at least 2 timed steps per fit")
+    if args.repeats < 1 or args.bootstrap < 1 or args.op_blocks < 0 or args.op_calls < 1:
+        parser.error("need --repeats >= 1, --bootstrap >= 1, --op-blocks >= 0 and --op-calls >= 1")
     result = measure(args)
     if args.json:
         print(json.dumps(result, indent=2))
-        return 0
-    estimated = result.get("estimated_time_ratio", {})
-    print(f"{'config':<10} {'steps/s':>8} {'ratio vs bare':>14} {'hooks ms/step':>14} {'estimated ratio':>16}")
-    for name in args.configs:
-        print(f"{name:<10} {result['steps_per_second'][name]:>8.3f} {result['time_ratio_vs_bare'][name]:>14.3f} "
-              f"{result['hook_ms_per_step'][name]:>14.2f} "
-              f"{estimated[name] if name in estimated else float('nan'):>16.3f}")
-    print(f"({result['repeats']} interleaved fits of {result['steps']} timed steps per config, N={args.N}, "
-          f"gridsize {args.gridsize}, batch {args.batch_size}, Keras {result['keras']})")
-    if "in_step" in result:
-        in_step = result["in_step"]
-        step_ms = result["train_step_ms"]["bare"]
-        print(f"\nops the guard adds to each train step, timed alone ({in_step['blocks']} blocks of "
-              f"{in_step['calls_per_block']} calls, less an empty call's {in_step['call_overhead_ms']:.3f} ms):")
-        for name, added in in_step["added_ms_per_step"].items():
-            print(f"  {name:<10} {added:7.3f} ms per step = {100 * added / step_ms:.3f}% of the bare step")
-        print("estimated ratio = 1 + (in-step ops + hooks) / bare step; forensics against the guard alone: "
-              f"{estimated['forensics'] / estimated['guard']:.4f}" if {"forensics", "guard"} <= set(estimated)
-              else "estimated ratio = 1 + (in-step ops + hooks) / bare step")
+    else:
+        print_table(result, args)
     return 0
 
 

@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
@@ -17,17 +18,46 @@ def _run(script, *args):
 
 
 def test_overhead_benchmark_reports_every_part_it_is_asked_for():
-    result = _run("overhead.py", "--steps", "2", "--warmup", "1", "--repeats", "1", "--op-blocks", "1",
-                  "--op-calls", "3", "--configs", "bare", "guard")
+    result = _run("overhead.py", "--epochs", "2", "--steps", "2", "--warmup", "1", "--repeats", "2",
+                  "--bootstrap", "50", "--op-blocks", "1", "--op-calls", "3", "--configs", "bare", "guard")
     configs = {"bare", "guard"}
     assert set(result["steps_per_second"]) == configs
     assert all(rate > 0 for rate in result["steps_per_second"].values())
+    # Every fit took a turn at every batch but the warm-up one, across the epoch boundary.
+    assert result["timed_steps"] == {"bare": 2 * (2 * 2 - 1), "guard": 2 * (2 * 2 - 1)}
     assert result["time_ratio_vs_bare"]["bare"] == 1.0
+    assert result["time_ratio_95_interval"]["bare"] == [1.0, 1.0]
+    low, high = result["time_ratio_95_interval"]["guard"]
+    assert 0 < low <= high and math.isfinite(high)
     # The guard's hooks run between the markers, bare has none.
     assert result["hook_ms_per_step"]["guard"] > result["hook_ms_per_step"]["bare"]
     assert set(result["in_step"]["added_ms_per_step"]) == {"guard", "forensics", "suite"}
-    assert all(math.isfinite(value) for value in result["estimated_time_ratio"].values())
-    assert result["estimated_time_ratio"]["bare"] == 1.0
+
+
+def test_lock_step_turns_rotate_and_survive_a_fit_that_ends_early():
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        from overhead import Baton
+    finally:
+        sys.path.remove(BENCHMARKS)
+    names, turns = ["a", "b", "c"], {"a": 4, "b": 1, "c": 4}
+    baton, order = Baton(names), []
+
+    def fit(name):
+        for _ in range(turns[name]):
+            baton.take(name)
+            order.append(name)
+            baton.pass_on(name)
+        baton.leave(name)
+
+    threads = [threading.Thread(target=fit, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads), "a fit waits for a turn that never comes"
+    # Round k starts at names[k % 3]; b, gone after its first turn, is skipped.
+    assert order == ["a", "b", "c", "c", "a", "c", "a", "a", "c"]
 
 
 def test_report_path_benchmark_times_statistics_and_rendering():
