@@ -133,5 +133,5 @@ class BatchValues:
         if latest is not None:
             return latest
         if self._compiled_state is None:
-            self._compiled_state = tf.function(self.state, autograph=False)
+            self._compiled_state = tf.function(self.state, autograph=False).get_concrete_function()
         return self.values_from(self._compiled_state().numpy(), prefix, step)
