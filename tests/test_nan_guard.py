@@ -439,9 +439,35 @@ def test_exact_step_under_steps_per_execution_and_xla(steps_per_execution, jit_c
         np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-6)
 
 
-def test_the_model_gets_its_own_train_step_back(fresh_model, small_data):
-    model = fresh_model()
-    guard = NaNGuard(verbose=0)
-    _fit(model, small_data, [guard], epochs=1)
-    assert "train_step" not in vars(model)
-    assert model.train_function is None  # rebuilt without the guard at the next fit
+class TrainFunctions(keras.callbacks.Callback):
+    """Notes the train function Keras calls in each fit."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 0:
+            self.seen.append(self.model.train_function)
+
+
+def test_later_fits_reuse_the_guarded_train_function_until_the_model_is_compiled_again():
+    model = _small_dense_model()
+    x, y = _dense_data()
+    functions = TrainFunctions()
+    for _ in range(2):  # a new guard each fit, as default_callbacks makes
+        model.fit(x, y, batch_size=BATCH, verbose=0, callbacks=[functions, NaNGuard(restore_weights=True, verbose=0)])
+    model.fit(x, y, batch_size=BATCH, verbose=0, callbacks=[functions])
+    guarded, again, own = functions.seen
+    assert again is guarded, "the second fit traced the guarded step again"
+    assert own is not guarded and "train_step" not in vars(model), "the model did not get its own step back"
+
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss={"first": "mse", "second": "mae"},
+                  steps_per_execution=3)
+    counter, guard = Counter(), NaNGuard(verbose=0)
+    x, y = _dense_data(nan_batch=1)
+    model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0, callbacks=[functions, counter, guard])
+    assert functions.seen[-1] is not guarded, "a compile must give a new guarded step"
+    assert counter.batches == [(0, 2)]  # one call of 3 steps: the new compile's setting is in force
+    event = _only_event(guard)
+    assert (event["batch"], event["step"]) == (1, 2)

@@ -106,7 +106,9 @@ class NaNGuard(RecordingCallback):
     any other callback (`ModelCheckpoint`, `BackupAndRestore`,
     `EarlyStopping`) sees the step, wherever the guard stands in the list.
     Under a strategy with several replicas the step is not wrapped and the
-    guard checks in the batch hook.
+    guard checks in the batch hook. The guarded step is traced once per
+    model and compile: a later fit, even with a new guard of the same
+    settings, uses it again, and Keras's own step is back after each fit.
 
     Cost: inside the step, a few `is_finite` reductions and, with
     `restore_weights` or `forensics`, one device-side copy of the weights
@@ -200,7 +202,7 @@ class NaNGuard(RecordingCallback):
         variables = [(name, variable) for name, variable in model_variables(self.model)
                      if tf.as_dtype(variable.dtype).is_floating]
         self._variables = variables
-        self._step_guard = StepGuard(
+        self._step_guard = StepGuard.for_model(
             self.model, [v for _, v in variables], check_weights=self.check_weights,
             keep_snapshot=self.restore_weights or self.forensics, restore_in_step=self.restore_weights,
             capture_batch=self.forensics)

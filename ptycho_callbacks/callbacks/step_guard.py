@@ -61,6 +61,9 @@ def _losses_finite(logs):
     return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
 
 
+_ON_MODEL = "_ptycho_callbacks_step_guard"  # where `StepGuard.for_model` keeps a model's guard
+
+
 class StepGuard:
     """Device-side state of a NaN guard for one model.
 
@@ -82,14 +85,34 @@ class StepGuard:
     >>> guard.first_bad.numpy()   # -1 until a step goes non-finite
     """
 
+    @classmethod
+    def for_model(cls, model, variables, **options):
+        """`model`'s guard of these variables with these options, the one of its previous fit if it fits.
+
+        Kept per model, so that a new fit (with a new `NaNGuard`) finds the
+        train function this guard compiled then and need not trace it again.
+        """
+        guard = vars(model).get(_ON_MODEL)
+        if (guard is None or guard.installed or guard._options != options
+                or [id(v) for v in guard.variables] != [id(v) for v in variables]):
+            guard = cls(model, variables, **options)
+            # On the model itself, not in a weak map: the guard holds the model through its functions.
+            # object.__setattr__ keeps it out of Keras's attribute tracking (and of saved models).
+            object.__setattr__(model, _ON_MODEL, guard)
+        return guard
+
     def __init__(self, model, variables, check_weights=True, keep_snapshot=False, restore_in_step=False,
                  capture_batch=False):
+        self._options = dict(check_weights=check_weights, keep_snapshot=keep_snapshot,
+                             restore_in_step=restore_in_step, capture_batch=capture_batch)
         self.model = model
         self.variables = list(variables)
         self.check_weights = bool(check_weights)
         self.restore_in_step = bool(restore_in_step and keep_snapshot)
         self.capture_batch = bool(capture_batch)
         self._original_train_step = None
+        self._keras_function = None  # Keras's own train function, given back at uninstall
+        self._guarded_function = None  # the guarded one, kept while Keras's stays the same
         self.captures_batch = False
         self._batch_structure = None
         self._captured = None
@@ -181,10 +204,13 @@ class StepGuard:
     # ------------------------------------------------------------ in the step
 
     def install(self):
-        """Wraps the model's `train_step` with the check and rebuilds Keras's train function.
+        """Wraps the model's `train_step` with the check and gives Keras the guarded train function.
 
-        Not done under a strategy with several replicas (each replica would
-        decide alone); the batch hook's check is the guard there.
+        The guarded function compiled at an earlier install is used again as
+        long as Keras's own train function is the one it replaced then (a
+        new `compile` makes a new one). Not done under a strategy with
+        several replicas (each replica would decide alone); the batch hook's
+        check is the guard there.
         """
         model = self.model
         strategy = getattr(model, "distribute_strategy", None)
@@ -202,7 +228,11 @@ class StepGuard:
 
         model.train_step = guarded_train_step
         self._original_train_step = original
-        self._rebuild_train_function()
+        keras_function = getattr(model, "train_function", None)
+        if self._guarded_function is None or keras_function is None or keras_function is not self._keras_function:
+            self._keras_function = keras_function
+            self._guarded_function = self._rebuild_train_function()
+        model.train_function = self._guarded_function
         return True
 
     def after_step(self, data, logs):
@@ -214,18 +244,17 @@ class StepGuard:
         return self.check(_losses_finite(logs), self._iterations, batch=flat)
 
     def uninstall(self):
-        """Gives the model back its own `train_step` (the train function is rebuilt at the next fit)."""
+        """Gives the model back its own `train_step` and Keras's own train function."""
         if self._original_train_step is None:
             return
         if "train_step" in vars(self.model):
             del self.model.train_step
-        self.model.train_function = None
+        self.model.train_function = self._keras_function  # None: Keras makes one at the next fit
         self._original_train_step = None
 
     def _rebuild_train_function(self):
         function = self.model.make_train_function(force=True)
-        if function is not None:  # tf_keras returns it; Keras 3 sets the attribute itself
-            self.model.train_function = function
+        return function if function is not None else self.model.train_function  # tf_keras returns it
 
     def _prepare_capture(self, data, flat):
         if self._captured is not None:
