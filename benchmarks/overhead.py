@@ -15,7 +15,7 @@ This machine's speed drifts by several percent over seconds, more than the
 overhead sought, so fits run one after another did not agree from one
 repeat to the next. Here the fits of all configs run at once, each in its
 own thread, and take turns batch by batch (`Baton`): only one batch runs
-at any time, the rounds rotate the order, and a turn holds everything from
+at any time, each round in a new random order, and a turn holds everything from
 one batch begin to the next (the step, every callback's hooks, epoch ends).
 Drifts then fall on every config alike. Warm-up turns are not timed.
 
@@ -32,6 +32,7 @@ Also printed, to say where the time goes:
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -64,15 +65,15 @@ STEP_GUARDS = {
 class Baton:
     """Lets the fits of several threads take turns, one batch each, in rounds.
 
-    Round k gives a turn to every fit still running, in the order of
-    `names` rotated by k, so that no config always follows the same one.
+    Every round gives one turn to each fit still running, in an order drawn
+    anew (seeded), so that no config always follows the same one.
     """
 
-    def __init__(self, names):
+    def __init__(self, names, seed=0):
         self.names = list(names)
+        self._random = random.Random(seed)
         self._order = list(names)
         self._turn = 0
-        self._round = 0
         self._left = set()
         self._condition = threading.Condition()
 
@@ -100,9 +101,8 @@ class Baton:
         while True:
             self._turn += 1
             if self._turn == len(self._order):
-                self._turn, self._round = 0, self._round + 1
-                shift = self._round % len(self.names)
-                self._order = self.names[shift:] + self.names[:shift]
+                self._turn = 0
+                self._order = self._random.sample(self.names, len(self.names))
             if self._holder() not in self._left:
                 return
 
