@@ -34,7 +34,7 @@ def test_overhead_benchmark_reports_every_part_it_is_asked_for():
     assert set(result["in_step"]["added_ms_per_step"]) == {"guard", "forensics", "suite"}
 
 
-def test_lock_step_turns_rotate_and_survive_a_fit_that_ends_early():
+def test_lock_step_rounds_give_each_fit_one_turn_and_survive_a_fit_that_ends_early():
     sys.path.insert(0, BENCHMARKS)
     try:
         from overhead import Baton
