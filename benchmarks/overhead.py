@@ -123,6 +123,7 @@ class Turns:
         self.hook_seconds = []  # per timed turn: between the markers, begin and end hooks
         self._batches = 0
         self._start = self._hook_start = None
+        self._begin_hooks = 0.0  # this batch's begin hooks, until its end hooks add to them
 
     def _close_turn(self, pass_on=True):
         if self._start is not None:
@@ -163,10 +164,7 @@ class Turns:
 
             def on_epoch_end(self, epoch, logs=None):
                 if turns._batches == self.params["epochs"] * self.params["steps"]:
-                    turns._close_turn(pass_on=False)  # the fit's end runs untimed, baton in hand
-
-            def on_train_end(self, logs=None):
-                turns.baton.leave(turns.name)
+                    turns._close_turn(pass_on=False)  # the fit's end runs untimed, baton in hand (see lock_step_fits)
 
         return Last()
 
@@ -203,7 +201,7 @@ def lock_step_fits(args, models, dataset, root, repeat):
         except BaseException as error:  # re-raised in the main thread
             errors.append(error)
         finally:
-            baton.leave(name)
+            baton.leave(name)  # after the fit's end, or its exception: the others never wait for it
 
     threads = [threading.Thread(target=fit, args=(name,), name=f"fit-{name}") for name in args.configs]
     for thread in threads:
