@@ -8,6 +8,8 @@ process, one real `model.fit` per config:
   guard  NaNGuard alone
   forensics  NaNGuard with forensics armed (the batch kept on the device, a
          device-side snapshot of the weights every step)
+  null   bare again, on a second model: what a ratio looks like when
+         nothing differs (the benchmark's own noise and bias)
 and prints the median steps per second of each over the repeats and the
 time ratio against `bare`, with a bootstrap 95% interval.
 
@@ -20,10 +22,15 @@ one batch begin to the next (the step, every callback's hooks, epoch ends).
 Drifts then fall on every config alike. Warm-up turns are not timed.
 
 Also printed, to say where the time goes:
-  hooks    the callbacks' own time per batch, between two markers placed
-           first and last in the callback list;
+  hooks    the callbacks' own time per timed step (batch hooks, and epoch
+           ends spread over the steps), between two markers placed first
+           and last in the callback list;
   in step  the ops the guard adds to Keras's train step, compiled and timed
-           on their own with a real batch, against an empty compiled call.
+           on their own with a real batch, against an empty compiled call;
+  parts    the time ratio these two would give on their own:
+           (bare step + hooks + in-step ops) / bare step. It is precise,
+           but blind to any cost they leave elsewhere; the whole-fit ratio
+           is the measurement.
 
     python benchmarks/overhead.py --steps 30 --repeats 3
     python benchmarks/overhead.py --json
@@ -52,7 +59,7 @@ from ptycho_callbacks.forensics.capture import model_variables  # noqa: E402
 
 import stand_in  # noqa: E402
 
-CONFIGS = ("bare", "keras", "suite", "guard", "forensics")
+CONFIGS = ("bare", "keras", "suite", "guard", "forensics", "null")
 
 STEP_GUARDS = {
     # The in-step part of each config, as NaNGuard sets it up (see NaNGuard._prepare_variables).
@@ -120,7 +127,7 @@ class Turns:
     def __init__(self, name, baton, warmup):
         self.name, self.baton, self.warmup = name, baton, warmup
         self.seconds = []  # per timed turn
-        self.hook_seconds = []  # per timed turn: between the markers, begin and end hooks
+        self.hook_seconds = 0.0  # in timed turns, between the markers: batch hooks and epoch ends
         self._batches = 0
         self._start = self._hook_start = None
         self._begin_hooks = 0.0  # this batch's begin hooks, until its end hooks add to them
@@ -148,6 +155,9 @@ class Turns:
             def on_train_batch_end(self, batch, logs=None):
                 turns._hook_start = time.perf_counter()
 
+            def on_epoch_end(self, epoch, logs=None):
+                turns._hook_start = time.perf_counter()
+
         return First()
 
     def last(self):
@@ -159,10 +169,12 @@ class Turns:
 
             def on_train_batch_end(self, batch, logs=None):
                 if turns._start is not None:
-                    turns.hook_seconds.append(turns._begin_hooks + time.perf_counter() - turns._hook_start)
+                    turns.hook_seconds += turns._begin_hooks + time.perf_counter() - turns._hook_start
                 turns._batches += 1
 
             def on_epoch_end(self, epoch, logs=None):
+                if turns._start is not None:
+                    turns.hook_seconds += time.perf_counter() - turns._hook_start
                 if turns._batches == self.params["epochs"] * self.params["steps"]:
                     turns._close_turn(pass_on=False)  # the fit's end runs untimed, baton in hand (see lock_step_fits)
 
@@ -170,7 +182,7 @@ class Turns:
 
 
 def callbacks_for(name, model, log_dir):
-    if name == "bare":
+    if name in ("bare", "null"):
         return []
     if name == "keras":
         return [keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="batch"),
@@ -228,12 +240,12 @@ def measure_fits(args, data, dataset):
     for model in models.values():  # compiled and warmed up once, untimed
         model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
     seconds = {name: [] for name in args.configs}
-    hooks = {name: [] for name in args.configs}
+    hook_seconds = {name: 0.0 for name in args.configs}
     with tempfile.TemporaryDirectory() as root:
         for repeat in range(args.repeats):
             for name, turns in lock_step_fits(args, models, dataset, root, repeat).items():
                 seconds[name].append(np.array(turns.seconds))
-                hooks[name].extend(turns.hook_seconds)
+                hook_seconds[name] += turns.hook_seconds
     rates = {name: median_rates(values) for name, values in seconds.items()}
     ratios = {name: rates["bare"] / rate for name, rate in rates.items()}
     # Resampling whole rounds keeps each config's turn paired with bare's of the same round.
@@ -250,7 +262,8 @@ def measure_fits(args, data, dataset):
         "time_ratio_95_interval": {name: [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
                                    for name, values in resampled.items()},
         "timed_steps": {name: sum(len(values) for values in seconds[name]) for name in args.configs},
-        "hook_ms_per_step": {name: 1000 * statistics.median(values) for name, values in hooks.items()},
+        "hook_ms_per_step": {name: 1000 * hook_seconds[name] / sum(len(values) for values in seconds[name])
+                             for name in args.configs},
         "step_ms": {name: 1000 / rate for name, rate in rates.items()},
     }
 
@@ -304,15 +317,29 @@ def measure(args):
                   tensorflow=tf.__version__)
     if args.op_blocks:
         result["in_step"] = measure_in_step(args, data, dataset)
+        result["parts_ratio_vs_bare"] = parts_ratios(result)
     return result
 
 
+def parts_ratios(result):
+    """The time ratio the directly timed parts give: (bare step + hooks + in-step ops alone) / bare step.
+
+    Bare's own hook time (the markers) is already in its step.
+    """
+    bare_ms, hooks, in_step = result["step_ms"]["bare"], result["hook_ms_per_step"], result["in_step"]
+    return {name: 1 + (hooks[name] - hooks["bare"] + in_step["added_ms_per_step"].get(name, 0.0)) / bare_ms
+            for name in hooks}
+
+
 def print_table(result, args):
-    print(f"{'config':<10} {'steps/s':>8} {'time ratio vs bare':>19} {'95% interval':>15} {'hooks ms/step':>14}")
+    parts = result.get("parts_ratio_vs_bare", {})
+    print(f"{'config':<10} {'steps/s':>8} {'time ratio vs bare':>19} {'95% interval':>15} {'hooks ms/step':>14} "
+          f"{'parts ratio':>12}")
     for name in args.configs:
         low, high = result["time_ratio_95_interval"][name]
+        part = f"{parts[name]:.3f}" if name in parts else "-"
         print(f"{name:<10} {result['steps_per_second'][name]:>8.3f} {result['time_ratio_vs_bare'][name]:>19.3f} "
-              f"{f'{low:.3f}-{high:.3f}':>15} {result['hook_ms_per_step'][name]:>14.2f}")
+              f"{f'{low:.3f}-{high:.3f}':>15} {result['hook_ms_per_step'][name]:>14.2f} {part:>12}")
     print(f"({result['repeats']} lock-step runs of {args.epochs} epochs x {args.steps} steps per config, "
           f"{result['timed_steps']['bare']} timed steps each; N={args.N}, gridsize {args.gridsize}, "
           f"batch {args.batch_size}, Keras {result['keras']})")

@@ -19,19 +19,27 @@ def _run(script, *args):
 
 def test_overhead_benchmark_reports_every_part_it_is_asked_for():
     result = _run("overhead.py", "--epochs", "2", "--steps", "2", "--warmup", "1", "--repeats", "2",
-                  "--bootstrap", "50", "--op-blocks", "1", "--op-calls", "3", "--configs", "bare", "guard")
-    configs = {"bare", "guard"}
+                  "--bootstrap", "50", "--op-blocks", "1", "--op-calls", "3", "--configs", "bare", "guard", "null")
+    configs = {"bare", "guard", "null"}
     assert set(result["steps_per_second"]) == configs
     assert all(rate > 0 for rate in result["steps_per_second"].values())
     # Every fit took a turn at every batch but the warm-up one, across the epoch boundary.
-    assert result["timed_steps"] == {"bare": 2 * (2 * 2 - 1), "guard": 2 * (2 * 2 - 1)}
+    assert result["timed_steps"] == {name: 2 * (2 * 2 - 1) for name in configs}
     assert result["time_ratio_vs_bare"]["bare"] == 1.0
     assert result["time_ratio_95_interval"]["bare"] == [1.0, 1.0]
-    low, high = result["time_ratio_95_interval"]["guard"]
-    assert 0 < low <= high and math.isfinite(high)
-    # The guard's hooks run between the markers, bare has none.
-    assert result["hook_ms_per_step"]["guard"] > result["hook_ms_per_step"]["bare"]
-    assert set(result["in_step"]["added_ms_per_step"]) == {"guard", "forensics", "suite"}
+    for name in ("guard", "null"):
+        low, high = result["time_ratio_95_interval"][name]
+        assert 0 < low <= high and math.isfinite(high)
+    # The guard's hooks run between the markers; bare and null, a second bare model, have none.
+    hooks = result["hook_ms_per_step"]
+    assert hooks["guard"] > max(hooks["bare"], hooks["null"])
+    added = result["in_step"]["added_ms_per_step"]
+    assert set(added) == {"guard", "forensics", "suite"}
+    # The parts ratio is the bare step plus what the config's hooks and in-step ops add to it.
+    parts, bare_ms = result["parts_ratio_vs_bare"], result["step_ms"]["bare"]
+    assert parts["bare"] == 1.0
+    assert math.isclose(parts["null"], 1 + (hooks["null"] - hooks["bare"]) / bare_ms)
+    assert math.isclose(parts["guard"], 1 + (hooks["guard"] - hooks["bare"] + added["guard"]) / bare_ms)
 
 
 def test_lock_step_rounds_give_each_fit_one_turn_and_survive_a_fit_that_ends_early():
