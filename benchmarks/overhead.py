@@ -21,6 +21,15 @@ at any time, each round in a new random order, and a turn holds everything from
 one batch begin to the next (the step, every callback's hooks, epoch ends).
 Drifts then fall on every config alike. Warm-up turns are not timed.
 
+glibc's malloc hands big freed buffers back to the kernel, so every step
+faults its buffers in again: about 25,000 page faults, a tenth of a step,
+in a number that changes with the process's allocation history (one fit
+settled at 20,000 a step, another at 25,000, whatever its callbacks). That
+would bias one config against another by more than the callbacks cost, so
+the script runs itself again with malloc keeping freed memory
+(MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_ beyond the machine's memory)
+unless --system-malloc is given. Page faults per step are printed either way.
+
 Also printed, to say where the time goes:
   hooks    the callbacks' own time per timed step (batch hooks, and epoch
            ends spread over the steps), between two markers placed first
@@ -40,6 +49,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -47,6 +57,12 @@ import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(10 ** 12)}
+if (__name__ == "__main__" and sys.platform.startswith("linux") and "--system-malloc" not in sys.argv
+        and any(os.environ.get(name) != value for name, value in KEEP_FREED_MEMORY.items())):
+    # Before TensorFlow allocates anything: glibc reads these once, at start (see the docstring).
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **KEEP_FREED_MEMORY})
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -114,6 +130,11 @@ class Baton:
                 return
 
 
+def _page_faults():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_minflt + usage.ru_majflt
+
+
 class Turns:
     """One config's fit in a lock-step run: its turns with the baton, timed, and its hooks' share.
 
@@ -127,14 +148,17 @@ class Turns:
     def __init__(self, name, baton, warmup):
         self.name, self.baton, self.warmup = name, baton, warmup
         self.seconds = []  # per timed turn
+        self.page_faults = []  # per timed turn, the whole process's (only one turn runs at a time)
         self.hook_seconds = 0.0  # in timed turns, between the markers: batch hooks and epoch ends
         self._batches = 0
         self._start = self._hook_start = None
+        self._start_faults = 0
         self._begin_hooks = 0.0  # this batch's begin hooks, until its end hooks add to them
 
     def _close_turn(self, pass_on=True):
         if self._start is not None:
             self.seconds.append(time.perf_counter() - self._start)
+            self.page_faults.append(_page_faults() - self._start_faults)
             self._start = None
         if pass_on:
             self.baton.pass_on(self.name)
@@ -149,7 +173,7 @@ class Turns:
                 turns.baton.take(turns.name)
                 now = time.perf_counter()
                 if turns._batches >= turns.warmup:
-                    turns._start = now
+                    turns._start, turns._start_faults = now, _page_faults()
                 turns._hook_start = now
 
             def on_train_batch_end(self, batch, logs=None):
@@ -241,11 +265,13 @@ def measure_fits(args, data, dataset):
         model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
     seconds = {name: [] for name in args.configs}
     hook_seconds = {name: 0.0 for name in args.configs}
+    page_faults = {name: [] for name in args.configs}
     with tempfile.TemporaryDirectory() as root:
         for repeat in range(args.repeats):
             for name, turns in lock_step_fits(args, models, dataset, root, repeat).items():
                 seconds[name].append(np.array(turns.seconds))
                 hook_seconds[name] += turns.hook_seconds
+                page_faults[name].extend(turns.page_faults)
     rates = {name: median_rates(values) for name, values in seconds.items()}
     ratios = {name: rates["bare"] / rate for name, rate in rates.items()}
     # Resampling whole rounds keeps each config's turn paired with bare's of the same round.
@@ -265,6 +291,7 @@ def measure_fits(args, data, dataset):
         "hook_ms_per_step": {name: 1000 * hook_seconds[name] / sum(len(values) for values in seconds[name])
                              for name in args.configs},
         "step_ms": {name: 1000 / rate for name, rate in rates.items()},
+        "page_faults_per_step": {name: float(np.median(values)) for name, values in page_faults.items()},
     }
 
 
@@ -314,7 +341,8 @@ def measure(args):
     result = measure_fits(args, data, dataset)
     result.update(repeats=args.repeats, epochs=args.epochs, steps=args.steps, warmup=args.warmup, N=args.N,
                   gridsize=args.gridsize, batch_size=args.batch_size, keras=keras.__version__,
-                  tensorflow=tf.__version__)
+                  tensorflow=tf.__version__,
+                  malloc={name: os.environ.get(name) for name in KEEP_FREED_MEMORY})
     if args.op_blocks:
         result["in_step"] = measure_in_step(args, data, dataset)
         result["parts_ratio_vs_bare"] = parts_ratios(result)
@@ -334,15 +362,17 @@ def parts_ratios(result):
 def print_table(result, args):
     parts = result.get("parts_ratio_vs_bare", {})
     print(f"{'config':<10} {'steps/s':>8} {'time ratio vs bare':>19} {'95% interval':>15} {'hooks ms/step':>14} "
-          f"{'parts ratio':>12}")
+          f"{'parts ratio':>12} {'page faults/step':>17}")
     for name in args.configs:
         low, high = result["time_ratio_95_interval"][name]
         part = f"{parts[name]:.3f}" if name in parts else "-"
         print(f"{name:<10} {result['steps_per_second'][name]:>8.3f} {result['time_ratio_vs_bare'][name]:>19.3f} "
-              f"{f'{low:.3f}-{high:.3f}':>15} {result['hook_ms_per_step'][name]:>14.2f} {part:>12}")
+              f"{f'{low:.3f}-{high:.3f}':>15} {result['hook_ms_per_step'][name]:>14.2f} {part:>12} "
+              f"{result['page_faults_per_step'][name]:>17.0f}")
+    malloc = "system" if args.system_malloc else "keeping freed memory"
     print(f"({result['repeats']} lock-step runs of {args.epochs} epochs x {args.steps} steps per config, "
           f"{result['timed_steps']['bare']} timed steps each; N={args.N}, gridsize {args.gridsize}, "
-          f"batch {args.batch_size}, Keras {result['keras']})")
+          f"batch {args.batch_size}, Keras {result['keras']}, malloc {malloc})")
     if "in_step" in result:
         in_step = result["in_step"]
         step_ms = result["step_ms"]["bare"]
@@ -365,6 +395,8 @@ def main(argv=None):
                         help="interleaved blocks timing the guard's in-step ops alone (0: skip)")
     parser.add_argument("--op-calls", type=int, default=200, help="calls per block")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="keep glibc's malloc as it is (it returns freed buffers, and steps fault them in again)")
     args = parser.parse_args(argv)
     if "bare" not in args.configs:
         parser.error("--configs must include bare, the baseline")

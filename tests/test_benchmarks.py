@@ -40,6 +40,11 @@ def test_overhead_benchmark_reports_every_part_it_is_asked_for():
     assert parts["bare"] == 1.0
     assert math.isclose(parts["null"], 1 + (hooks["null"] - hooks["bare"]) / bare_ms)
     assert math.isclose(parts["guard"], 1 + (hooks["guard"] - hooks["bare"] + added["guard"]) / bare_ms)
+    # The script ran itself again with malloc keeping freed memory, and counted page faults per turn.
+    if sys.platform.startswith("linux"):
+        assert result["malloc"] == {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(10 ** 12)}
+    assert set(result["page_faults_per_step"]) == configs
+    assert all(faults >= 0 for faults in result["page_faults_per_step"].values())
 
 
 def test_lock_step_rounds_give_each_fit_one_turn_and_survive_a_fit_that_ends_early():
