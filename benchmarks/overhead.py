@@ -273,6 +273,7 @@ def measure_fits(args, data, dataset):
                 hook_seconds[name] += turns.hook_seconds
                 page_faults[name].extend(turns.page_faults)
     rates = {name: median_rates(values) for name, values in seconds.items()}
+    timed = {name: sum(len(values) for values in seconds[name]) for name in args.configs}
     ratios = {name: rates["bare"] / rate for name, rate in rates.items()}
     # Resampling whole rounds keeps each config's turn paired with bare's of the same round.
     generator = np.random.default_rng(0)
@@ -287,9 +288,8 @@ def measure_fits(args, data, dataset):
         "time_ratio_vs_bare": ratios,
         "time_ratio_95_interval": {name: [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
                                    for name, values in resampled.items()},
-        "timed_steps": {name: sum(len(values) for values in seconds[name]) for name in args.configs},
-        "hook_ms_per_step": {name: 1000 * hook_seconds[name] / sum(len(values) for values in seconds[name])
-                             for name in args.configs},
+        "timed_steps": timed,
+        "hook_ms_per_step": {name: 1000 * hook_seconds[name] / timed[name] for name in args.configs},
         "step_ms": {name: 1000 / rate for name, rate in rates.items()},
         "page_faults_per_step": {name: float(np.median(values)) for name, values in page_faults.items()},
     }
@@ -369,7 +369,7 @@ def print_table(result, args):
         print(f"{name:<10} {result['steps_per_second'][name]:>8.3f} {result['time_ratio_vs_bare'][name]:>19.3f} "
               f"{f'{low:.3f}-{high:.3f}':>15} {result['hook_ms_per_step'][name]:>14.2f} {part:>12} "
               f"{result['page_faults_per_step'][name]:>17.0f}")
-    malloc = "system" if args.system_malloc else "keeping freed memory"
+    malloc = "keeping freed memory" if result["malloc"] == KEEP_FREED_MEMORY else "system"
     print(f"({result['repeats']} lock-step runs of {args.epochs} epochs x {args.steps} steps per config, "
           f"{result['timed_steps']['bare']} timed steps each; N={args.N}, gridsize {args.gridsize}, "
           f"batch {args.batch_size}, Keras {result['keras']}, malloc {malloc})")
