@@ -6,6 +6,8 @@ process, one real `model.fit` per config:
   keras  Keras's TensorBoard(update_freq="batch") + TerminateOnNaN
   suite  ptycho_callbacks.default_callbacks at its defaults
   guard  NaNGuard alone
+  rollback  NaNGuard(restore_weights=True) (a device-side snapshot of the
+         weights every step, put back in the step that goes non-finite)
   forensics  NaNGuard with forensics armed (the batch kept on the device, a
          device-side snapshot of the weights every step)
   null   bare again, on a second model: what a ratio looks like when
@@ -75,11 +77,12 @@ from ptycho_callbacks.forensics.capture import model_variables  # noqa: E402
 
 import stand_in  # noqa: E402
 
-CONFIGS = ("bare", "keras", "suite", "guard", "forensics", "null")
+CONFIGS = ("bare", "keras", "suite", "guard", "rollback", "forensics", "null")
 
 STEP_GUARDS = {
     # The in-step part of each config, as NaNGuard sets it up (see NaNGuard._prepare_variables).
     "guard": dict(keep_snapshot=False, restore_in_step=False, capture_batch=False),
+    "rollback": dict(keep_snapshot=True, restore_in_step=True, capture_batch=False),
     "forensics": dict(keep_snapshot=True, restore_in_step=False, capture_batch=True),
     "suite": dict(keep_snapshot=True, restore_in_step=True, capture_batch=True),
 }
@@ -213,7 +216,7 @@ def callbacks_for(name, model, log_dir):
                 keras.callbacks.TerminateOnNaN()]
     if name == "suite":
         return default_callbacks(model, log_dir, verbose=0)
-    return [NaNGuard(log_dir=log_dir, forensics=name == "forensics", verbose=0)]
+    return [NaNGuard(log_dir=log_dir, restore_weights=name == "rollback", forensics=name == "forensics", verbose=0)]
 
 
 def lock_step_fits(args, models, dataset, root, repeat):

@@ -34,7 +34,7 @@ def test_overhead_benchmark_reports_every_part_it_is_asked_for():
     hooks = result["hook_ms_per_step"]
     assert hooks["guard"] > max(hooks["bare"], hooks["null"])
     added = result["in_step"]["added_ms_per_step"]
-    assert set(added) == {"guard", "forensics", "suite"}
+    assert set(added) == {"guard", "rollback", "forensics", "suite"}
     # The parts ratio is the bare step plus what the config's hooks and in-step ops add to it.
     parts, bare_ms = result["parts_ratio_vs_bare"], result["step_ms"]["bare"]
     assert parts["bare"] == 1.0
