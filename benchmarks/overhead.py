@@ -79,13 +79,8 @@ import stand_in  # noqa: E402
 
 CONFIGS = ("bare", "keras", "suite", "guard", "rollback", "forensics", "null")
 
-STEP_GUARDS = {
-    # The in-step part of each config, as NaNGuard sets it up (see NaNGuard._prepare_variables).
-    "guard": dict(keep_snapshot=False, restore_in_step=False, capture_batch=False),
-    "rollback": dict(keep_snapshot=True, restore_in_step=True, capture_batch=False),
-    "forensics": dict(keep_snapshot=True, restore_in_step=False, capture_batch=True),
-    "suite": dict(keep_snapshot=True, restore_in_step=True, capture_batch=True),
-}
+GUARDED = ("guard", "rollback", "forensics", "suite")
+"""The configs whose NaNGuard adds ops to the train step."""
 
 
 class Baton:
@@ -315,8 +310,11 @@ def measure_in_step(args, data, dataset):
     batch = next(iter(dataset))
     logs = {name: tf.constant(1.0) for name in ["loss"] + [f"{output}_loss" for output in model.output_names]}
     functions = {"nothing": tf.function(lambda batch, logs: tf.constant(False), autograph=False)}
-    for name, options in STEP_GUARDS.items():
-        guard = StepGuard(model, variables, check_weights=True, **options)
+    for name in GUARDED:
+        with tempfile.TemporaryDirectory() as log_dir:
+            nan_guard = next(callback for callback in callbacks_for(name, model, log_dir)
+                             if isinstance(callback, NaNGuard))
+        guard = StepGuard(model, variables, **nan_guard.step_guard_options())
         guard.reset()
         guard.install()  # as at train begin: decides what is captured; then the model gets its step back
         guard.uninstall()

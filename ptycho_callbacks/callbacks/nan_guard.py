@@ -192,6 +192,15 @@ class NaNGuard(RecordingCallback):
     def _shadows(self):
         return None if self._step_guard is None else self._step_guard.shadows
 
+    def step_guard_options(self):
+        """The options of the `StepGuard` this guard arms inside each train step.
+
+        The weights' device-side snapshot is kept for `restore_weights` (put
+        back in the failing step) and for `forensics` (saved with the batch).
+        """
+        return dict(check_weights=self.check_weights, keep_snapshot=self.restore_weights or self.forensics,
+                    restore_in_step=self.restore_weights, capture_batch=self.forensics)
+
     def _prepare_variables(self):
         """Finds the watched variables (weights and log_scale) and arms the device-side guard.
 
@@ -202,10 +211,7 @@ class NaNGuard(RecordingCallback):
         variables = [(name, variable) for name, variable in model_variables(self.model)
                      if tf.as_dtype(variable.dtype).is_floating]
         self._variables = variables
-        self._step_guard = StepGuard.for_model(
-            self.model, [v for _, v in variables], check_weights=self.check_weights,
-            keep_snapshot=self.restore_weights or self.forensics, restore_in_step=self.restore_weights,
-            capture_batch=self.forensics)
+        self._step_guard = StepGuard.for_model(self.model, [v for _, v in variables], **self.step_guard_options())
         self._step_guard.reset(self.global_step)
         self._in_step = self._step_guard.install()
 
