@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from ptycho_callbacks._keras import keras
+from ptycho_callbacks.callbacks import summary_report
 from ptycho_callbacks.callbacks.summary_report import SummaryReport
 from ptycho_callbacks.record import RunRecord
 from ptycho_callbacks.sim.model import build_model
@@ -29,13 +30,42 @@ class RecordOnDisk(keras.callbacks.Callback):
             self.seen.append(len(RunRecord.load(self.path).history.get("loss", [])))
 
 
-def test_record_after_every_epoch_and_report_at_the_end(small_data, tmp_path):
+class Clock:
+    """A stand-in for the report's clock: each reading is `tick` seconds after the previous one,
+    and `EpochTime` adds an epoch's duration."""
+
+    def __init__(self, tick):
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self):
+        self.now += self.tick
+        return self.now
+
+
+class EpochTime(keras.callbacks.Callback):
+    def __init__(self, clock, seconds):
+        super().__init__()
+        self.clock, self.seconds = clock, seconds
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.clock.now += self.seconds
+
+
+@pytest.fixture
+def slow_epochs(monkeypatch):
+    """Epochs of 10 s, record writes of 1 ms: the record is written after every epoch."""
+    clock = Clock(tick=0.001)
+    monkeypatch.setattr(summary_report, "monotonic", clock)
+    return EpochTime(clock, 10.0)
+
+
+def test_record_after_every_epoch_and_report_at_the_end(small_data, tmp_path, slow_epochs):
     run = str(tmp_path / "gs2")
     report = SummaryReport(run, config={"nphotons": 1e6, "N": 16, "gridsize": 2,
                                         "e_batch_intensity": small_data.e_batch_intensity})
     watcher = RecordOnDisk(os.path.join(run, "record.json"))
     history = _model(small_data).fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8,
-                                     epochs=3, verbose=0, callbacks=[report, watcher])
+                                     epochs=3, verbose=0, callbacks=[slow_epochs, report, watcher])
     assert watcher.seen == [0, 1, 2]
 
     with open(os.path.join(run, "record.json")) as f:
@@ -59,7 +89,24 @@ def test_record_after_every_epoch_and_report_at_the_end(small_data, tmp_path):
     assert len(shown) == 1 and "## Scenario: gs2" in shown[0][1]
 
 
-def test_a_run_that_dies_leaves_its_record(small_data, tmp_path):
+def test_short_epochs_write_the_record_less_often_and_lose_nothing_at_the_end(small_data, tmp_path,
+                                                                             monkeypatch):
+    clock = Clock(tick=0.001)  # each write takes 1 ms: one every 50 ms at most
+    monkeypatch.setattr(summary_report, "monotonic", clock)
+    run = str(tmp_path / "short")
+    watcher = RecordOnDisk(os.path.join(run, "record.json"))
+    history = _model(small_data).fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8,
+                                     epochs=24, verbose=0,
+                                     callbacks=[EpochTime(clock, 0.01), SummaryReport(run), watcher])
+    # Epochs of 10 ms and the clock's own reading (1 ms): the fifth epoch end after a write is the
+    # first 50 ms after it, so every fifth epoch is on disk, starting from the write at train begin.
+    assert watcher.seen == [0] * 5 + [5] * 5 + [10] * 5 + [15] * 5 + [20] * 4
+    record = RunRecord.load(os.path.join(run, "record.json"))
+    assert record.status == "completed"
+    np.testing.assert_allclose(record.history["loss"], history.history["loss"], rtol=1e-6)
+
+
+def test_a_run_that_dies_leaves_its_record(small_data, tmp_path, slow_epochs):
     class Boom(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if epoch == 1:
@@ -68,7 +115,7 @@ def test_a_run_that_dies_leaves_its_record(small_data, tmp_path):
     run = str(tmp_path / "dies")
     with pytest.raises(RuntimeError, match="user code failed"):
         _model(small_data).fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8,
-                               epochs=4, verbose=0, callbacks=[SummaryReport(run), Boom()])
+                               epochs=4, verbose=0, callbacks=[slow_epochs, SummaryReport(run), Boom()])
     record = RunRecord.load(os.path.join(run, "record.json"))
     assert len(record.history["loss"]) == 2 and record.status == "running"
     assert not [name for name in os.listdir(run) if name.startswith(".") or name.endswith(".tmp")]
