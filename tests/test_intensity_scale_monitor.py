@@ -47,6 +47,32 @@ def test_log_scale_findings_for_both_scaler_styles(small_data, tmp_path, style):
                                np.exp(state["history"]) / small_data.intensity_scale, rtol=1e-5)
 
 
+def test_batch_values_taken_from_the_nan_guard_are_those_of_each_step(small_data, tmp_path):
+    class Truth(keras.callbacks.Callback):
+        """log_scale as each batch leaves it, read after every callback of the suite."""
+
+        def __init__(self):
+            super().__init__()
+            self.values = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.values.append(float(np.asarray(self.model.get_layer("intensity_scaler").w)))
+
+    from ptycho_callbacks import default_callbacks
+
+    keras.utils.set_random_seed(2)
+    model = build_model(N=16, gridsize=2, n_filters=4, probe=small_data.probe, learning_rate=1e-2,
+                        intensity_scale=small_data.intensity_scale)
+    run = str(tmp_path / "suite")
+    truth = Truth()
+    model.fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8, epochs=2, verbose=0,
+              shuffle=False, callbacks=default_callbacks(model, run, verbose=0) + [truth])
+    written = tensorboard_events.scalars(run)["scale/batch/log_scale"]
+    assert [s for s, _ in written] == [1, 2, 3, 4]
+    assert len(set(truth.values)) == 4  # it moved at every step: a stale value would show
+    np.testing.assert_allclose([v for _, v in written], truth.values, rtol=1e-7)
+
+
 def test_drift_from_the_configured_scale_is_reported_once(small_data):
     monitor = IntensityScaleMonitor(configured_scale=2 * small_data.intensity_scale, verbose=0)
     _fit(small_data, monitor, epochs=2)

@@ -84,6 +84,7 @@ class BatchValues:
         self._compiled_state = None
         self._tracker_ids = _tracker_ids(model)
         self._latest = None  # (step, prefix, values) of the latest read
+        self._variables_read = {}  # id of a tf.Variable: (step, value) of its latest read
 
     @property
     def names(self):
@@ -122,6 +123,20 @@ class BatchValues:
         if step is None or latest is None or latest[:2] != (step, prefix):
             return None
         return dict(latest[2])
+
+    def keep_variable(self, variable, value, step):
+        """Keeps `value`, read from `variable` at optimizer step `step`, for `variable_at`.
+
+        The NaN guard reads `log_scale` in its check of every batch; the
+        scale monitor then takes the value from here instead of a read of
+        its own.
+        """
+        self._variables_read[id(tf_variable(variable))] = (step, value)
+
+    def variable_at(self, variable, step):
+        """The value of `variable` kept at optimizer step `step` (`keep_variable`), or None."""
+        kept = self._variables_read.get(id(tf_variable(variable)))
+        return kept[1] if kept is not None and kept[0] == step else None
 
     def read(self, prefix="", step=None):
         """Returns {prefix + metric name: value of the last batch}, in one device-to-host read.

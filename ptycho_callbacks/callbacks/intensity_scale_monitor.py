@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import stats
 from .base import RecordingCallback
-from .batch_values import variable_value
+from .batch_values import BatchValues, variable_value
 from .scale_discovery import find_log_scale, is_trained_by_optimizer, shares_one_variable
 from .stage_statistics import announce, check_probe_inputs, probe_batch
 
@@ -180,7 +180,9 @@ class IntensityScaleMonitor(RecordingCallback):
         if (self._variable is None or self.log_dir is None or self.update_freq == "epoch"
                 or self.global_step % self.update_freq):
             return
-        value = self._value()
+        value = BatchValues.shared(self.model).variable_at(self._variable, self.global_step)
+        if value is None:  # no NaN guard before this callback read it at this step
+            value = self._value()
         self.write_batch_scalars({"scale/batch/log_scale": value, "scale/batch/exp_log_scale": _safe_exp(value)})
 
     def on_epoch_end(self, epoch, logs=None):

@@ -293,6 +293,8 @@ class NaNGuard(RecordingCallback):
             values[LOG_SCALE] = float(packed[3])
         if first_bad < 0:
             self._last_finite["train"].update(values)
+            if self._log_scale is not None:  # the scale monitor's value of this step
+                self._trackers.keep_variable(self._log_scale, values[LOG_SCALE], self.global_step)
             return
         self._on_event("train", first_bad - self._epoch_start_step - 1, values, step=first_bad)
 
