@@ -113,25 +113,10 @@ class RecordingCallback(keras.callbacks.Callback):
         """
         if self.log_dir is None:
             return
-        self._scalar_buffer(run, "batch").add(self.global_step, values)
-
-    def write_epoch_scalars(self, values, epoch, run="train"):
-        """Writes the scalars {tag: value} of `epoch` (0-based) for `run` now, at step epoch + 1.
-
-        Epoch series are stepped by the epochs completed. The values go out
-        in one compiled call (see `ScalarBuffer`), not one eager summary each.
-        """
-        if self.log_dir is None or not values:
-            return
-        buffer = self._scalar_buffer(run, "epoch")
-        buffer.add(epoch + 1, values)
-        buffer.flush()
-
-    def _scalar_buffer(self, run, series):
-        buffer = self._scalar_buffers.get((run, series))
+        buffer = self._scalar_buffers.get(run)
         if buffer is None:
-            buffer = self._scalar_buffers[(run, series)] = ScalarBuffer(self.writer(run))
-        return buffer
+            buffer = self._scalar_buffers[run] = ScalarBuffer(self.writer(run))
+        buffer.add(self.global_step, values)
 
     def flush_scalars(self):
         """Writes every queued per-batch scalar now."""
