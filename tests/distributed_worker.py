@@ -35,10 +35,10 @@ def main(mode, run_dir, index=None, ports=None):
 
     from ptycho_callbacks import default_callbacks
     from ptycho_callbacks._keras import keras
-    from ptycho_callbacks.sim.data import simulate
     from ptycho_callbacks.sim.model import build_model
+    from small_data import simulate_small_data
 
-    data = simulate(N=16, gridsize=2, n_scan=5, nphotons=1e6, seed=3)
+    data = simulate_small_data()
     keras.utils.set_random_seed(4)
     with strategy.scope():
         model = build_model(N=16, gridsize=2, n_filters=4, probe=data.probe, intensity_scale=data.intensity_scale,

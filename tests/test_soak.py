@@ -22,6 +22,7 @@ from tensorboard.util import tensor_util
 from ptycho_callbacks.record import RunRecord
 
 import tensorboard_events
+from small_data import simulate_small_data
 
 EPOCHS = 300
 WARMUP = 50
@@ -56,7 +57,6 @@ def train(run):
 
     from ptycho_callbacks import default_callbacks
     from ptycho_callbacks._keras import keras
-    from ptycho_callbacks.sim.data import simulate
     from ptycho_callbacks.sim.model import build_model
 
     class ResourceSampler(keras.callbacks.Callback):
@@ -70,7 +70,7 @@ def train(run):
             self.rss.append(rss_mb())
             self.fds.append(open_fds())
 
-    data = simulate(N=16, gridsize=2, n_scan=5, nphotons=1e6, seed=3)
+    data = simulate_small_data()
     keras.utils.set_random_seed(0)
     model = build_model(N=16, gridsize=2, n_filters=4, probe=data.probe, intensity_scale=data.intensity_scale)
     inputs = {key: value[:SAMPLES] for key, value in data.model_inputs().items()}
