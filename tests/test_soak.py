@@ -31,11 +31,11 @@ WINDOW = 25
 """Epochs whose median RSS is a level: single samples catch transient buffers (an epoch's summaries)."""
 RSS_GROWTH_LIMIT_MB = 4.0
 """Allowed rise of the RSS level from just after the warm-up to the last epochs (225 epochs apart).
-Measured: 0.7 to 1.2 MB under either Keras (the per-epoch history, and LossComponents' per-batch
-values). A callback keeping one probe batch (4x16x16x4 complex64, 32 kB) per epoch made it 7.7 to
-7.9 MB. StageStatistics writing its ~50 summary values per epoch as Python floats, which TensorFlow
-keeps as eager constants, was a leak of that size (7 to 9 MB by this test's earlier single-sample
-measure)."""
+Measured: 0.7 to 1.3 MB under either Keras (the per-epoch history, and LossComponents' per-batch
+values). A callback keeping 32 kB per epoch, the size of one probe batch (4x16x16x4 complex64),
+made it 7.1 to 8.1 MB (`python tests/test_soak.py RUN_DIR 32`). StageStatistics writing its ~50
+summary values per epoch as Python floats, which TensorFlow keeps as eager constants, was a leak
+of that size (7 to 9 MB by this test's earlier single-sample measure)."""
 SAMPLES = 4
 
 
@@ -51,8 +51,17 @@ def open_fds():
     return len(os.listdir("/proc/self/fd"))
 
 
-def train(run):
-    """Trains with the whole suite into `run`; writes RSS and open files per epoch to `run/resources.json`."""
+def level_rise(rss):
+    """MB between the RSS level just after the warm-up and at the end (medians of WINDOW epochs)."""
+    return statistics.median(rss[-WINDOW:]) - statistics.median(rss[WARMUP:WARMUP + WINDOW])
+
+
+def train(run, keep_kb_per_epoch=0):
+    """Trains with the whole suite into `run`; writes RSS and open files per epoch to `run/resources.json`.
+
+    `keep_kb_per_epoch` adds a callback that keeps that much memory each
+    epoch: a leak of known size, to see the test fail.
+    """
     import tensorflow as tf
 
     from ptycho_callbacks import default_callbacks
@@ -69,6 +78,12 @@ def train(run):
         def on_epoch_end(self, epoch, logs=None):
             self.rss.append(rss_mb())
             self.fds.append(open_fds())
+
+    class Leak(keras.callbacks.Callback):
+        kept = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.kept.append(np.ones(keep_kb_per_epoch * 1024, np.uint8))
 
     data = simulate_small_data()
     keras.utils.set_random_seed(0)
@@ -87,7 +102,7 @@ def train(run):
     sampler = ResourceSampler()
     fds_before = open_fds()
     model.fit(dataset, steps_per_epoch=1, epochs=EPOCHS, shuffle=False, verbose=0,
-              callbacks=suite + [sampler])
+              callbacks=suite + [sampler] + ([Leak()] if keep_kb_per_epoch else []))
     resources = {"callbacks": len(suite), "rss_mb": sampler.rss, "fds": sampler.fds,
                  "fds_before": fds_before, "fds_after": open_fds()}
     with open(os.path.join(run, "resources.json"), "w", encoding="utf-8") as out:
@@ -108,7 +123,7 @@ def test_300_epochs_with_every_callback_do_not_leak(tmp_path):
     assert len(set(fds[WARMUP:])) == 1, sorted(set(fds[WARMUP:]))
     assert resources["fds_after"] <= resources["fds_before"]
     # Memory: levels off after the warm-up.
-    growth = statistics.median(rss[-WINDOW:]) - statistics.median(rss[WARMUP:WARMUP + WINDOW])
+    growth = level_rise(rss)
     curve = [round(rss[epoch] - rss[WARMUP], 1) for epoch in range(WARMUP, EPOCHS, WINDOW)]
     assert growth < RSS_GROWTH_LIMIT_MB, f"RSS level rose {growth:.1f} MB; every {WINDOW} epochs: {curve}"
 
@@ -138,4 +153,7 @@ def test_300_epochs_with_every_callback_do_not_leak(tmp_path):
 
 
 if __name__ == "__main__":
-    train(sys.argv[1])
+    # python tests/test_soak.py RUN_DIR [KEEP_KB_PER_EPOCH]: trains, then prints the RSS level's rise.
+    train(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0)
+    with open(os.path.join(sys.argv[1], "resources.json"), encoding="utf-8") as file:
+        print(f"RSS level rose {level_rise(json.load(file)['rss_mb']):.2f} MB")
