@@ -78,3 +78,16 @@ def test_report_path_benchmark_times_statistics_and_rendering():
     result = _run("report_path.py", "--repeats", "1", "--object-size", "64", "--stage-shape", "8", "16", "16", "1")
     assert result["seconds"]["total"] > 0
     assert result["under_budget"] is True
+
+
+def test_hooks_benchmark_times_every_hook_of_every_callback_of_the_suite():
+    result = _run("hooks.py", "--N", "16", "--steps", "3", "--epochs", "3")
+    timed = {(entry["callback"], entry["hook"]): entry for entry in result["hooks"]}
+    callbacks = {"NaNGuard", "IntensityScaleMonitor", "LossComponents", "SummaryReport"}
+    assert {name for name, _ in timed} == callbacks
+    for name in callbacks:
+        assert timed[(name, "on_train_batch_end")]["calls"] == 2 * 3  # the first epoch is left out
+        assert timed[(name, "on_epoch_end")]["calls"] == 2
+        assert "last_tenth_mean_ms" in timed[(name, "on_epoch_end")]
+    # The guard's batch hook makes a compiled call each batch: it cannot take no time.
+    assert timed[("NaNGuard", "on_train_batch_end")]["median_ms"] > 0
