@@ -19,16 +19,25 @@ def _run(script, *args):
 
 def test_overhead_benchmark_reports_every_part_it_is_asked_for():
     result = _run("overhead.py", "--epochs", "2", "--steps", "2", "--warmup", "1", "--repeats", "2",
-                  "--bootstrap", "50", "--op-blocks", "1", "--op-calls", "3", "--configs", "bare", "guard", "null")
-    configs = {"bare", "guard", "null"}
+                  "--bootstrap", "50", "--op-blocks", "1", "--op-calls", "3",
+                  "--configs", "bare", "keras", "guard", "null")
+    configs = {"bare", "keras", "guard", "null"}
     assert set(result["steps_per_second"]) == configs
     assert all(rate > 0 for rate in result["steps_per_second"].values())
     # Every fit took a turn at every batch but the warm-up one, across the epoch boundary.
     assert result["timed_steps"] == {name: 2 * (2 * 2 - 1) for name in configs}
     assert result["time_ratio_vs_bare"]["bare"] == 1.0
     assert result["time_ratio_95_interval"]["bare"] == [1.0, 1.0]
-    for name in ("guard", "null"):
+    for name in ("keras", "guard", "null"):
         low, high = result["time_ratio_95_interval"][name]
+        assert 0 < low <= high and math.isfinite(high)
+    # Against Keras's pair: each config's ratio to bare over the pair's, with an interval of its own.
+    against_pair = result["time_ratio_vs_keras"]
+    assert set(against_pair) == {"guard", "null"}
+    for name, ratio in against_pair.items():
+        ratios = result["time_ratio_vs_bare"]
+        assert math.isclose(ratio, ratios[name] / ratios["keras"])
+        low, high = result["time_ratio_vs_keras_95_interval"][name]
         assert 0 < low <= high and math.isfinite(high)
     # The guard's hooks run between the markers; bare and null, a second bare model, have none.
     hooks = result["hook_ms_per_step"]
@@ -72,6 +81,21 @@ def test_lock_step_rounds_give_each_fit_one_turn_and_survive_a_fit_that_ends_ear
     # Round 0 gives each a turn; b, gone after it, is skipped in the three rounds after.
     assert sorted(order[:3]) == names
     assert all(sorted(order[i:i + 2]) == ["a", "c"] for i in range(3, 9, 2)) and len(order) == 9
+
+
+def test_models_rotate_so_that_every_config_has_every_model_once_in_as_many_repeats():
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        from overhead import models_of_repeat
+    finally:
+        sys.path.remove(BENCHMARKS)
+    configs, models = ["bare", "keras", "suite"], ["m0", "m1", "m2"]
+    repeats = [models_of_repeat(configs, models, repeat) for repeat in range(len(configs))]
+    for assigned in repeats:
+        assert sorted(assigned.values()) == models  # no model serves two configs in one repeat
+    for name in configs:
+        assert sorted(assigned[name] for assigned in repeats) == models
+    assert repeats[0]["bare"] != repeats[1]["bare"]
 
 
 def test_report_path_benchmark_times_statistics_and_rendering():
