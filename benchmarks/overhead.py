@@ -6,10 +6,14 @@ process, one real `model.fit` per config:
   keras  Keras's TensorBoard(update_freq="batch") + TerminateOnNaN
   suite  ptycho_callbacks.default_callbacks at its defaults
   guard  NaNGuard alone
+  lossguard  NaNGuard(check_weights=False): the losses checked in the step,
+         the weights not
   rollback  NaNGuard(restore_weights=True) (a device-side snapshot of the
          weights every step, put back in the step that goes non-finite)
   forensics  NaNGuard with forensics armed (the batch kept on the device, a
          device-side snapshot of the weights every step)
+  unguarded  the suite without its NaNGuard: the other callbacks' hooks,
+         and nothing in the train step
   null   bare again, on a second model: what a ratio looks like when
          nothing differs (the benchmark's own noise and bias)
 and prints the median steps per second of each over the repeats and the
@@ -44,7 +48,9 @@ Also printed, to say where the time goes:
   parts    the time ratio these two would give on their own:
            (bare step + hooks + in-step ops) / bare step. It is precise,
            but blind to any cost they leave elsewhere; the whole-fit ratio
-           is the measurement.
+           is the measurement;
+  cpu      the process's CPU time per timed step, every thread's: work
+           added anywhere shows in it, time spent waiting does not.
 
     python benchmarks/overhead.py --steps 30 --repeats 3
     python benchmarks/overhead.py --json
@@ -80,9 +86,9 @@ from ptycho_callbacks.forensics.capture import model_variables  # noqa: E402
 
 import stand_in  # noqa: E402
 
-CONFIGS = ("bare", "keras", "suite", "guard", "rollback", "forensics", "null")
+CONFIGS = ("bare", "keras", "suite", "unguarded", "guard", "lossguard", "rollback", "forensics", "null")
 
-GUARDED = ("guard", "rollback", "forensics", "suite")
+GUARDED = ("guard", "lossguard", "rollback", "forensics", "suite")
 """The configs whose NaNGuard adds ops to the train step."""
 
 
@@ -150,16 +156,19 @@ class Turns:
         self.name, self.baton, self.warmup = name, baton, warmup
         self.seconds = []  # per timed turn
         self.page_faults = []  # per timed turn, the whole process's (only one turn runs at a time)
+        self.cpu_seconds = []  # per timed turn, the whole process's, every thread
         self.hook_seconds = 0.0  # in timed turns, between the markers: batch hooks and epoch ends
         self._batches = 0
         self._start = self._hook_start = None
         self._start_faults = 0
+        self._start_cpu = 0.0
         self._begin_hooks = 0.0  # this batch's begin hooks, until its end hooks add to them
 
     def _close_turn(self, pass_on=True):
         if self._start is not None:
             self.seconds.append(time.perf_counter() - self._start)
             self.page_faults.append(_page_faults() - self._start_faults)
+            self.cpu_seconds.append(time.process_time() - self._start_cpu)
             self._start = None
         if pass_on:
             self.baton.pass_on(self.name)
@@ -174,7 +183,7 @@ class Turns:
                 turns.baton.take(turns.name)
                 now = time.perf_counter()
                 if turns._batches >= turns.warmup:
-                    turns._start, turns._start_faults = now, _page_faults()
+                    turns._start, turns._start_faults, turns._start_cpu = now, _page_faults(), time.process_time()
                 turns._hook_start = now
 
             def on_train_batch_end(self, batch, logs=None):
@@ -212,9 +221,11 @@ def callbacks_for(name, model, log_dir):
     if name == "keras":
         return [keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="batch"),
                 keras.callbacks.TerminateOnNaN()]
-    if name == "suite":
-        return default_callbacks(model, log_dir, verbose=0)
-    return [NaNGuard(log_dir=log_dir, restore_weights=name == "rollback", forensics=name == "forensics", verbose=0)]
+    if name in ("suite", "unguarded"):
+        suite = default_callbacks(model, log_dir, verbose=0)
+        return suite if name == "suite" else [callback for callback in suite if not isinstance(callback, NaNGuard)]
+    return [NaNGuard(log_dir=log_dir, restore_weights=name == "rollback", forensics=name == "forensics",
+                     check_weights=name != "lossguard", verbose=0)]
 
 
 def lock_step_fits(args, models, dataset, root, repeat):
@@ -278,6 +289,7 @@ def measure_fits(args, data, dataset):
     seconds = {name: [] for name in args.configs}
     hook_seconds = {name: 0.0 for name in args.configs}
     page_faults = {name: [] for name in args.configs}
+    cpu_seconds = {name: [] for name in args.configs}
     with tempfile.TemporaryDirectory() as root:
         for repeat in range(args.repeats):
             for name, turns in lock_step_fits(args, models_of_repeat(args.configs, models, repeat), dataset, root,
@@ -285,6 +297,7 @@ def measure_fits(args, data, dataset):
                 seconds[name].append(np.array(turns.seconds))
                 hook_seconds[name] += turns.hook_seconds
                 page_faults[name].extend(turns.page_faults)
+                cpu_seconds[name].extend(turns.cpu_seconds)
     rates = {name: median_rates(values) for name, values in seconds.items()}
     timed = {name: sum(len(values) for values in seconds[name]) for name in args.configs}
     ratios = {name: rates["bare"] / rate for name, rate in rates.items()}
@@ -304,6 +317,7 @@ def measure_fits(args, data, dataset):
         "hook_ms_per_step": {name: 1000 * hook_seconds[name] / timed[name] for name in args.configs},
         "step_ms": {name: 1000 / rate for name, rate in rates.items()},
         "page_faults_per_step": {name: float(np.median(values)) for name, values in page_faults.items()},
+        "cpu_ms_per_step": {name: 1000 * float(np.mean(values)) for name, values in cpu_seconds.items()},
     }
     if "keras" in args.configs:
         # The target compares the suite with Keras's pair, not with bare: the same resamples give that ratio
@@ -390,13 +404,13 @@ def parts_ratios(result):
 def print_table(result, args):
     parts = result.get("parts_ratio_vs_bare", {})
     print(f"{'config':<10} {'steps/s':>8} {'time ratio vs bare':>19} {'95% interval':>15} {'hooks ms/step':>14} "
-          f"{'parts ratio':>12} {'page faults/step':>17}")
+          f"{'parts ratio':>12} {'cpu ms/step':>12} {'page faults/step':>17}")
     for name in args.configs:
         low, high = result["time_ratio_95_interval"][name]
         part = f"{parts[name]:.3f}" if name in parts else "-"
         print(f"{name:<10} {result['steps_per_second'][name]:>8.3f} {result['time_ratio_vs_bare'][name]:>19.3f} "
               f"{f'{low:.3f}-{high:.3f}':>15} {result['hook_ms_per_step'][name]:>14.2f} {part:>12} "
-              f"{result['page_faults_per_step'][name]:>17.0f}")
+              f"{result['cpu_ms_per_step'][name]:>12.1f} {result['page_faults_per_step'][name]:>17.0f}")
     malloc = "keeping freed memory" if result["malloc"] == KEEP_FREED_MEMORY else "system"
     print(f"({result['repeats']} lock-step runs of {args.epochs} epochs x {args.steps} steps per config, "
           f"{result['timed_steps']['bare']} timed steps each; N={args.N}, gridsize {args.gridsize}, "

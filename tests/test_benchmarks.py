@@ -20,8 +20,8 @@ def _run(script, *args):
 def test_overhead_benchmark_reports_every_part_it_is_asked_for():
     result = _run("overhead.py", "--epochs", "2", "--steps", "2", "--warmup", "1", "--repeats", "2",
                   "--bootstrap", "50", "--op-blocks", "1", "--op-calls", "3",
-                  "--configs", "bare", "keras", "guard", "null")
-    configs = {"bare", "keras", "guard", "null"}
+                  "--configs", "bare", "keras", "unguarded", "guard", "null")
+    configs = {"bare", "keras", "unguarded", "guard", "null"}
     assert set(result["steps_per_second"]) == configs
     assert all(rate > 0 for rate in result["steps_per_second"].values())
     # Every fit took a turn at every batch but the warm-up one, across the epoch boundary.
@@ -33,7 +33,7 @@ def test_overhead_benchmark_reports_every_part_it_is_asked_for():
         assert 0 < low <= high and math.isfinite(high)
     # Against Keras's pair: each config's ratio to bare over the pair's, with an interval of its own.
     against_pair = result["time_ratio_vs_keras"]
-    assert set(against_pair) == {"guard", "null"}
+    assert set(against_pair) == {"unguarded", "guard", "null"}
     for name, ratio in against_pair.items():
         ratios = result["time_ratio_vs_bare"]
         assert math.isclose(ratio, ratios[name] / ratios["keras"])
@@ -42,8 +42,10 @@ def test_overhead_benchmark_reports_every_part_it_is_asked_for():
     # The guard's hooks run between the markers; bare and null, a second bare model, have none.
     hooks = result["hook_ms_per_step"]
     assert hooks["guard"] > max(hooks["bare"], hooks["null"])
+    assert hooks["unguarded"] > max(hooks["bare"], hooks["null"])  # the suite's other callbacks
+    assert set(result["cpu_ms_per_step"]) == configs and all(ms > 0 for ms in result["cpu_ms_per_step"].values())
     added = result["in_step"]["added_ms_per_step"]
-    assert set(added) == {"guard", "rollback", "forensics", "suite"}
+    assert set(added) == {"guard", "lossguard", "rollback", "forensics", "suite"}
     # The parts ratio is the bare step plus what the config's hooks and in-step ops add to it.
     parts, bare_ms = result["parts_ratio_vs_bare"], result["step_ms"]["bare"]
     assert parts["bare"] == 1.0
