@@ -17,6 +17,16 @@ def _run(script, *args):
     return json.loads(done.stdout)
 
 
+def _overhead_module():
+    """benchmarks/overhead.py imported as a module (benchmarks/ is not a package)."""
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        import overhead
+    finally:
+        sys.path.remove(BENCHMARKS)
+    return overhead
+
+
 def test_overhead_benchmark_reports_every_part_it_is_asked_for():
     result = _run("overhead.py", "--epochs", "2", "--steps", "2", "--warmup", "1", "--repeats", "2",
                   "--bootstrap", "50", "--op-blocks", "1", "--op-calls", "3",
@@ -59,11 +69,7 @@ def test_overhead_benchmark_reports_every_part_it_is_asked_for():
 
 
 def test_lock_step_rounds_give_each_fit_one_turn_and_survive_a_fit_that_ends_early():
-    sys.path.insert(0, BENCHMARKS)
-    try:
-        from overhead import Baton
-    finally:
-        sys.path.remove(BENCHMARKS)
+    Baton = _overhead_module().Baton
     names, turns = ["a", "b", "c"], {"a": 4, "b": 1, "c": 4}
     baton, order = Baton(names), []
 
@@ -86,11 +92,7 @@ def test_lock_step_rounds_give_each_fit_one_turn_and_survive_a_fit_that_ends_ear
 
 
 def test_models_rotate_so_that_every_config_has_every_model_once_in_as_many_repeats():
-    sys.path.insert(0, BENCHMARKS)
-    try:
-        from overhead import models_of_repeat
-    finally:
-        sys.path.remove(BENCHMARKS)
+    models_of_repeat = _overhead_module().models_of_repeat
     configs, models = ["bare", "keras", "suite"], ["m0", "m1", "m2"]
     repeats = [models_of_repeat(configs, models, repeat) for repeat in range(len(configs))]
     for assigned in repeats:
