@@ -30,6 +30,12 @@ Drifts then fall on every config alike. Warm-up turns are not timed.
 Each config has a model of its own in a repeat, and the models rotate
 among the configs from one repeat to the next (`models_of_repeat`).
 
+Fits vary from one to the next by more than their turns show, so the
+repeat is the unit: every config traces its train function afresh in each
+repeat (the guarded ones must anyway, as the models rotate), and the
+bootstrap draws repeats before turns (`bootstrap_picks`). The intervals
+then hold the fit-to-fit variation, and more repeats narrow them.
+
 glibc's malloc hands big freed buffers back to the kernel, so every step
 faults its buffers in again: about 25,000 page faults, a tenth of a step,
 in a number that changes with the process's allocation history (one fit
@@ -43,12 +49,11 @@ Also printed, to say where the time goes:
   hooks    the callbacks' own time per timed step (batch hooks, and epoch
            ends spread over the steps), between two markers placed first
            and last in the callback list;
-  in step  the ops the guard adds to Keras's train step, compiled and timed
-           on their own with a real batch, against an empty compiled call;
-  parts    the time ratio these two would give on their own:
-           (bare step + hooks + in-step ops) / bare step. It is precise,
-           but blind to any cost they leave elsewhere; the whole-fit ratio
-           is the measurement;
+  in step  what the guard adds to Keras's train step, in place: the guarded
+           train functions and Keras's own called in turn on one model;
+  parts    the time ratio these two give together:
+           (bare step + hooks + in-step cost) / bare step; the whole-fit
+           ratio is the measurement, the parts say where it comes from;
   cpu      the process's CPU time per timed step, every thread's: work
            added anywhere shows in it, time spent waiting does not.
 
@@ -61,7 +66,6 @@ import json
 import os
 import random
 import resource
-import statistics
 import sys
 import tempfile
 import threading
@@ -272,13 +276,23 @@ def models_of_repeat(configs, models, repeat):
     return {name: models[(index + repeat) % len(models)] for index, name in enumerate(configs)}
 
 
-def median_rates(seconds_by_repeat, rounds=None):
-    """Median over repeats of timed turns per second; `rounds` picks (with repetition) the turns counted."""
-    rates = []
-    for repeat, seconds in enumerate(seconds_by_repeat):
-        picked = seconds if rounds is None else seconds[rounds[repeat]]
-        rates.append(len(picked) / picked.sum())
-    return float(np.median(rates))
+def median_rates(seconds_by_repeat, picks=None):
+    """Median over repeats of timed turns per second; `picks` ([(repeat, turn indices)]) resamples them."""
+    if picks is None:
+        picks = [(repeat, slice(None)) for repeat in range(len(seconds_by_repeat))]
+    return float(np.median([len(seconds_by_repeat[repeat][turns]) / seconds_by_repeat[repeat][turns].sum()
+                            for repeat, turns in picks]))
+
+
+def bootstrap_picks(generator, turns_per_repeat):
+    """One bootstrap draw of `median_rates`'s picks: repeats drawn with replacement, then turns within each.
+
+    Repeats first, because fits vary more than the turns within one show:
+    drawing turns alone once gave `null`, which differs from `bare` in
+    nothing, an interval against Keras's pair of 0.958-0.990.
+    """
+    repeats = generator.integers(0, len(turns_per_repeat), len(turns_per_repeat))
+    return [(repeat, generator.integers(0, turns_per_repeat[repeat], turns_per_repeat[repeat])) for repeat in repeats]
 
 
 def measure_fits(args, data, dataset):
@@ -292,6 +306,8 @@ def measure_fits(args, data, dataset):
     cpu_seconds = {name: [] for name in args.configs}
     with tempfile.TemporaryDirectory() as root:
         for repeat in range(args.repeats):
+            for model in models:
+                model.train_function = None  # every config's fit traces afresh, as the guarded ones do
             for name, turns in lock_step_fits(args, models_of_repeat(args.configs, models, repeat), dataset, root,
                                               repeat).items():
                 seconds[name].append(np.array(turns.seconds))
@@ -301,14 +317,15 @@ def measure_fits(args, data, dataset):
     rates = {name: median_rates(values) for name, values in seconds.items()}
     timed = {name: sum(len(values) for values in seconds[name]) for name in args.configs}
     ratios = {name: rates["bare"] / rate for name, rate in rates.items()}
-    # Resampling whole rounds keeps each config's turn paired with bare's of the same round.
+    # The same picks for every config keep each config's turns paired with bare's of the same repeat and round.
     generator = np.random.default_rng(0)
     resampled = {name: [] for name in args.configs}
+    turns_per_repeat = [len(values) for values in seconds["bare"]]
     for _ in range(args.bootstrap):
-        rounds = [generator.integers(0, len(values), len(values)) for values in seconds["bare"]]
-        bare = median_rates(seconds["bare"], rounds)
+        picks = bootstrap_picks(generator, turns_per_repeat)
+        bare = median_rates(seconds["bare"], picks)
         for name in args.configs:
-            resampled[name].append(bare / median_rates(seconds[name], rounds))
+            resampled[name].append(bare / median_rates(seconds[name], picks))
     result = {
         "steps_per_second": rates,
         "time_ratio_vs_bare": ratios,
@@ -335,45 +352,56 @@ def _intervals(resampled):
 
 
 def measure_in_step(args, data, dataset):
-    """The cost of the ops the guard adds to each train step, timed alone to a few microseconds.
+    """What the guard adds to each train step, measured in place: guarded train functions against Keras's own.
 
-    Whole steps vary by ~10% from one to the next on this machine, so the
-    few hundred microseconds the guard adds cannot be seen in them. Instead,
-    `StepGuard.after_step` (exactly what the guarded step runs after Keras's
-    own) is compiled on its own, with a real batch and finite losses, and
-    timed against a compiled function that takes the same inputs and does
-    nothing, in interleaved blocks. Inside the train step there is no call
-    overhead at all, so this is an upper bound of what a step pays.
+    One model, Keras's train function and, for each guarded config among
+    the configs, the train function its `NaNGuard` would install, called
+    in rounds (each round every function once, in a new random order) on
+    the same data stream. A call is a whole step, so whatever the check
+    costs inside it shows, not only its own ops: compiled and timed alone
+    they took 0.1-0.3 ms, a tenth of what they cost in place. Steps vary
+    by ~10% from one to the next here, so a few hundred rounds give the
+    ratio to +-1%; the interval is a bootstrap over rounds.
     """
     model = stand_in.model(args, data)
-    model.fit(dataset, epochs=1, steps_per_epoch=1, verbose=0)  # builds the model and its metrics
+    model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)  # builds the model, its optimizer and metrics
+    model.train_function = None
+    model.make_train_function()
+    functions = {"keras": model.train_function}
     variables = [tf_variable(v) for _, v in model_variables(model) if tf.as_dtype(v.dtype).is_floating]
-    batch = next(iter(dataset))
-    logs = {name: tf.constant(1.0) for name in ["loss"] + [f"{output}_loss" for output in model.output_names]}
-    functions = {"nothing": tf.function(lambda batch, logs: tf.constant(False), autograph=False)}
-    for name in GUARDED:
+    iterator = iter(dataset)
+    for name in [name for name in args.configs if name in GUARDED]:
         with tempfile.TemporaryDirectory() as log_dir:
             nan_guard = next(callback for callback in callbacks_for(name, model, log_dir)
                              if isinstance(callback, NaNGuard))
         guard = StepGuard(model, variables, **nan_guard.step_guard_options())
         guard.reset()
-        guard.install()  # as at train begin: decides what is captured; then the model gets its step back
+        guard.install()
+        functions[name] = model.train_function
+        functions[name](iterator)  # traced now, while the model's train_step is the guarded one
         guard.uninstall()
-        functions[name] = tf.function(guard.after_step, autograph=False)
     seconds = {name: [] for name in functions}
-    for block in range(args.op_blocks + 1):  # block 0 traces and warms up
-        for name, function in functions.items():
+    order = list(functions)
+    shuffler = random.Random(0)
+    for round_ in range(args.step_rounds + 1):  # round 0 warms up
+        shuffler.shuffle(order)
+        for name in order:
             start = time.perf_counter()
-            for _ in range(args.op_calls):
-                function(batch, logs).numpy()
-            if block:
-                seconds[name].append((time.perf_counter() - start) / args.op_calls)
-    nothing = statistics.median(seconds["nothing"])
+            np.asarray(tf.nest.flatten(functions[name](iterator))[0])  # the step's results, so it has ended
+            if round_:
+                seconds[name].append(time.perf_counter() - start)
+    keras_seconds = np.array(seconds.pop("keras"))
+    log_ratios = {name: np.log(np.array(values) / keras_seconds) for name, values in seconds.items()}
+    generator = np.random.default_rng(0)
+    draws = [generator.integers(0, args.step_rounds, args.step_rounds) for _ in range(args.bootstrap)]
+    resampled = {name: np.exp([values[draw].mean() for draw in draws]) for name, values in log_ratios.items()}
+    keras_ms = 1000 * float(np.median(keras_seconds))
+    ratios = {name: float(np.exp(values.mean())) for name, values in log_ratios.items()}
     return {
-        "blocks": args.op_blocks, "calls_per_block": args.op_calls,
-        "call_overhead_ms": 1000 * nothing,
-        "added_ms_per_step": {name: 1000 * (statistics.median(values) - nothing)
-                              for name, values in seconds.items() if name != "nothing"},
+        "rounds": args.step_rounds, "keras_step_ms": keras_ms,
+        "step_ratio_vs_keras": ratios,
+        "step_ratio_95_interval": _intervals(resampled),
+        "added_ms_per_step": {name: (ratio - 1) * keras_ms for name, ratio in ratios.items()},
     }
 
 
@@ -385,14 +413,14 @@ def measure(args):
                   gridsize=args.gridsize, batch_size=args.batch_size, keras=keras.__version__,
                   tensorflow=tf.__version__,
                   malloc={name: os.environ.get(name) for name in KEEP_FREED_MEMORY})
-    if args.op_blocks:
+    if args.step_rounds:
         result["in_step"] = measure_in_step(args, data, dataset)
         result["parts_ratio_vs_bare"] = parts_ratios(result)
     return result
 
 
 def parts_ratios(result):
-    """The time ratio the directly timed parts give: (bare step + hooks + in-step ops alone) / bare step.
+    """The time ratio the parts give: (bare step + hooks + what the guard adds to the step in place) / bare step.
 
     Bare's own hook time (the markers) is already in its step.
     """
@@ -422,11 +450,12 @@ def print_table(result, args):
             print(f"  {name:<10} {ratio:.3f} ({low:.3f}-{high:.3f})")
     if "in_step" in result:
         in_step = result["in_step"]
-        step_ms = result["step_ms"]["bare"]
-        print(f"\nops the guard adds to each train step, timed alone ({in_step['blocks']} blocks of "
-              f"{in_step['calls_per_block']} calls, less an empty call's {in_step['call_overhead_ms']:.3f} ms):")
-        for name, added in in_step["added_ms_per_step"].items():
-            print(f"  {name:<10} {added:7.3f} ms per step = {100 * added / step_ms:.3f}% of the bare step")
+        print(f"\nwhat the guard adds to the train step in place ({in_step['rounds']} rounds of one call each, "
+              f"against Keras's step of {in_step['keras_step_ms']:.1f} ms):")
+        for name, ratio in in_step["step_ratio_vs_keras"].items():
+            low, high = in_step["step_ratio_95_interval"][name]
+            print(f"  {name:<10} step ratio {ratio:.3f} ({low:.3f}-{high:.3f}) = "
+                  f"{in_step['added_ms_per_step'][name]:+.2f} ms per step")
 
 
 def main(argv=None):
@@ -438,9 +467,8 @@ def main(argv=None):
     stand_in.add_arguments(parser)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     parser.add_argument("--bootstrap", type=int, default=2000, help="resamples for the 95%% intervals")
-    parser.add_argument("--op-blocks", type=int, default=7,
-                        help="interleaved blocks timing the guard's in-step ops alone (0: skip)")
-    parser.add_argument("--op-calls", type=int, default=200, help="calls per block")
+    parser.add_argument("--step-rounds", type=int, default=300,
+                        help="rounds of the in-place step comparison, one call per function each (0: skip)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--system-malloc", action="store_true",
                         help="keep glibc's malloc as it is (it returns freed buffers, and steps fault them in again)")
@@ -451,8 +479,8 @@ def main(argv=None):
         parser.error("--configs must not repeat a config")
     if args.steps < 1 or args.epochs < 1 or args.warmup < 1 or args.epochs * args.steps - args.warmup < 2:
         parser.error("need --steps, --epochs and --warmup >= 1 and at least 2 timed steps per fit")
-    if args.repeats < 1 or args.bootstrap < 1 or args.op_blocks < 0 or args.op_calls < 1:
-        parser.error("need --repeats >= 1, --bootstrap >= 1, --op-blocks >= 0 and --op-calls >= 1")
+    if args.repeats < 1 or args.bootstrap < 1 or args.step_rounds < 0:
+        parser.error("need --repeats >= 1, --bootstrap >= 1 and --step-rounds >= 0")
     result = measure(args)
     if args.json:
         print(json.dumps(result, indent=2))

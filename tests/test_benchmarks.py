@@ -7,6 +7,8 @@ import subprocess
 import sys
 import threading
 
+import numpy as np
+
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 
@@ -29,7 +31,7 @@ def _overhead_module():
 
 def test_overhead_benchmark_reports_every_part_it_is_asked_for():
     result = _run("overhead.py", "--epochs", "2", "--steps", "2", "--warmup", "1", "--repeats", "2",
-                  "--bootstrap", "50", "--op-blocks", "1", "--op-calls", "3",
+                  "--bootstrap", "50", "--step-rounds", "3",
                   "--configs", "bare", "keras", "unguarded", "guard", "null")
     configs = {"bare", "keras", "unguarded", "guard", "null"}
     assert set(result["steps_per_second"]) == configs
@@ -54,8 +56,14 @@ def test_overhead_benchmark_reports_every_part_it_is_asked_for():
     assert hooks["guard"] > max(hooks["bare"], hooks["null"])
     assert hooks["unguarded"] > max(hooks["bare"], hooks["null"])  # the suite's other callbacks
     assert set(result["cpu_ms_per_step"]) == configs and all(ms > 0 for ms in result["cpu_ms_per_step"].values())
-    added = result["in_step"]["added_ms_per_step"]
-    assert set(added) == {"guard", "lossguard", "rollback", "forensics", "suite"}
+    # In place, the one guarded config's train function ran against Keras's own, one call a round.
+    in_step = result["in_step"]
+    assert in_step["rounds"] == 3 and in_step["keras_step_ms"] > 0
+    assert set(in_step["step_ratio_vs_keras"]) == {"guard"}
+    low, high = in_step["step_ratio_95_interval"]["guard"]
+    assert 0 < low <= in_step["step_ratio_vs_keras"]["guard"] <= high and math.isfinite(high)
+    added = in_step["added_ms_per_step"]
+    assert math.isclose(added["guard"], (in_step["step_ratio_vs_keras"]["guard"] - 1) * in_step["keras_step_ms"])
     # The parts ratio is the bare step plus what the config's hooks and in-step ops add to it.
     parts, bare_ms = result["parts_ratio_vs_bare"], result["step_ms"]["bare"]
     assert parts["bare"] == 1.0
@@ -100,6 +108,22 @@ def test_models_rotate_so_that_every_config_has_every_model_once_in_as_many_repe
     for name in configs:
         assert sorted(assigned[name] for assigned in repeats) == models
     assert repeats[0]["bare"] != repeats[1]["bare"]
+
+
+def test_bootstrap_draws_whole_repeats_so_that_a_repeat_s_own_speed_widens_the_interval():
+    overhead = _overhead_module()
+    # Within each repeat every turn took the same time; the config ran 10% slower than bare in repeat 1 only.
+    bare, config = [np.full(4, 1.0), np.full(4, 1.0)], [np.full(4, 1.0), np.full(4, 1.1)]
+    generator = np.random.default_rng(1)
+    ratios = []
+    for _ in range(200):
+        picks = overhead.bootstrap_picks(generator, [4, 4])
+        assert all(len(turns) == 4 and 0 <= turns.min() and turns.max() < 4 for _, turns in picks)
+        ratios.append(overhead.median_rates(bare, picks) / overhead.median_rates(config, picks))
+    # Drawing turns alone would give the two-repeat ratio every time; drawing repeats gives each repeat alone too.
+    assert math.isclose(min(ratios), 1.0) and math.isclose(max(ratios), 1.1)
+    whole = overhead.median_rates(bare) / overhead.median_rates(config)
+    assert 1.0 < whole < 1.1
 
 
 def test_report_path_benchmark_times_statistics_and_rendering():
