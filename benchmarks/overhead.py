@@ -381,15 +381,17 @@ def measure_in_step(args, data, dataset):
         functions[name](iterator)  # traced now, while the model's train_step is the guarded one
         guard.uninstall()
     seconds = {name: [] for name in functions}
+    page_faults = []
     order = list(functions)
     shuffler = random.Random(0)
     for round_ in range(args.step_rounds + 1):  # round 0 warms up
         shuffler.shuffle(order)
         for name in order:
-            start = time.perf_counter()
+            start, start_faults = time.perf_counter(), _page_faults()
             np.asarray(tf.nest.flatten(functions[name](iterator))[0])  # the step's results, so it has ended
             if round_:
                 seconds[name].append(time.perf_counter() - start)
+                page_faults.append(_page_faults() - start_faults)
     keras_seconds = np.array(seconds.pop("keras"))
     log_ratios = {name: np.log(np.array(values) / keras_seconds) for name, values in seconds.items()}
     generator = np.random.default_rng(0)
@@ -398,7 +400,7 @@ def measure_in_step(args, data, dataset):
     keras_ms = 1000 * float(np.median(keras_seconds))
     ratios = {name: float(np.exp(values.mean())) for name, values in log_ratios.items()}
     return {
-        "rounds": args.step_rounds, "keras_step_ms": keras_ms,
+        "rounds": args.step_rounds, "keras_step_ms": keras_ms, "page_faults_per_step": float(np.median(page_faults)),
         "step_ratio_vs_keras": ratios,
         "step_ratio_95_interval": _intervals(resampled),
         "added_ms_per_step": {name: (ratio - 1) * keras_ms for name, ratio in ratios.items()},
@@ -451,7 +453,8 @@ def print_table(result, args):
     if "in_step" in result:
         in_step = result["in_step"]
         print(f"\nwhat the guard adds to the train step in place ({in_step['rounds']} rounds of one call each, "
-              f"against Keras's step of {in_step['keras_step_ms']:.1f} ms):")
+              f"against Keras's step of {in_step['keras_step_ms']:.1f} ms; "
+              f"{in_step['page_faults_per_step']:.0f} page faults a step):")
         for name, ratio in in_step["step_ratio_vs_keras"].items():
             low, high = in_step["step_ratio_95_interval"][name]
             print(f"  {name:<10} step ratio {ratio:.3f} ({low:.3f}-{high:.3f}) = "

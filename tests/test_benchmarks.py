@@ -58,7 +58,7 @@ def test_overhead_benchmark_reports_every_part_it_is_asked_for():
     assert set(result["cpu_ms_per_step"]) == configs and all(ms > 0 for ms in result["cpu_ms_per_step"].values())
     # In place, the one guarded config's train function ran against Keras's own, one call a round.
     in_step = result["in_step"]
-    assert in_step["rounds"] == 3 and in_step["keras_step_ms"] > 0
+    assert in_step["rounds"] == 3 and in_step["keras_step_ms"] > 0 and in_step["page_faults_per_step"] >= 0
     assert set(in_step["step_ratio_vs_keras"]) == {"guard"}
     low, high = in_step["step_ratio_95_interval"]["guard"]
     assert 0 < low <= in_step["step_ratio_vs_keras"]["guard"] <= high and math.isfinite(high)
