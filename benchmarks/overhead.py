@@ -359,9 +359,10 @@ def measure_in_step(args, data, dataset):
     in rounds (each round every function once, in a new random order) on
     the same data stream. A call is a whole step, so whatever the check
     costs inside it shows, not only its own ops: compiled and timed alone
-    they took 0.1-0.3 ms, a tenth of what they cost in place. Steps vary
-    by ~10% from one to the next here, so a few hundred rounds give the
-    ratio to +-1%; the interval is a bootstrap over rounds.
+    they took 0.1-0.45 ms at N=64, a tenth of what they cost in place in
+    runs with few page faults. Steps vary by ~10% from one to the next
+    here, so a few hundred rounds give the ratio to +-1%; the interval is
+    a bootstrap over rounds.
     """
     model = stand_in.model(args, data)
     model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)  # builds the model, its optimizer and metrics
@@ -415,20 +416,22 @@ def measure(args):
                   gridsize=args.gridsize, batch_size=args.batch_size, keras=keras.__version__,
                   tensorflow=tf.__version__,
                   malloc={name: os.environ.get(name) for name in KEEP_FREED_MEMORY})
-    if args.step_rounds:
+    if args.step_rounds and any(name in GUARDED for name in args.configs):
         result["in_step"] = measure_in_step(args, data, dataset)
-        result["parts_ratio_vs_bare"] = parts_ratios(result)
+    result["parts_ratio_vs_bare"] = parts_ratios(result)
     return result
 
 
 def parts_ratios(result):
     """The time ratio the parts give: (bare step + hooks + what the guard adds to the step in place) / bare step.
 
-    Bare's own hook time (the markers) is already in its step.
+    Bare's own hook time (the markers) is already in its step. A guarded
+    config whose step was not compared in place (--step-rounds 0) has none.
     """
-    bare_ms, hooks, in_step = result["step_ms"]["bare"], result["hook_ms_per_step"], result["in_step"]
-    return {name: 1 + (hooks[name] - hooks["bare"] + in_step["added_ms_per_step"].get(name, 0.0)) / bare_ms
-            for name in hooks}
+    bare_ms, hooks = result["step_ms"]["bare"], result["hook_ms_per_step"]
+    added = result.get("in_step", {}).get("added_ms_per_step", {})
+    return {name: 1 + (hooks[name] - hooks["bare"] + added.get(name, 0.0)) / bare_ms
+            for name in hooks if name not in GUARDED or name in added}
 
 
 def print_table(result, args):

@@ -126,6 +126,15 @@ def test_bootstrap_draws_whole_repeats_so_that_a_repeat_s_own_speed_widens_the_i
     assert 1.0 < whole < 1.1
 
 
+def test_parts_ratio_leaves_out_a_guarded_config_whose_step_was_not_compared_in_place():
+    parts_ratios = _overhead_module().parts_ratios
+    result = {"step_ms": {"bare": 100.0}, "hook_ms_per_step": {"bare": 0.0, "keras": 4.0, "guard": 1.0}}
+    parts = parts_ratios(result)  # --step-rounds 0: the guard's hooks alone would understate it
+    assert set(parts) == {"bare", "keras"} and math.isclose(parts["keras"], 1.04)
+    result["in_step"] = {"added_ms_per_step": {"guard": 2.0}}
+    assert math.isclose(parts_ratios(result)["guard"], 1.03)
+
+
 def test_report_path_benchmark_times_statistics_and_rendering():
     result = _run("report_path.py", "--repeats", "1", "--object-size", "64", "--stage-shape", "8", "16", "16", "1")
     assert result["seconds"]["total"] > 0
