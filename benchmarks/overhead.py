@@ -448,7 +448,7 @@ def print_table(result, args):
     print(f"({result['repeats']} lock-step runs of {args.epochs} epochs x {args.steps} steps per config, "
           f"{result['timed_steps']['bare']} timed steps each; N={args.N}, gridsize {args.gridsize}, "
           f"batch {args.batch_size}, Keras {result['keras']}, malloc {malloc})")
-    if "time_ratio_vs_keras" in result:
+    if result.get("time_ratio_vs_keras"):  # empty with bare and keras alone
         print("\ntime ratio against Keras's pair (below 1: cheaper), from the same resamples:")
         for name, ratio in result["time_ratio_vs_keras"].items():
             low, high = result["time_ratio_vs_keras_95_interval"][name]
