@@ -64,7 +64,7 @@ def test_overhead_benchmark_reports_every_part_it_is_asked_for():
     assert 0 < low <= in_step["step_ratio_vs_keras"]["guard"] <= high and math.isfinite(high)
     added = in_step["added_ms_per_step"]
     assert math.isclose(added["guard"], (in_step["step_ratio_vs_keras"]["guard"] - 1) * in_step["keras_step_ms"])
-    # The parts ratio is the bare step plus what the config's hooks and in-step ops add to it.
+    # The parts ratio is the bare step plus what the config's hooks and its in-place step cost add to it.
     parts, bare_ms = result["parts_ratio_vs_bare"], result["step_ms"]["bare"]
     assert parts["bare"] == 1.0
     assert math.isclose(parts["null"], 1 + (hooks["null"] - hooks["bare"]) / bare_ms)
