@@ -292,7 +292,8 @@ class NaNGuard(RecordingCallback):
         if self._log_scale is not None:
             values[LOG_SCALE] = float(packed[3])
         if first_bad < 0:
-            self._last_finite["train"].update(values)
+            # Finite losses, yet log_scale can be non-finite already (without check_weights it fires nothing).
+            self._keep_last_finite("train", values)
             if self._log_scale is not None:  # the scale monitor's value of this step
                 self._trackers.keep_variable(self._log_scale, values[LOG_SCALE], self.global_step)
             return
@@ -316,7 +317,7 @@ class NaNGuard(RecordingCallback):
         values = {name: value for name, value in self._trackers.read(prefix="val_").items() if is_loss_name(name)}
         values.update(self._logged_losses(logs, prefix="val_"))
         if all(_is_finite(v) for v in values.values()):
-            self._last_finite["val"].update(values)
+            self._keep_last_finite("val", values)
             return
         self._on_event("val", batch, values)
 
@@ -361,6 +362,10 @@ class NaNGuard(RecordingCallback):
         return [(name, value_of[kind], variable is self._log_scale)
                 for (name, variable), kind in zip(self._variables or [], kinds) if kind in value_of]
 
+    def _keep_last_finite(self, phase, values):
+        """Keeps, per name, the latest finite value of `phase` ("train" or "val")."""
+        self._last_finite[phase].update({name: value for name, value in values.items() if _is_finite(value)})
+
     def _order(self, names):
         def rank(name):
             bare = name[4:] if name.startswith("val_") else name
@@ -381,8 +386,7 @@ class NaNGuard(RecordingCallback):
             others = [(name, value) for name, value, is_scale in bad if not is_scale]
             if others and self.check_weights:
                 extra_values[WEIGHTS] = others[0][1]
-        # Per name: the names still finite at this batch keep this batch's value.
-        self._last_finite[phase].update({name: value for name, value in values.items() if _is_finite(value)})
+        self._keep_last_finite(phase, values)  # the names still finite at this batch keep its value
         components = [name for name, value in values.items() if not _is_finite(value)] + list(extra_values)
         components = self._order(components)
         event_values = {name: extra_values[name] if name in extra_values else values[name] for name in components}
