@@ -95,6 +95,13 @@ class RecordingCallback(keras.callbacks.Callback):
         self._epoch_start_step = self._fit_start_step = 0
         self._writers = {}
         self._scalar_buffers = {}
+        self.verbose = 0
+
+    def announce(self, level, code, message, look_at):
+        """Adds a finding to the record and, when verbose, prints it as one line that says where to look."""
+        self.record.add_finding(level, code, message)
+        if self.verbose:
+            print(f"{type(self).__name__}: {message} See {look_at}.", flush=True)
 
     def writer(self, run="train"):
         """The shared summary writer of this run's `run` directory, or None without log_dir."""

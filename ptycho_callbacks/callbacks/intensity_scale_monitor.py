@@ -7,8 +7,8 @@ import numpy as np
 from .. import stats
 from .base import RecordingCallback, summary_value
 from .batch_values import BatchValues, variable_value
+from .probe_inputs import check_probe_inputs, probe_batch
 from .scale_discovery import find_log_scale, is_trained_by_optimizer, shares_one_variable
-from .stage_statistics import announce, check_probe_inputs, probe_batch
 
 HOW_TO_NAME = ("pass log_scale_variable=<the variable> to IntensityScaleMonitor or default_callbacks; "
                "found without it are the one variable held (as a weight, or an attribute such as `w`) "
@@ -109,9 +109,9 @@ class IntensityScaleMonitor(RecordingCallback):
         self._variable = variable
         if variable is None:
             self.record.log_scale = {"found": False, "how_found": how, "note": HOW_TO_NAME}
-            announce(self, "warning", "log_scale_not_found",
-                     f"no log_scale variable found at train begin ({how}): the scale is not watched; "
-                     f"{HOW_TO_NAME}.", _STATE_SECTION)
+            self.announce("warning", "log_scale_not_found",
+                          f"no log_scale variable found at train begin ({how}): the scale is not watched; "
+                          f"{HOW_TO_NAME}.", _STATE_SECTION)
             return
         initial = self._value()
         config = self.record.config
@@ -135,15 +135,15 @@ class IntensityScaleMonitor(RecordingCallback):
             "shared": shares_one_variable(scalers, variable), "note": None,
         }
         if declared and not trained:
-            announce(self, "warning", "log_scale_not_trained",
-                     "log_scale says trainable=True but is not among the model's trainable variables at "
-                     "train begin, so the optimizer will never update it (a plain tf.Variable set as a "
-                     "layer attribute is not tracked by Keras 3); create it with add_weight, or train "
-                     "with tf_keras.", f"TensorBoard scale/epoch/log_scale (flat) and {_STATE_SECTION}")
+            self.announce("warning", "log_scale_not_trained",
+                          "log_scale says trainable=True but is not among the model's trainable variables at "
+                          "train begin, so the optimizer will never update it (a plain tf.Variable set as a "
+                          "layer attribute is not tracked by Keras 3); create it with add_weight, or train "
+                          "with tf_keras.", f"TensorBoard scale/epoch/log_scale (flat) and {_STATE_SECTION}")
         if self.record.log_scale["shared"] is False:
-            announce(self, "warning", "log_scale_not_shared",
-                     "IntensityScaler and IntensityScaler_inv hold different variables at train begin: "
-                     "input and output are scaled by different factors.", _STATE_SECTION)
+            self.announce("warning", "log_scale_not_shared",
+                          "IntensityScaler and IntensityScaler_inv hold different variables at train begin: "
+                          "input and output are scaled by different factors.", _STATE_SECTION)
         if self.probe_inputs is not None:
             self._check_double_application(self._configured)
 
@@ -164,16 +164,16 @@ class IntensityScaleMonitor(RecordingCallback):
         self.record.log_scale["scaled_input_intensity"] = observed
         look_at = "the model's input data path (PtychoPINN feeds intensity_scale * X)"
         if abs(off_by + 1) < 0.25:
-            announce(self, "warning", "log_scale_double_applied",
-                     f"at train begin, the probe batch's scaled input has mean pattern intensity {observed:.4g}, "
-                     f"about (N/2)^2 / scale^2 (expected {expected:.4g}): the input looks divided by the "
-                     "scale twice. Feed the model intensity_scale * X, not X.", look_at)
+            self.announce("warning", "log_scale_double_applied",
+                          f"at train begin, the probe batch's scaled input has mean pattern intensity {observed:.4g}, "
+                          f"about (N/2)^2 / scale^2 (expected {expected:.4g}): the input looks divided by the "
+                          "scale twice. Feed the model intensity_scale * X, not X.", look_at)
         elif abs(off_by - 1) < 0.25:
-            announce(self, "warning", "log_scale_not_applied",
-                     f"at train begin, the probe batch's scaled input has mean pattern intensity {observed:.4g}, "
-                     f"about (N/2)^2 * scale^2 (expected {expected:.4g}): the input looks multiplied by the scale "
-                     "twice. Feed the model intensity_scale * X once.",
-                     look_at)
+            self.announce("warning", "log_scale_not_applied",
+                          f"at train begin, the probe batch's scaled input has mean pattern intensity {observed:.4g}, "
+                          f"about (N/2)^2 * scale^2 (expected {expected:.4g}): the input looks multiplied by the scale "
+                          "twice. Feed the model intensity_scale * X once.",
+                          look_at)
 
     def on_train_batch_end(self, batch, logs=None):
         super().on_train_batch_end(batch, logs)
@@ -198,12 +198,12 @@ class IntensityScaleMonitor(RecordingCallback):
         ratio = _safe_exp(value) / configured
         if math.isfinite(ratio) and abs(ratio - 1) > self.drift_tolerance and not self._drift_warned:
             self._drift_warned = True
-            announce(self, "warning", "log_scale_drift",
-                     f"exp(log_scale) = {_safe_exp(value):.4g} drifted {100 * (ratio - 1):+.1f}% from the "
-                     f"configured intensity_scale {configured:.4g} at the end of epoch {epoch} (0-based; step "
-                     f"{self.global_step}; "
-                     f"tolerance {100 * self.drift_tolerance:.0f}%): predictions are rescaled by that factor.",
-                     "TensorBoard scale/epoch/ratio_to_configured")
+            self.announce("warning", "log_scale_drift",
+                          f"exp(log_scale) = {_safe_exp(value):.4g} drifted {100 * (ratio - 1):+.1f}% from the "
+                          f"configured intensity_scale {configured:.4g} at the end of epoch {epoch} (0-based; step "
+                          f"{self.global_step}; "
+                          f"tolerance {100 * self.drift_tolerance:.0f}%): predictions are rescaled by that factor.",
+                          "TensorBoard scale/epoch/ratio_to_configured")
         if self.log_dir is not None:
             import tensorflow as tf
 
@@ -221,14 +221,14 @@ class IntensityScaleMonitor(RecordingCallback):
             state["moved"] = state["final"] != state["initial"]
             restored = any(event.get("weights_restored") for event in self.record.nan_events)
             if restored and not state["moved"]:
-                announce(self, "info", "log_scale_restored",
-                         f"log_scale is back at its initial value at train end (step {self.global_step}): the "
-                         "NaN guard restored the weights of train begin after the NaN.", _STATE_SECTION)
+                self.announce("info", "log_scale_restored",
+                              f"log_scale is back at its initial value at train end (step {self.global_step}): the "
+                              "NaN guard restored the weights of train begin after the NaN.", _STATE_SECTION)
             elif state["declared_trainable"] and state["in_trainable_variables"] and not state["moved"]:
-                announce(self, "warning", "log_scale_not_moved",
-                         f"log_scale is trainable and tracked but had not moved at train end (step "
-                         f"{self.global_step}, {len(state['history'])} epoch(s)): zero gradient, or a "
-                         "learning rate of 0 for it.", f"TensorBoard scale/batch/log_scale and {_STATE_SECTION}")
+                self.announce("warning", "log_scale_not_moved",
+                              f"log_scale is trainable and tracked but had not moved at train end (step "
+                              f"{self.global_step}, {len(state['history'])} epoch(s)): zero gradient, or a "
+                              "learning rate of 0 for it.", f"TensorBoard scale/batch/log_scale and {_STATE_SECTION}")
         self.release_writers()
 
     def get_config(self):

@@ -18,6 +18,7 @@ from .. import stats
 from .._keras import keras
 from ..record import CONTAINER_STAGE, PREDICTION_STAGE, TRUTH_STAGE
 from .base import RecordingCallback, summary_value
+from .probe_inputs import batch_size, check_probe_inputs, probe_batch, symbolic_dtype, to_numpy
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _RESERVED_NAMES = ("ratio", "invariant")
@@ -33,13 +34,6 @@ HISTOGRAM_MAX_VALUES = 1_000_000
 """At most this many values (an even stride through the array) go into one histogram."""
 
 _NO_VALUES = np.zeros(0)
-
-
-def announce(callback, level, code, message, look_at):
-    """Adds a finding to the callback's record and, when it is verbose, prints it as one line."""
-    callback.record.add_finding(level, code, message)
-    if callback.verbose:
-        print(f"{type(callback).__name__}: {message} See {look_at}.", flush=True)
 
 
 def _refuse_complex_amplitude(stage_name, what, dtype):
@@ -58,11 +52,6 @@ def _check_values(where, values, what, stage_name=None):
     return array
 
 
-def _symbolic_dtype(tensor):
-    """The numpy dtype of a Keras 3 or tf_keras symbolic tensor."""
-    return np.dtype(getattr(tensor.dtype, "name", tensor.dtype))
-
-
 def _histogram_values(array):
     """Finite values of `array` (of |array| when complex) for a histogram, subsampled if huge."""
     flat = np.asarray(array).reshape(-1)
@@ -72,12 +61,6 @@ def _histogram_values(array):
         flat = np.abs(flat)
     flat = flat.astype(np.float64)
     return flat[np.isfinite(flat)]
-
-
-def _to_numpy(value):
-    if hasattr(value, "numpy"):
-        return value.numpy()
-    return np.asarray(value)
 
 
 def _as_list(outputs):
@@ -172,77 +155,6 @@ def _parse_stage(spec, index):
         if text is not None and not isinstance(text, str):
             raise ValueError(f"stage {name!r}: {key!r} must be a string, got {type(text).__name__}")
     return _Stage(name, label or name, source, kind, value)
-
-
-def probe_batch(probe_inputs):
-    """The probe inputs as numeric numpy arrays (dict or list kept as such).
-
-    Raises:
-        ValueError: an input is not numeric, holds no sample, or the inputs
-            have different batch sizes.
-    """
-    def numeric(value, key):
-        return stats.numeric_array(_to_numpy(value), f"probe_inputs[{key!r}]")
-
-    if isinstance(probe_inputs, dict):
-        batch = {key: numeric(value, key) for key, value in probe_inputs.items()}
-        arrays = list(batch.values())
-    elif isinstance(probe_inputs, (list, tuple)):
-        batch = [numeric(value, index) for index, value in enumerate(probe_inputs)]
-        arrays = batch
-    else:
-        batch = stats.numeric_array(_to_numpy(probe_inputs), "probe_inputs")
-        arrays = [batch]
-    if not arrays or any(a.ndim == 0 or a.shape[0] == 0 for a in arrays):
-        raise ValueError("probe_inputs must hold at least one sample for every model input")
-    sizes = {a.shape[0] for a in arrays}
-    if len(sizes) != 1:
-        raise ValueError(f"probe_inputs have different batch sizes: {sorted(sizes)}")
-    return batch
-
-
-def batch_size(batch):
-    """Number of samples of a `probe_batch` result."""
-    first = next(iter(batch.values())) if isinstance(batch, dict) else (
-        batch[0] if isinstance(batch, list) else batch)
-    return int(first.shape[0])
-
-
-def check_probe_inputs(model, batch):
-    """ValueError, before any training step, when `batch` does not fit the model's inputs.
-
-    Checks that every model input is given, with the model's shape (batch
-    axis aside), and that no complex array is fed where the model takes real
-    numbers (Keras would silently drop the imaginary part).
-    """
-    inputs = list(getattr(model, "inputs", None) or [])
-    if not inputs:
-        return
-    names = [tensor.name.split(":")[0] for tensor in inputs]
-    if isinstance(batch, dict):
-        missing = [name for name in names if name not in batch]
-        if missing:
-            raise ValueError(f"probe_inputs has no entry for the model input(s) {missing}; "
-                             f"it has {sorted(batch)}")
-        arrays = [batch[name] for name in names]
-    else:
-        arrays = batch if isinstance(batch, list) else [batch]
-        if len(arrays) != len(inputs):
-            raise ValueError(f"probe_inputs holds {len(arrays)} array(s), the model takes {len(inputs)} "
-                             f"input(s): {names}")
-    for name, tensor, array in zip(names, inputs, arrays):
-        expected = _symbolic_dtype(tensor)
-        if array.dtype.kind == "c" and expected.kind != "c":
-            raise ValueError(
-                f"probe_inputs[{name!r}] is complex ({array.dtype}) but the model input {name!r} is "
-                f"{expected}: Keras would silently drop the imaginary part; pass the real values "
-                "(e.g. the diffraction amplitude) the model is trained on")
-        shape = tuple(tensor.shape)[1:]
-        if array.ndim != len(shape) + 1 or any(
-                want is not None and want != got for want, got in zip(shape, array.shape[1:])):
-            wanted = ", ".join("any" if d is None else str(d) for d in shape)
-            raise ValueError(f"probe_inputs[{name!r}] has shape {array.shape}; the model input {name!r} "
-                             f"takes (batch, {wanted})")
 
 
 class StageStatistics(RecordingCallback):
@@ -512,7 +424,7 @@ class StageStatistics(RecordingCallback):
                 continue
             outputs.append(self._layer_output(model, layer_name, where))
             self._probe_layers.append(layer_name)
-        dtypes = {name: _symbolic_dtype(output) for name, output in zip(self._probe_layers, outputs)}
+        dtypes = {name: symbolic_dtype(output) for name, output in zip(self._probe_layers, outputs)}
         for stage in self.stages:
             if stage.kind == "layer":
                 _refuse_complex_amplitude(stage.name, f"the output of layer {stage.value!r}", dtypes[stage.value])
@@ -530,7 +442,7 @@ class StageStatistics(RecordingCallback):
         if self._probe_fn is None:
             return {}
         outputs = _as_list(self._probe_fn(self.probe_inputs))
-        return {name: _to_numpy(value) for name, value in zip(self._probe_layers, outputs)}
+        return {name: to_numpy(value) for name, value in zip(self._probe_layers, outputs)}
 
     def _histogram(self, values):
         return _histogram_values(values) if self.histograms else _NO_VALUES
@@ -563,7 +475,7 @@ class StageStatistics(RecordingCallback):
     def _fn_values(self, stage):
         """The array an `fn` stage returns; after train begin a bad one is a finding and no values."""
         try:
-            return _check_values(f"stage {stage.name!r}", _to_numpy(stage.value(self.model)),
+            return _check_values(f"stage {stage.name!r}", to_numpy(stage.value(self.model)),
                                  "the array returned by fn(model)", stage_name=stage.name)
         except ValueError as error:
             if self._completed is None:  # train begin: refuse before any training step
@@ -608,7 +520,7 @@ class StageStatistics(RecordingCallback):
     def _announce_once(self, key, level, code, message, look_at):
         if key not in self._reported:
             self._reported.add(key)
-            announce(self, level, code, message, look_at)
+            self.announce(level, code, message, look_at)
 
     def _note_truth(self):
         """Findings about the ground truth itself: known at train begin, before any step."""
