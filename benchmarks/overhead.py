@@ -50,7 +50,8 @@ Also printed, to say where the time goes:
            ends spread over the steps), between two markers placed first
            and last in the callback list;
   in step  what the guard adds to Keras's train step, in place: the guarded
-           train functions and Keras's own called in turn on one model;
+           train functions and Keras's own called in turn on one model,
+           each traced afresh several times (traces differ by ~1%);
   parts    the time ratio these two give together:
            (bare step + hooks + in-step cost) / bare step; the whole-fit
            ratio is the measurement, the parts say where it comes from;
@@ -85,7 +86,7 @@ import tensorflow as tf  # noqa: E402
 from ptycho_callbacks import NaNGuard, default_callbacks  # noqa: E402
 from ptycho_callbacks._keras import keras  # noqa: E402
 from ptycho_callbacks.callbacks.batch_values import tf_variable  # noqa: E402
-from ptycho_callbacks.callbacks.step_guard import StepGuard  # noqa: E402
+from ptycho_callbacks.callbacks.step_guard import StepGuard, fresh_train_function  # noqa: E402
 from ptycho_callbacks.forensics.capture import model_variables  # noqa: E402
 
 import stand_in  # noqa: E402
@@ -359,31 +360,65 @@ def measure_in_step(args, data, dataset):
     in rounds (each round every function once, in a new random order) on
     the same data stream. A call is a whole step, so whatever the check
     costs inside it shows, not only its own ops: compiled and timed alone
-    they took 0.1-0.45 ms at N=64, a tenth of what they cost in place in
-    runs with few page faults. Steps vary by ~10% from one to the next
-    here, so a few hundred rounds give the ratio to +-1%; the interval is
-    a bootstrap over rounds.
+    they took 0.1-0.45 ms at N=64, a tenth of what they once cost in place.
+    Two traces of the same function need not run at the same speed (one
+    run with a single trace put the guard's step 1.1% below Keras's, its
+    interval excluding 1, which added ops cannot do), so every function is
+    traced afresh `--step-traces` times, and the bootstrap draws traces
+    before rounds, as `measure_fits` draws repeats before turns.
     """
     model = stand_in.model(args, data)
     model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)  # builds the model, its optimizer and metrics
-    functions = {"keras": model.train_function}  # the fit's; each guard's uninstall gives it back
     variables = [tf_variable(v) for _, v in model_variables(model) if tf.as_dtype(v.dtype).is_floating]
-    iterator = iter(dataset)
+    options = {}
     for name in [name for name in args.configs if name in GUARDED]:
         with tempfile.TemporaryDirectory() as log_dir:
-            nan_guard = next(callback for callback in callbacks_for(name, model, log_dir)
-                             if isinstance(callback, NaNGuard))
-        guard = StepGuard(model, variables, **nan_guard.step_guard_options())
-        guard.reset()
-        guard.install()
-        functions[name] = model.train_function
-        functions[name](iterator)  # traced now, while the model's train_step is the guarded one
-        guard.uninstall()
+            options[name] = next(callback for callback in callbacks_for(name, model, log_dir)
+                                 if isinstance(callback, NaNGuard)).step_guard_options()
+    iterator = iter(dataset)
+    seconds = {name: [] for name in ["keras", *options]}  # per trace, the seconds of each round's call
+    page_faults = []
+    for trace in range(args.step_traces):
+        functions = {"keras": fresh_train_function(model)}
+        functions["keras"](iterator)  # traced now, with the model's own train_step
+        for name, guard_options in options.items():
+            guard = StepGuard(model, variables, **guard_options)
+            guard.reset()
+            guard.install()
+            functions[name] = model.train_function
+            functions[name](iterator)  # traced now, while the model's train_step is the guarded one
+            guard.uninstall()
+        trace_seconds, trace_faults = calls_in_rounds(functions, iterator, args.step_rounds, random.Random(trace))
+        for name, values in trace_seconds.items():
+            seconds[name].append(values)
+        page_faults += trace_faults
+    keras_seconds = np.array(seconds.pop("keras"))
+    log_ratios = {name: np.log(np.array(values) / keras_seconds) for name, values in seconds.items()}
+    generator = np.random.default_rng(0)
+    picks = [bootstrap_picks(generator, [args.step_rounds] * args.step_traces) for _ in range(args.bootstrap)]
+    resampled = {name: np.exp([np.concatenate([values[trace][rounds] for trace, rounds in draw]).mean()
+                               for draw in picks])
+                 for name, values in log_ratios.items()}
+    keras_ms = 1000 * float(np.median(keras_seconds))
+    ratios = {name: float(np.exp(values.mean())) for name, values in log_ratios.items()}
+    return {
+        "traces": args.step_traces, "rounds": args.step_rounds, "keras_step_ms": keras_ms,
+        "page_faults_per_step": float(np.median(page_faults)),
+        "step_ratio_vs_keras": ratios,
+        "step_ratio_95_interval": _intervals(resampled),
+        "added_ms_per_step": {name: (ratio - 1) * keras_ms for name, ratio in ratios.items()},
+    }
+
+
+def calls_in_rounds(functions, iterator, rounds, shuffler):
+    """Every function called once a round, in a new order each round: ({name: seconds of each call}, faults per call).
+
+    Round 0 warms up and is not timed.
+    """
     seconds = {name: [] for name in functions}
     page_faults = []
     order = list(functions)
-    shuffler = random.Random(0)
-    for round_ in range(args.step_rounds + 1):  # round 0 warms up
+    for round_ in range(rounds + 1):
         shuffler.shuffle(order)
         for name in order:
             start, start_faults = time.perf_counter(), _page_faults()
@@ -391,19 +426,7 @@ def measure_in_step(args, data, dataset):
             if round_:
                 seconds[name].append(time.perf_counter() - start)
                 page_faults.append(_page_faults() - start_faults)
-    keras_seconds = np.array(seconds.pop("keras"))
-    log_ratios = {name: np.log(np.array(values) / keras_seconds) for name, values in seconds.items()}
-    generator = np.random.default_rng(0)
-    draws = [generator.integers(0, args.step_rounds, args.step_rounds) for _ in range(args.bootstrap)]
-    resampled = {name: np.exp([values[draw].mean() for draw in draws]) for name, values in log_ratios.items()}
-    keras_ms = 1000 * float(np.median(keras_seconds))
-    ratios = {name: float(np.exp(values.mean())) for name, values in log_ratios.items()}
-    return {
-        "rounds": args.step_rounds, "keras_step_ms": keras_ms, "page_faults_per_step": float(np.median(page_faults)),
-        "step_ratio_vs_keras": ratios,
-        "step_ratio_95_interval": _intervals(resampled),
-        "added_ms_per_step": {name: (ratio - 1) * keras_ms for name, ratio in ratios.items()},
-    }
+    return seconds, page_faults
 
 
 def measure(args):
@@ -453,7 +476,8 @@ def print_table(result, args):
             print(f"  {name:<10} {ratio:.3f} ({low:.3f}-{high:.3f})")
     if "in_step" in result:
         in_step = result["in_step"]
-        print(f"\nwhat the guard adds to the train step in place ({in_step['rounds']} rounds of one call each, "
+        print(f"\nwhat the guard adds to the train step in place ({in_step['traces']} traces x "
+              f"{in_step['rounds']} rounds of one call each, "
               f"against Keras's step of {in_step['keras_step_ms']:.1f} ms; "
               f"{in_step['page_faults_per_step']:.0f} page faults a step):")
         for name, ratio in in_step["step_ratio_vs_keras"].items():
@@ -471,8 +495,10 @@ def main(argv=None):
     stand_in.add_arguments(parser)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     parser.add_argument("--bootstrap", type=int, default=2000, help="resamples for the 95%% intervals")
-    parser.add_argument("--step-rounds", type=int, default=300,
-                        help="rounds of the in-place step comparison, one call per function each (0: skip)")
+    parser.add_argument("--step-traces", type=int, default=4,
+                        help="traces of each function in the in-place step comparison")
+    parser.add_argument("--step-rounds", type=int, default=150,
+                        help="rounds per trace of the in-place step comparison, one call per function each (0: skip)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--system-malloc", action="store_true",
                         help="keep glibc's malloc as it is (it returns freed buffers, and steps fault them in again)")
@@ -483,8 +509,8 @@ def main(argv=None):
         parser.error("--configs must not repeat a config")
     if args.steps < 1 or args.epochs < 1 or args.warmup < 1 or args.epochs * args.steps - args.warmup < 2:
         parser.error("need --steps, --epochs and --warmup >= 1 and at least 2 timed steps per fit")
-    if args.repeats < 1 or args.bootstrap < 1 or args.step_rounds < 0:
-        parser.error("need --repeats >= 1, --bootstrap >= 1 and --step-rounds >= 0")
+    if args.repeats < 1 or args.bootstrap < 1 or args.step_rounds < 0 or args.step_traces < 1:
+        parser.error("need --repeats >= 1, --bootstrap >= 1, --step-traces >= 1 and --step-rounds >= 0")
     result = measure(args)
     if args.json:
         print(json.dumps(result, indent=2))

@@ -31,7 +31,7 @@ def _overhead_module():
 
 def test_overhead_benchmark_reports_every_part_it_is_asked_for():
     result = _run("overhead.py", "--epochs", "2", "--steps", "2", "--warmup", "1", "--repeats", "2",
-                  "--bootstrap", "50", "--step-rounds", "3",
+                  "--bootstrap", "50", "--step-traces", "2", "--step-rounds", "3",
                   "--configs", "bare", "keras", "unguarded", "guard", "null")
     configs = {"bare", "keras", "unguarded", "guard", "null"}
     assert set(result["steps_per_second"]) == configs
@@ -56,9 +56,10 @@ def test_overhead_benchmark_reports_every_part_it_is_asked_for():
     assert hooks["guard"] > max(hooks["bare"], hooks["null"])
     assert hooks["unguarded"] > max(hooks["bare"], hooks["null"])  # the suite's other callbacks
     assert set(result["cpu_ms_per_step"]) == configs and all(ms > 0 for ms in result["cpu_ms_per_step"].values())
-    # In place, the one guarded config's train function ran against Keras's own, one call a round.
+    # In place, the one guarded config's train function ran against Keras's own, one call a round, in each trace.
     in_step = result["in_step"]
-    assert in_step["rounds"] == 3 and in_step["keras_step_ms"] > 0 and in_step["page_faults_per_step"] >= 0
+    assert (in_step["traces"], in_step["rounds"]) == (2, 3)
+    assert in_step["keras_step_ms"] > 0 and in_step["page_faults_per_step"] >= 0
     assert set(in_step["step_ratio_vs_keras"]) == {"guard"}
     low, high = in_step["step_ratio_95_interval"]["guard"]
     assert 0 < low <= in_step["step_ratio_vs_keras"]["guard"] <= high and math.isfinite(high)

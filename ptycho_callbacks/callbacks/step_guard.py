@@ -61,6 +61,12 @@ def _losses_finite(logs):
     return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
 
 
+def fresh_train_function(model):
+    """A train function Keras makes anew for `model` (traced at its first call), also set as `model.train_function`."""
+    function = model.make_train_function(force=True)
+    return function if function is not None else model.train_function  # tf_keras returns it, Keras 3 sets it
+
+
 _ON_MODEL = "_ptycho_callbacks_step_guard"  # where `StepGuard.for_model` keeps a model's guard
 
 
@@ -231,7 +237,7 @@ class StepGuard:
         keras_function = getattr(model, "train_function", None)
         if self._guarded_function is None or keras_function is None or keras_function is not self._keras_function:
             self._keras_function = keras_function
-            self._guarded_function = self._rebuild_train_function()
+            self._guarded_function = fresh_train_function(model)
         model.train_function = self._guarded_function
         return True
 
@@ -251,10 +257,6 @@ class StepGuard:
             del self.model.train_step
         self.model.train_function = self._keras_function  # None: Keras makes one at the next fit
         self._original_train_step = None
-
-    def _rebuild_train_function(self):
-        function = self.model.make_train_function(force=True)
-        return function if function is not None else self.model.train_function  # tf_keras returns it
 
     def _prepare_capture(self, data, flat):
         if self._captured is not None:
