@@ -132,7 +132,9 @@ class NaNGuard(RecordingCallback):
             attribute; other callbacks' `on_train_end` do not run).
         restore_weights: on a training event, put back the weights after the
             last step where everything was finite (the weights at train
-            begin if the very first step fails).
+            begin if the very first step fails); for a weight another
+            callback made non-finite between steps, the weights the last
+            step started from.
         check_weights: also check every weight after every batch (catches a
             NaN/Inf update before the loss shows it).
         check_validation: also check validation batches.
