@@ -152,9 +152,13 @@ class StepGuard:
         for shadow, variable in zip(self.shadows or [], self.variables):
             shadow.assign(variable)
 
-    def _verdict(self, losses_ok):
-        """(fire, all_ok) inside a tf.function: fire is True when the guard, still armed, must fire now."""
-        watch_all = self.check_weights or self.shadows is not None
+    def _verdict(self, losses_ok, snapshot):
+        """(fire, all_ok) inside a tf.function: fire is True when the guard, still armed, must fire now.
+
+        all_ok (losses and weights finite) serves only a `snapshot` to be taken; without one, and without
+        check_weights, the weights are not read.
+        """
+        watch_all = self.check_weights or (snapshot and self.shadows is not None)
         weights_ok = _all_finite(self.variables) if watch_all else tf.constant(True)
         fire_ok = tf.logical_and(losses_ok, weights_ok) if self.check_weights else losses_ok
         return tf.logical_and(self.first_bad < 0, tf.logical_not(fire_ok)), tf.logical_and(losses_ok, weights_ok)
@@ -174,7 +178,7 @@ class StepGuard:
 
     def check(self, losses_ok, step, snapshot=True, batch=None):
         """The check itself (inside a tf.function): returns True when the guard fires at this `step`."""
-        fire, all_ok = self._verdict(losses_ok)
+        fire, all_ok = self._verdict(losses_ok, snapshot)
         updates = []
         if self.shadows is not None and snapshot:
             updates.append(self._save_snapshot(all_ok, step))
@@ -201,7 +205,7 @@ class StepGuard:
         The light half of `check` for a batch hook that runs beside the
         in-step check: the firing itself is rare and runs as its own call.
         """
-        return self._verdict(losses_ok)[0]
+        return self._verdict(losses_ok, snapshot=False)[0]
 
     def fire_now(self, losses_ok, step):
         """Fires the guard at optimizer step `step` (after `must_fire` said so)."""
