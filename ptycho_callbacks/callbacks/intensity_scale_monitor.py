@@ -5,7 +5,7 @@ import math
 import numpy as np
 
 from .. import stats
-from .base import RecordingCallback, summary_value
+from .base import RecordingCallback
 from .batch_values import BatchValues, variable_value
 from .probe_inputs import check_probe_inputs, probe_batch
 from .scale_discovery import find_log_scale, is_trained_by_optimizer, shares_one_variable
@@ -94,6 +94,7 @@ class IntensityScaleMonitor(RecordingCallback):
         self._variable = None
         self._configured = None
         self._drift_warned = False
+        self._batch_values = None  # the shared reader, found once per fit: finding it walks the model's metrics
 
     def _value(self):
         return float(variable_value(self._variable))
@@ -101,6 +102,7 @@ class IntensityScaleMonitor(RecordingCallback):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self._drift_warned = False
+        self._batch_values = None
         if self.probe_inputs is not None:
             check_probe_inputs(self.model, self.probe_inputs)
         variable, how, scalers = find_log_scale(self.model)
@@ -180,7 +182,9 @@ class IntensityScaleMonitor(RecordingCallback):
         if (self._variable is None or self.log_dir is None or self.update_freq == "epoch"
                 or self.global_step % self.update_freq):
             return
-        value = BatchValues.shared(self.model).variable_at(self._variable, self.global_step)
+        if self._batch_values is None:
+            self._batch_values = BatchValues.shared(self.model)
+        value = self._batch_values.variable_at(self._variable, self.global_step)
         if value is None:  # no NaN guard before this callback read it at this step
             value = self._value()
         self.write_batch_scalars({"scale/batch/log_scale": value, "scale/batch/exp_log_scale": _safe_exp(value)})
@@ -204,14 +208,9 @@ class IntensityScaleMonitor(RecordingCallback):
                           f"{self.global_step}; "
                           f"tolerance {100 * self.drift_tolerance:.0f}%): predictions are rescaled by that factor.",
                           "TensorBoard scale/epoch/ratio_to_configured")
-        if self.log_dir is not None:
-            import tensorflow as tf
-
-            with self.writer().as_default(step=epoch + 1):  # epochs completed, as for all epoch series
-                tf.summary.scalar("scale/epoch/log_scale", summary_value(value))
-                tf.summary.scalar("scale/epoch/exp_log_scale", summary_value(_safe_exp(value)))
-                tf.summary.scalar("scale/epoch/configured_scale", summary_value(configured))
-                tf.summary.scalar("scale/epoch/ratio_to_configured", summary_value(ratio))
+        self.write_epoch_scalars({"scale/epoch/log_scale": value, "scale/epoch/exp_log_scale": _safe_exp(value),
+                                  "scale/epoch/configured_scale": configured, "scale/epoch/ratio_to_configured": ratio},
+                                 step=epoch + 1)  # epochs completed, as for all epoch series
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)
