@@ -478,3 +478,38 @@ def test_later_fits_reuse_the_guarded_train_function_until_the_model_is_compiled
     assert counter.batches == [(0, 2)]  # one call of 3 steps: the new compile's setting is in force
     event = _only_event(guard)
     assert (event["batch"], event["step"]) == (1, 2)
+
+
+class UntrackedLossModel(keras.Model):
+    """A custom train step that logs its batch loss itself: Keras has no tracker of it for the guard to read."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(1, name="dense")
+
+    def call(self, inputs):
+        return self.dense(inputs)
+
+    def train_step(self, data):
+        x, y = data
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(self(x, training=True) - y))
+        gradients = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        return {"loss": loss}
+
+
+def test_a_loss_logged_without_a_tracker_is_guarded_too():
+    keras.utils.set_random_seed(0)
+    model = UntrackedLossModel()
+    model.compile(optimizer=keras.optimizers.SGD(1e-2))
+    x, y = _dense_data(nan_batch=2)
+    counter, guard = Counter(), NaNGuard(restore_weights=True, verbose=0)
+    model.fit(x, y["second"], batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[counter, guard])
+
+    assert counter.batches == [(0, 0), (0, 1), (0, 2)]
+    event = _only_event(guard)
+    assert (event["epoch"], event["batch"], event["step"]) == (0, 2, 3)
+    assert event["components"][0] == "loss" and math.isnan(event["values"]["loss"])  # then the weights it spoilt
+    assert event["last_finite"]["loss"] == pytest.approx(counter.losses[1])  # the batch loss, logged as it is
+    assert all(np.all(np.isfinite(np.asarray(w))) for w in model.weights)

@@ -231,31 +231,50 @@ class NaNGuard(RecordingCallback):
         callback assigning a weight) and, under a multi-replica strategy, is
         the only check. It returns one float64 vector, read in one transfer:
         [first bad step, must fire, losses finite, log_scale, tracker
-        state...] (float64 holds any step count exactly).
+        state...] (float64 holds any step count exactly). Beside the step's
+        check it takes no inputs (the logged losses are weighed on the host,
+        see `_train_verdict`): binding inputs was a tenth of a millisecond.
         """
         guard = self._step_guard
         log_scale = self._log_scale
-        snapshot = not self._in_step
+        in_step = self._in_step
 
         def check(logged_ok, step):
             state = self._trackers.state()
             loss_state = tf.gather(state, tf.constant(self._loss_state, tf.int32))
             losses_ok = tf.logical_and(logged_ok, tf.reduce_all(tf.math.is_finite(loss_state)))
-            if snapshot:  # no check in the step: this one is the guard, snapshot included
+            if in_step:  # the firing itself, rare, is a call of its own (fire_now)
+                fired = must_fire = tf.cast(guard.must_fire(losses_ok), tf.float64)
+            else:  # no check in the step: this one is the guard, snapshot included
                 fired = guard.check(losses_ok, step, snapshot=True)
                 must_fire = tf.constant(0.0, tf.float64)
-            else:  # the firing itself, rare, is a call of its own (fire_now)
-                fired = must_fire = tf.cast(guard.must_fire(losses_ok), tf.float64)
             with tf.control_dependencies([fired]):
                 first_bad = tf.cast(guard.first_bad, tf.float64)
             scale = tf.cast(log_scale, tf.float64) if log_scale is not None else tf.constant(0.0, tf.float64)
             head = tf.stack([first_bad, must_fire, tf.cast(losses_ok, tf.float64), tf.reshape(scale, [])])
             return tf.concat([head, tf.cast(state, tf.float64)], 0)
 
+        if in_step:
+            function = tf.function(lambda: check(tf.constant(True), None), autograph=False)
+            return function.get_concrete_function()
         self._verdicts = {True: tf.constant(True), False: tf.constant(False)}  # made once, not per call
         # A concrete function: each batch skips tf.function's dispatch, a quarter of a millisecond here.
         signature = [tf.TensorSpec([], tf.bool), tf.TensorSpec([], tf.int64)]
         return tf.function(check, input_signature=signature, autograph=False).get_concrete_function()
+
+    def _train_verdict(self, logged_ok):
+        """(packed check, must fire, losses finite) of this batch.
+
+        Args:
+            logged_ok: every loss entry of the logs Keras passed is finite.
+        """
+        if not self._in_step:
+            packed = self._train_check(self._verdicts[logged_ok], tf.constant(self.global_step, tf.int64)).numpy()
+        else:
+            packed = self._train_check().numpy()
+            if not logged_ok:  # the check in the graph took them as finite
+                return packed, bool(packed[0] < 0), False
+        return packed, bool(packed[1]), bool(packed[2])
 
     # ------------------------------------------------------------------ hooks
 
@@ -282,15 +301,14 @@ class NaNGuard(RecordingCallback):
             self._train_check = self._build_train_check()
         logged = self._logged_losses(logs, prefix="")
         logged_ok = all(_is_finite(v) for v in logged.values())
-        packed = self._train_check(self._verdicts[logged_ok], tf.constant(self.global_step, tf.int64)).numpy()
-        first_bad, must_fire, losses_ok = int(packed[0]), bool(packed[1]), bool(packed[2])
+        packed, must_fire, losses_ok = self._train_verdict(logged_ok)
+        first_bad = int(packed[0])
         if must_fire:
             first_bad = self._step_guard.fire_now(losses_ok, self.global_step)
         values = self._trackers.latest(self.global_step)  # a callback before this one read them already
         if values is None:
             values = self._trackers.values_from(packed[_HEAD:], step=self.global_step)
-        values = {name: value for name, value in values.items() if is_loss_name(name)}
-        values.update(logged)
+        values = self._with_logged({name: value for name, value in values.items() if is_loss_name(name)}, logged)
         if self._log_scale is not None:
             values[LOG_SCALE] = float(packed[3])
         if first_bad < 0:
@@ -316,8 +334,8 @@ class NaNGuard(RecordingCallback):
             return
         if self._trackers is None:
             self._prepare_trackers()
-        values = {name: value for name, value in self._trackers.read(prefix="val_").items() if is_loss_name(name)}
-        values.update(self._logged_losses(logs, prefix="val_"))
+        tracked = {name: value for name, value in self._trackers.read(prefix="val_").items() if is_loss_name(name)}
+        values = self._with_logged(tracked, self._logged_losses(logs, prefix="val_"))
         if all(_is_finite(v) for v in values.values()):
             self._keep_last_finite("val", values)
             return
@@ -344,17 +362,28 @@ class NaNGuard(RecordingCallback):
     # ------------------------------------------------------------------ details
 
     def _logged_losses(self, logs, prefix):
-        """Loss entries Keras logs without a tracker we can read (custom train steps).
+        """The loss entries of Keras's `logs`, as floats.
 
-        Their running mean turns non-finite at the same batch as the value itself.
+        For a loss that a tracker counted at this batch the tracker's value
+        of the batch stands in for them (`_with_logged`); the others are a
+        custom train step's own values, or the running means of trackers
+        such a step left alone: either turns non-finite at the batch where
+        the loss does.
         """
-        tracked = set(self._trackers.names) if self._trackers is not None else set()
         values = {}
         for name, value in (logs or {}).items():
-            if is_loss_name(name) and name not in tracked:
+            if is_loss_name(name):
                 value = _as_float(value)
                 if value is not None:
                     values[prefix + name] = value
+        return values
+
+    @staticmethod
+    def _with_logged(tracked, logged):
+        """The trackers' values of this batch, and the logged losses no tracker counted."""
+        values = dict(tracked)
+        for name, value in logged.items():
+            values.setdefault(name, value)
         return values
 
     def _nonfinite_variables(self):
