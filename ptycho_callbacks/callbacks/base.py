@@ -118,26 +118,12 @@ class RecordingCallback(keras.callbacks.Callback):
         flush instead of an eager summary per value); it is flushed at each
         epoch end and when the writers are released.
         """
-        if self.log_dir is not None:
-            self._scalar_buffer(run, run).add(self.global_step, values)
-
-    def write_epoch_scalars(self, values, step, run="train"):
-        """Writes the scalars {tag: value} at `step` for `run` now, in one compiled call.
-
-        An eager `tf.summary.scalar` costs about half a millisecond; a few
-        of them per epoch, spread over the epoch's steps, showed in the
-        overhead of short epochs.
-        """
-        if self.log_dir is not None:
-            buffer = self._scalar_buffer((run, "epoch"), run)
-            buffer.add(step, values)
-            buffer.flush()
-
-    def _scalar_buffer(self, key, run):
-        buffer = self._scalar_buffers.get(key)
+        if self.log_dir is None:
+            return
+        buffer = self._scalar_buffers.get(run)
         if buffer is None:
-            buffer = self._scalar_buffers[key] = ScalarBuffer(self.writer(run))
-        return buffer
+            buffer = self._scalar_buffers[run] = ScalarBuffer(self.writer(run))
+        buffer.add(self.global_step, values)
 
     def flush_scalars(self):
         """Writes every queued per-batch scalar now."""

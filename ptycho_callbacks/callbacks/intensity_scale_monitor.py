@@ -5,7 +5,7 @@ import math
 import numpy as np
 
 from .. import stats
-from .base import RecordingCallback
+from .base import RecordingCallback, summary_value
 from .batch_values import BatchValues, variable_value
 from .probe_inputs import check_probe_inputs, probe_batch
 from .scale_discovery import find_log_scale, is_trained_by_optimizer, shares_one_variable
@@ -208,9 +208,14 @@ class IntensityScaleMonitor(RecordingCallback):
                           f"{self.global_step}; "
                           f"tolerance {100 * self.drift_tolerance:.0f}%): predictions are rescaled by that factor.",
                           "TensorBoard scale/epoch/ratio_to_configured")
-        self.write_epoch_scalars({"scale/epoch/log_scale": value, "scale/epoch/exp_log_scale": _safe_exp(value),
-                                  "scale/epoch/configured_scale": configured, "scale/epoch/ratio_to_configured": ratio},
-                                 step=epoch + 1)  # epochs completed, as for all epoch series
+        if self.log_dir is not None:
+            import tensorflow as tf
+
+            with self.writer().as_default(step=epoch + 1):  # epochs completed, as for all epoch series
+                tf.summary.scalar("scale/epoch/log_scale", summary_value(value))
+                tf.summary.scalar("scale/epoch/exp_log_scale", summary_value(_safe_exp(value)))
+                tf.summary.scalar("scale/epoch/configured_scale", summary_value(configured))
+                tf.summary.scalar("scale/epoch/ratio_to_configured", summary_value(ratio))
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)

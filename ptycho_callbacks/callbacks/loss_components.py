@@ -3,7 +3,7 @@
 import math
 
 from . import loss_discovery
-from .base import RecordingCallback
+from .base import RecordingCallback, summary_value
 from .batch_values import BatchValues
 
 LAYOUT_CATEGORY = "ptycho-callbacks"
@@ -148,13 +148,17 @@ class LossComponents(RecordingCallback):
         super().on_epoch_end(epoch, logs)
         if self.log_dir is None or not logs:
             return
+        import tensorflow as tf
+
         train = {k: v for k, v in logs.items() if not k.startswith("val_")}
         validation = {k[len("val_"):]: v for k, v in logs.items() if k.startswith("val_")}
         for run, values in (("train", train), ("validation", validation)):
-            scalars = {f"loss/epoch/{name}": value for name, value in values.items()
-                       if name == loss_discovery.TOTAL or name in self._weights}
-            if scalars:
-                self.write_epoch_scalars(scalars, step=epoch + 1, run=run)  # epochs completed, as for all epoch series
+            if not values:
+                continue
+            with self.writer(run).as_default(step=epoch + 1):  # epochs completed, as for all epoch series
+                for name, value in values.items():
+                    if name == loss_discovery.TOTAL or name in self._weights:
+                        tf.summary.scalar(f"loss/epoch/{name}", summary_value(value))
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)
