@@ -308,7 +308,7 @@ class NaNGuard(RecordingCallback):
         values = self._trackers.latest(self.global_step)  # a callback before this one read them already
         if values is None:
             values = self._trackers.values_from(packed[_HEAD:], step=self.global_step)
-        values = self._with_logged({name: value for name, value in values.items() if is_loss_name(name)}, logged)
+        values = self._batch_losses(values, logged)
         if self._log_scale is not None:
             values[LOG_SCALE] = float(packed[3])
         if first_bad < 0:
@@ -334,8 +334,7 @@ class NaNGuard(RecordingCallback):
             return
         if self._trackers is None:
             self._prepare_trackers()
-        tracked = {name: value for name, value in self._trackers.read(prefix="val_").items() if is_loss_name(name)}
-        values = self._with_logged(tracked, self._logged_losses(logs, prefix="val_"))
+        values = self._batch_losses(self._trackers.read(prefix="val_"), self._logged_losses(logs, prefix="val_"))
         if all(_is_finite(v) for v in values.values()):
             self._keep_last_finite("val", values)
             return
@@ -365,7 +364,7 @@ class NaNGuard(RecordingCallback):
         """The loss entries of Keras's `logs`, as floats.
 
         For a loss that a tracker counted at this batch the tracker's value
-        of the batch stands in for them (`_with_logged`); the others are a
+        of the batch stands in for them (`_batch_losses`); the others are a
         custom train step's own values, or the running means of trackers
         such a step left alone: either turns non-finite at the batch where
         the loss does.
@@ -379,9 +378,9 @@ class NaNGuard(RecordingCallback):
         return values
 
     @staticmethod
-    def _with_logged(tracked, logged):
-        """The trackers' values of this batch, and the logged losses no tracker counted."""
-        values = dict(tracked)
+    def _batch_losses(tracked, logged):
+        """The losses of this batch: the trackers' values of it, and the logged losses no tracker counted."""
+        values = {name: value for name, value in tracked.items() if is_loss_name(name)}
         for name, value in logged.items():
             values.setdefault(name, value)
         return values
