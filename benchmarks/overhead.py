@@ -85,9 +85,9 @@ import tensorflow as tf  # noqa: E402
 
 from ptycho_callbacks import NaNGuard, default_callbacks  # noqa: E402
 from ptycho_callbacks._keras import keras  # noqa: E402
-from ptycho_callbacks.callbacks.batch_values import tf_variable  # noqa: E402
-from ptycho_callbacks.callbacks.step_guard import StepGuard, fresh_train_function  # noqa: E402
-from ptycho_callbacks.forensics.capture import model_variables  # noqa: E402
+from ptycho_callbacks.callbacks.scale_discovery import find_log_scale  # noqa: E402
+from ptycho_callbacks.callbacks.variables import model_variables, tf_variable  # noqa: E402
+from ptycho_callbacks.nan.step_guard import StepGuard, fresh_train_function  # noqa: E402
 
 import stand_in  # noqa: E402
 
@@ -369,7 +369,8 @@ def measure_in_step(args, data, dataset):
     """
     model = stand_in.model(args, data)
     model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)  # builds the model, its optimizer and metrics
-    variables = [tf_variable(v) for _, v in model_variables(model) if tf.as_dtype(v.dtype).is_floating]
+    variables = [tf_variable(v) for _, v in model_variables(model, find_log_scale(model).variable)
+                 if tf.as_dtype(v.dtype).is_floating]
     options = {}
     for name in [name for name in args.configs if name in GUARDED]:
         with tempfile.TemporaryDirectory() as log_dir:

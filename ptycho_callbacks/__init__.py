@@ -1,7 +1,8 @@
 """Keras callbacks that show what happens inside PtychoPINN trainings.
 
-The pure parts (`record`, `stats`, `render`) import numpy only; the callbacks
-import TensorFlow when first used.
+The pure parts (`record`, `stats`, `physics`, `stages`, `render`, `run_dir`,
+`nan.events`) import numpy only; the callbacks import TensorFlow when first
+used. `docs/architecture.md` says which module owns what.
 
 Example:
 >>> from ptycho_callbacks import default_callbacks
@@ -16,8 +17,10 @@ _LAZY = {
     "default_callbacks": "suite",
     "IntensityScaleMonitor": "callbacks.intensity_scale_monitor",
     "LossComponents": "callbacks.loss_components",
-    "NaNGuard": "callbacks.nan_guard",
-    "NonFiniteTrainingError": "callbacks.nan_guard",
+    "NaNGuard": "nan.guard",
+    "NonFiniteTrainingError": "nan.events",
+    "Probe": "suite",
+    "Run": "run",
     "PhysicsHealth": "callbacks.physics_health",
     "finish_on_exception": "callbacks.fit_exceptions",
     "StageStatistics": "callbacks.stage_statistics",

@@ -1,7 +1,23 @@
-"""The `ptycho-callbacks` command: `demo` trains the bundled model, `report` renders records."""
+"""The `ptycho-callbacks` command: `demo` trains the bundled model, `report` renders records, `replay` replays a NaN.
+
+Every command line of the package is here; the work itself is done by
+`demo`, `render` and `nan.replay`, imported when a command runs.
+"""
 
 import argparse
+import json
+import os
 import sys
+
+from .run_dir import RECORD_FILE, record_path, report_path
+
+
+def _parse(parser, argv):
+    """(arguments, None), or (None, the exit status argparse asked for: 0 after --help, 2 for a usage error)."""
+    try:
+        return parser.parse_args(argv), None
+    except SystemExit as exit_request:
+        return None, int(exit_request.code or 0)
 
 
 def _demo_parser():
@@ -42,10 +58,9 @@ def _demo_parser():
 
 def demo_main(argv):
     """Train the bundled model on simulated data and write logs and reports."""
-    try:
-        args = _demo_parser().parse_args(argv)
-    except SystemExit as exit_request:
-        return int(exit_request.code or 0)
+    args, status = _parse(_demo_parser(), argv)
+    if args is None:
+        return status
     from .demo import DemoConfig, run_demo
 
     config = DemoConfig(N=args.N, gridsize=args.gridsize, epochs=args.epochs,
@@ -60,18 +75,131 @@ def demo_main(argv):
     return 0
 
 
-def report_main(argv):
-    """Render saved run records as one Markdown report comparing the runs."""
-    from .render import report_main as render_report_main
+def _record_paths(argument):
+    """Record files named by a CLI argument (a record file or a run directory).
 
-    return render_report_main(argv)
+    A directory contributes its own `record.json` and the `record.json` of
+    each sub-directory, sorted by name.
+
+    Raises:
+        FileNotFoundError: the path does not exist or holds no record.
+    """
+    if os.path.isfile(argument):
+        return [argument]
+    if not os.path.isdir(argument):
+        raise FileNotFoundError(f"{argument}: no such file or directory")
+    own = os.path.join(argument, RECORD_FILE)
+    paths = [own] if os.path.isfile(own) else []
+    paths += [os.path.join(argument, name, RECORD_FILE) for name in sorted(os.listdir(argument))
+              if os.path.isfile(os.path.join(argument, name, RECORD_FILE))]
+    if not paths:
+        raise FileNotFoundError(f"{argument}: no {RECORD_FILE} in it or its sub-directories")
+    return paths
+
+
+def _report_parser():
+    parser = argparse.ArgumentParser(
+        prog="ptycho-callbacks report",
+        description="Render the run records written by the ptycho_callbacks callbacks as one Markdown "
+                    "'Intensity Bias Summary' report (one scenario per record).",
+        epilog="example:\n  ptycho-callbacks report runs/gs2_base runs/gs2_ne60 -o summary.md\n"
+               "  ptycho-callbacks report runs/   # every runs/*/record.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("paths", nargs="+", metavar="RECORD_OR_RUN_DIR",
+                        help=f"a {RECORD_FILE} file, or a run directory holding one "
+                             f"(or sub-directories that each hold one)")
+    parser.add_argument("-o", "--output", metavar="summary.md",
+                        help="write the report to this file (atomically) instead of stdout")
+    parser.add_argument("--title", default="Intensity Bias Summary", help="report title")
+    return parser
+
+
+def report_main(argv):
+    """Render saved run records as one Markdown report comparing the runs.
+
+    Unreadable paths, invalid JSON and records of a newer schema version
+    print one `ptycho-callbacks report: error: ...` line to stderr (exit 2).
+    """
+    from .record import RecordError, RunRecord, atomic_write_text
+    from .render import render_report
+
+    parser = _report_parser()
+    args, status = _parse(parser, argv)
+    if args is None:
+        return status
+    try:
+        paths = list(dict.fromkeys(os.path.realpath(p) for arg in args.paths for p in _record_paths(arg)))
+        records = [RunRecord.load(path) for path in paths]
+        report = render_report(records, title=args.title)
+        if args.output:
+            atomic_write_text(args.output, report)
+        else:
+            sys.stdout.write(report)
+    except (OSError, RecordError) as error:
+        message = str(error) if not isinstance(error, OSError) or not error.filename else \
+            f"{error.filename}: {error.strerror}"
+        print(f"{parser.prog}: error: {' '.join(message.split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _replay_parser():
+    parser = argparse.ArgumentParser(
+        prog="ptycho-callbacks replay",
+        description="Replay the failing step saved by NaNGuard(forensics=True) in RUN_DIR/nan_forensics with "
+                    "per-op numeric checking, and say which layer and op made the first NaN/Inf.",
+        epilog="example:\n  ptycho-callbacks replay runs/gs2_base --write",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (or its nan_forensics folder)")
+    parser.add_argument("--write", action="store_true",
+                        help="also store the result in RUN_DIR/record.json and re-render RUN_DIR/report.md")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON instead of Markdown")
+    parser.add_argument("--import", dest="modules", action="append", metavar="MODULE",
+                        help="import MODULE first (registers the saved model's custom objects; repeatable)")
+    return parser
+
+
+def _write_back(run_dir, result):
+    from .record import RunRecord, atomic_write_text
+    from .render import render_report
+
+    path = record_path(run_dir)
+    record = RunRecord.load(path)
+    record.forensics = result
+    record.save(path)
+    atomic_write_text(report_path(run_dir), render_report(record))
+    return path
 
 
 def replay_main(argv):
-    """Replay a run's saved NaN step to name the layer and op that went non-finite first."""
-    from .forensics.replay import replay_main as forensics_replay_main
+    """Replay a run's saved NaN step to name the layer and op that went non-finite first.
 
-    return forensics_replay_main(argv)
+    Errors print one `ptycho-callbacks replay: error: ...` line on stderr (exit 2).
+    """
+    from .nan import capture
+    from .nan.replay import replay_folder
+    from .record import RecordError, encode_nonfinite, to_builtin
+    from .render import forensics_lines
+
+    parser = _replay_parser()
+    args, status = _parse(parser, argv)
+    if args is None:
+        return status
+    try:
+        folder = capture.find_folder(args.run_dir)
+        result = replay_folder(folder, modules=args.modules)
+        if args.write:
+            run_dir = os.path.dirname(os.path.abspath(folder))
+            result["written_to"] = _write_back(run_dir, result)
+    except (capture.ForensicsError, OSError, RecordError, ImportError) as error:
+        print(f"{parser.prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(encode_nonfinite(to_builtin(result)), indent=2, allow_nan=False))
+    else:
+        print("\n".join(forensics_lines(result)))
+    return 0
 
 
 COMMANDS = {"demo": demo_main, "report": report_main, "replay": replay_main}

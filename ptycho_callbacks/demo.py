@@ -68,9 +68,9 @@ PROBE_BATCH = 8
 
 def suite_callbacks(model, name, run_dir, data):
     """Our whole suite, fed with the simulation's stages, configuration and truth."""
-    from .suite import default_callbacks
+    from .suite import Probe, default_callbacks
 
-    probe = {key: value[:PROBE_BATCH] for key, value in data.model_inputs().items()}
+    inputs = {key: value[:PROBE_BATCH] for key, value in data.model_inputs().items()}
     stages = [dict(name=n, label=label, source=source, array=array)
               for n, label, source, array in data.stages()]
     stages += [dict(name="prediction", label="Prediction", source="model: pred_amplitude",
@@ -80,9 +80,9 @@ def suite_callbacks(model, name, run_dir, data):
     config = dict(nphotons=data.nphotons, N=data.N, gridsize=data.gridsize,
                   intensity_scale=data.intensity_scale, intensity_scale_trainable=True,
                   normalize_gain=data.normalize_gain, e_batch_intensity=data.e_batch_intensity)
-    return default_callbacks(model, run_dir, scenario=name, config=config, stages=stages,
-                             probe_inputs=probe, truth=data.truth_object[:PROBE_BATCH],
-                             probe_counts=data.model_targets()["pred_intensity"][:PROBE_BATCH])
+    probe = Probe(inputs, truth=data.truth_object[:PROBE_BATCH],
+                  counts=data.model_targets()["pred_intensity"][:PROBE_BATCH])
+    return default_callbacks(model, run_dir, scenario=name, config=config, stages=stages, probe=probe)
 
 
 def _outcome(name, history, record, report_path):
@@ -109,9 +109,9 @@ def run_demo(out_dir, config=None, callbacks_factory=suite_callbacks, verbose=1,
     Returns:
         dict scenario name -> keras History.
     """
-    from .callbacks.summary_report import RECORD_FILE, REPORT_FILE
     from .record import RunRecord, atomic_write_text
     from .render import render_report
+    from .run_dir import record_path, report_path
     from .sim.data import simulate
 
     config = config or DemoConfig()
@@ -135,11 +135,11 @@ def run_demo(out_dir, config=None, callbacks_factory=suite_callbacks, verbose=1,
         log(f"scenario {name!r}: training {config.epochs} epoch(s) -> {run_dir}")
         _, history = train_scenario(name, config, data, run_dir, callbacks_factory, verbose)
         histories[name] = history
-        record_path = os.path.join(run_dir, RECORD_FILE)
-        record = RunRecord.load(record_path) if os.path.exists(record_path) else None
+        saved = record_path(run_dir)
+        record = RunRecord.load(saved) if os.path.exists(saved) else None
         if record is not None:
             records.append(record)
-        log(_outcome(name, history, record, os.path.join(run_dir, REPORT_FILE)))
+        log(_outcome(name, history, record, report_path(run_dir)))
     if records:
         summary = os.path.join(out_dir, "summary.md")
         atomic_write_text(summary, render_report(records))

@@ -94,25 +94,25 @@ def to_builtin(value: Any, where: str = "value") -> Any:
     )
 
 
-def _encode_nonfinite(value: Any) -> Any:
+def encode_nonfinite(value: Any) -> Any:
     """Replace non-finite floats by their reserved strings, recursively."""
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, dict):
-        return {k: _encode_nonfinite(v) for k, v in value.items()}
+        return {k: encode_nonfinite(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_encode_nonfinite(v) for v in value]
+        return [encode_nonfinite(v) for v in value]
     return value
 
 
-def _decode_nonfinite(value: Any) -> Any:
-    """Inverse of `_encode_nonfinite`: reserved strings back to floats."""
+def decode_nonfinite(value: Any) -> Any:
+    """Inverse of `encode_nonfinite`: reserved strings back to floats."""
     if isinstance(value, str):
         return _NONFINITE_TO_TEXT.get(value, value)
     if isinstance(value, dict):
-        return {k: _decode_nonfinite(v) for k, v in value.items()}
+        return {k: decode_nonfinite(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_decode_nonfinite(v) for v in value]
+        return [decode_nonfinite(v) for v in value]
     return value
 
 
@@ -193,7 +193,8 @@ class RunRecord:
             "stats"}` with `stats` from `ptycho_callbacks.stats.array_stats`.
         prediction: Prediction-vs-truth summaries: `scaling`,
             `amplitude_bias`, `phase_bias` (outputs of the `stats` functions).
-        findings: `{"level", "code", "message"}` dicts (see `add_finding`).
+        findings: `{"level", "code", "message"}` dicts, with the optimizer
+            `step` where it is known (see `add_finding`).
         physics: One dict per physics-health evaluation (`PhysicsHealth`):
             `epoch`, `step`, `photon_budget`, `nonpositive_fraction`,
             `saturation_fraction` (outputs of `ptycho_callbacks.physics`).
@@ -218,11 +219,14 @@ class RunRecord:
     physics: list = dataclasses.field(default_factory=list)
     forensics: dict | None = None
 
-    def add_finding(self, level: str, code: str, message: str) -> None:
-        """Append a finding; `level` is `"warning"` or `"info"`."""
+    def add_finding(self, level: str, code: str, message: str, step: int | None = None) -> None:
+        """Append a finding; `level` is `"warning"` or `"info"`; `step`, the optimizer step it was seen at."""
         if level not in FINDING_LEVELS:
             raise RecordError(f"finding level must be one of {FINDING_LEVELS}, got {level!r}")
-        self.findings.append({"level": level, "code": code, "message": message})
+        finding = {"level": level, "code": code, "message": message}
+        if step is not None:
+            finding["step"] = int(step)
+        self.findings.append(finding)
 
     def to_dict(self) -> dict:
         """The record as built-in Python types, with `schema_version`.
@@ -236,7 +240,7 @@ class RunRecord:
 
     def to_json(self, indent: int | None = 2) -> str:
         """Standard JSON text (non-finite floats as `"NaN"`/`"Infinity"`)."""
-        return json.dumps(_encode_nonfinite(self.to_dict()), indent=indent, allow_nan=False)
+        return json.dumps(encode_nonfinite(self.to_dict()), indent=indent, allow_nan=False)
 
     @classmethod
     def from_dict(cls, data: Any) -> "RunRecord":
@@ -267,7 +271,7 @@ class RunRecord:
         for name, types in _FIELD_TYPES.items():
             if name not in data:
                 continue
-            value = _decode_nonfinite(data[name])
+            value = decode_nonfinite(data[name])
             if not isinstance(value, types):
                 expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
                 raise RecordError(f"record field '{name}' must be {expected}, got {type(value).__name__}")
@@ -320,4 +324,4 @@ class RunRecord:
         """Equal when the JSON content is equal (so NaN equals NaN)."""
         if not isinstance(other, RunRecord):
             return NotImplemented
-        return _encode_nonfinite(self.to_dict()) == _encode_nonfinite(other.to_dict())
+        return encode_nonfinite(self.to_dict()) == encode_nonfinite(other.to_dict())

@@ -1,8 +1,8 @@
 """Render run records as one Markdown "Intensity Bias Summary" report.
 
-`render_report(records)` turns one or many `RunRecord`s into the report;
-`report_main(argv)` is the `ptycho-callbacks report` command line. Both use
-numpy only (through `ptycho_callbacks.stats`).
+`render_report(records)` turns one or many `RunRecord`s into the report
+(`ptycho-callbacks report`, in `ptycho_callbacks.cli`). It uses numpy only
+(through `ptycho_callbacks.stats`).
 
 Formatting rule: every number goes through `fmt`; a value that is undefined
 (None, or non-finite where a number is meant) prints as `n/a` plus a short
@@ -13,11 +13,8 @@ prints as `NaN`, `+Inf` or `-Inf`.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import math
-import os
-import sys
 from typing import Any, Iterable, Mapping, Sequence
 
 from ptycho_callbacks import physics, stats
@@ -25,9 +22,7 @@ from ptycho_callbacks.record import (
     CONTAINER_STAGE,
     PREDICTION_STAGE,
     TRUTH_STAGE,
-    RecordError,
     RunRecord,
-    atomic_write_text,
 )
 
 _CORE_SPEC = "specs/spec-ptycho-core.md §Normalization Invariants"
@@ -45,7 +40,6 @@ DEFAULT_SPEC_REFS = {
 """Spec-reference texts per report section; override with `spec_refs=` or `config["spec_refs"]`."""
 
 NA = "n/a"
-RECORD_FILENAME = "record.json"
 
 
 # ---------------------------------------------------------------- formatting
@@ -723,76 +717,3 @@ def render_report(
     ]
     sections = [render_scenario(record, spec_refs) for record in records]
     return "\n".join(lines + sections) + "\n"
-
-
-# ----------------------------------------------------------------------- CLI
-def _record_paths(argument: str) -> list[str]:
-    """Record files named by a CLI argument (a record file or a run directory).
-
-    A directory contributes its own `record.json` and the `record.json` of
-    each sub-directory, sorted by name.
-
-    Raises:
-        FileNotFoundError: the path does not exist or holds no record.
-    """
-    if os.path.isfile(argument):
-        return [argument]
-    if not os.path.isdir(argument):
-        raise FileNotFoundError(f"{argument}: no such file or directory")
-    own = os.path.join(argument, RECORD_FILENAME)
-    paths = [own] if os.path.isfile(own) else []
-    paths += [os.path.join(argument, name, RECORD_FILENAME) for name in sorted(os.listdir(argument))
-              if os.path.isfile(os.path.join(argument, name, RECORD_FILENAME))]
-    if not paths:
-        raise FileNotFoundError(f"{argument}: no {RECORD_FILENAME} in it or its sub-directories")
-    return paths
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The `ptycho-callbacks report` argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="ptycho-callbacks report",
-        description="Render the run records written by the ptycho_callbacks callbacks as one Markdown "
-                    "'Intensity Bias Summary' report (one scenario per record).",
-        epilog="example:\n  ptycho-callbacks report runs/gs2_base runs/gs2_ne60 -o summary.md\n"
-               "  ptycho-callbacks report runs/   # every runs/*/record.json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("paths", nargs="+", metavar="RECORD_OR_RUN_DIR",
-                        help=f"a {RECORD_FILENAME} file, or a run directory holding one "
-                             f"(or sub-directories that each hold one)")
-    parser.add_argument("-o", "--output", metavar="summary.md",
-                        help="write the report to this file (atomically) instead of stdout")
-    parser.add_argument("--title", default="Intensity Bias Summary", help="report title")
-    return parser
-
-
-def report_main(argv: Sequence[str] | None = None) -> int:
-    """Run `ptycho-callbacks report`; returns the exit status (0 ok, 2 error).
-
-    Unreadable paths, invalid JSON and records of a newer schema version
-    print one `ptycho-callbacks report: error: ...` line to stderr.
-    """
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_request:
-        return int(exit_request.code or 0)
-    try:
-        paths = list(dict.fromkeys(os.path.realpath(p) for arg in args.paths for p in _record_paths(arg)))
-        records = [RunRecord.load(path) for path in paths]
-        report = render_report(records, title=args.title)
-        if args.output:
-            atomic_write_text(args.output, report)
-        else:
-            sys.stdout.write(report)
-    except (OSError, RecordError) as error:
-        message = str(error) if not isinstance(error, OSError) or not error.filename else \
-            f"{error.filename}: {error.strerror}"
-        print(f"{parser.prog}: error: {' '.join(message.split())}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(report_main())

@@ -1,6 +1,15 @@
-"""Where a new run writes: the asked-for directory, or a free sibling when it already holds a run.
+"""The layout of a run directory, and where a new run writes.
 
-A run directory holds `record.json` and `report.md` (see `SummaryReport`).
+Every file and folder name of a run directory is defined here:
+
+```text
+<run>/record.json          the RunRecord (SummaryReport)
+<run>/report.md            the Markdown report (SummaryReport)
+<run>/ptycho/train/        our TensorBoard event files (validation: ptycho/validation/)
+<run>/nan_forensics/       the failing step of a NaN (NaNGuard(forensics=True))
+    manifest.json, batch.npz, weights_before.npz, optimizer_state.npz, model.keras
+```
+
 Starting a second run on the same directory would overwrite the first run's
 report; `resolve_run_dir` picks `runs/a-2`, `runs/a-3`, ... instead, unless
 the caller asks to overwrite.
@@ -20,8 +29,32 @@ import itertools
 import os
 from typing import NamedTuple
 
-RUN_FILES = ("record.json", "report.md")
+RECORD_FILE = "record.json"
+REPORT_FILE = "report.md"
+TENSORBOARD_FOLDER = "ptycho"
+"""Our event files live in `<run>/ptycho/<train|validation>`, apart from Keras's own `TensorBoard`."""
+FORENSICS_FOLDER = "nan_forensics"
+FORENSICS_MANIFEST = "manifest.json"
+FORENSICS_BATCH = "batch.npz"
+FORENSICS_WEIGHTS = "weights_before.npz"
+FORENSICS_OPTIMIZER = "optimizer_state.npz"
+FORENSICS_MODEL = "model.keras"
+
+RUN_FILES = (RECORD_FILE, REPORT_FILE)
 """Files whose presence marks a directory as holding a run."""
+
+
+def tensorboard_dir(log_dir: str | os.PathLike, run: str = "train") -> str:
+    """Where our event files for `run` ("train" or "validation") live under `log_dir`."""
+    return os.path.join(os.fspath(log_dir), TENSORBOARD_FOLDER, run)
+
+
+def record_path(log_dir: str | os.PathLike) -> str:
+    return os.path.join(os.fspath(log_dir), RECORD_FILE)
+
+
+def report_path(log_dir: str | os.PathLike) -> str:
+    return os.path.join(os.fspath(log_dir), REPORT_FILE)
 
 
 class RunDir(NamedTuple):

@@ -333,6 +333,40 @@ def compare_scales(
     return result
 
 
+def scale_application(scaled_input: Any, configured_scale: float, tolerance: float = 0.25) -> dict | None:
+    """Whether the intensity scale was applied once to a batch of scaled inputs.
+
+    PtychoPINN normalizes X so that E[sum_xy X^2] = (N/2)^2 and feeds the
+    model `intensity_scale * X`, which its `IntensityScaler` divides by the
+    scale again. The scaled input then has mean pattern intensity (N/2)^2;
+    off by a factor scale^-2 it was divided twice, by scale^2 never divided.
+
+    Args:
+        scaled_input: the `IntensityScaler` layer's output, (batch, N, N, ...).
+        configured_scale: the configured intensity scale (> 0).
+        tolerance: how far from an exact power of the scale still counts.
+
+    Returns:
+        None when the input has no positive intensity; otherwise
+        {"observed", "expected", "off_by", "verdict"}: `off_by` is the
+        exponent k with observed = expected * scale^(2k) (0.0 for a scale of
+        1), `verdict` "divided_twice" (k near -1), "multiplied_twice" (k near
+        1) or None.
+    """
+    scaled = np.asarray(scaled_input)
+    expected = (scaled.shape[1] / 2.0) ** 2
+    observed = float(np.mean(np.sum(np.abs(scaled.astype(np.float64)) ** 2, axis=(1, 2))))
+    if not observed > 0:
+        return None
+    off_by = math.log(observed / expected) / (2.0 * math.log(configured_scale)) if configured_scale != 1 else 0.0
+    verdict = None
+    if abs(off_by + 1) < tolerance:
+        verdict = "divided_twice"
+    elif abs(off_by - 1) < tolerance:
+        verdict = "multiplied_twice"
+    return {"observed": observed, "expected": expected, "off_by": off_by, "verdict": verdict}
+
+
 def log_scale_state(
     raw: float | None,
     configured_scale: float | None,
@@ -362,6 +396,10 @@ def log_scale_state(
         "delta": delta,
         "ratio": ratio,
     }
+
+
+def _is_finite(value: Any) -> bool:
+    return value is not None and math.isfinite(value)
 
 
 def _float_or_nan(value: Any) -> float:
@@ -490,6 +528,30 @@ def loss_composition(
         "hints": {name: INACTIVE_HINTS[name] for name in inactive if name in INACTIVE_HINTS},
         "learning_rate": learning_rate,
     }
+
+
+def split_total(values: Mapping, weights: Mapping, total_key: str = "loss") -> tuple[dict, dict, float | None]:
+    """Weighted contributions, shares of the total and the residual for one set of values.
+
+    Args:
+        values: {name: value} holding the total and the components.
+        weights: {component name: loss weight}.
+
+    Returns:
+        (weighted, shares, residual): weighted[name] = weight * value;
+        shares[name] = weighted / total; residual = total - sum(weighted),
+        i.e. what the components do not explain (regularization losses).
+        Shares and residual are None where undefined.
+    """
+    total = values.get(total_key)
+    weighted = {name: weights[name] * values[name] for name in weights if name in values}
+    shares, residual = {}, None
+    if _is_finite(total):
+        if weighted and all(_is_finite(v) for v in weighted.values()):
+            residual = total - sum(weighted.values())
+        if total != 0:
+            shares = {name: value / total for name, value in weighted.items() if _is_finite(value)}
+    return weighted, shares, residual
 
 
 def _paired(pred: Any, truth: Any, transform) -> tuple[np.ndarray, np.ndarray]:

@@ -1,95 +1,146 @@
 """default_callbacks: the whole suite for a PtychoPINN-style model in one call."""
 
+import dataclasses
+import inspect
 import os
+from typing import Any
 
-from .record import RunRecord
 from .run_dir import resolve_run_dir
 
+SET_BY_THE_SUITE = {"run": "the suite's run", "log_dir": "log_dir", "stages": "stages",
+                    "probe_inputs": "probe", "truth": "probe", "probe_counts": "probe"}
+"""Callback arguments `default_callbacks` sets itself, and the parameter of its own that sets each."""
 
-def default_callbacks(model, log_dir, scenario=None, config=None, stages=None, probe_inputs=None,
-                      truth=None, log_scale_variable=None, update_freq=1, stage_every_n_epochs=1,
-                      restore_weights=True, on_nan="stop", verbose=1, probe_counts=None,
-                      physics_every_n_epochs=1, forensics=True, forensics_max_bytes=None, overwrite=False):
-    """Builds the suite: scale monitor, loss components, stage statistics, physics health, NaN guard, report.
+
+@dataclasses.dataclass
+class Probe:
+    """A small fixed batch of model inputs the callbacks evaluate the model on, with what is known of it.
+
+    Args:
+        inputs: the model inputs (dict by input name, list, or one array);
+            layer stages are evaluated on it, and the scale monitor checks
+            that the scale is applied once. Keep it small (a few samples).
+        truth: the ground-truth object of these samples (complex), for the
+            prediction-vs-truth sections (`StageStatistics`).
+        counts: the measured intensities of these samples in the units of
+            the model's `pred_intensity` (its training target), for the
+            photon budget and the Poisson NLL's early warnings (`PhysicsHealth`).
+    """
+
+    inputs: Any
+    truth: Any = None
+    counts: Any = None
+
+
+def _callback_classes():
+    from .callbacks.intensity_scale_monitor import IntensityScaleMonitor
+    from .callbacks.loss_components import LossComponents
+    from .callbacks.physics_health import PhysicsHealth
+    from .callbacks.stage_statistics import StageStatistics
+    from .callbacks.summary_report import SummaryReport
+    from .nan.guard import NaNGuard
+
+    return {cls.__name__: cls for cls in (NaNGuard, IntensityScaleMonitor, LossComponents, StageStatistics,
+                                          PhysicsHealth, SummaryReport)}
+
+
+def _checked_options(options, classes):
+    """{class name: kwargs}; ValueError naming what is unknown or set by the suite itself."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(classes))
+    if unknown:
+        raise ValueError(f"options: no callback named {unknown}; the suite's callbacks are {sorted(classes)}")
+    for name, kwargs in options.items():
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"options[{name!r}] must be a dict of {name} arguments, got {type(kwargs).__name__}")
+        accepted = set(inspect.signature(classes[name]).parameters)
+        for key in kwargs:
+            if key in SET_BY_THE_SUITE:
+                raise ValueError(f"options[{name!r}][{key!r}]: the suite sets {key!r} from its "
+                                 f"{SET_BY_THE_SUITE[key]!r} parameter; give it there")
+            if key not in accepted:
+                raise ValueError(f"options[{name!r}]: {name} takes no argument {key!r}; it takes "
+                                 f"{sorted(accepted - set(SET_BY_THE_SUITE))}")
+    return options
+
+
+def default_callbacks(model, log_dir, *, config=None, scenario=None, stages=None, probe=None, options=None,
+                      overwrite=False, verbose=1):
+    """Builds the suite: NaN guard, scale monitor, loss components, stage statistics, physics health, report.
 
     With nothing but the model and a directory it still watches the scale,
-    splits the loss, guards against NaN and writes the report; stages,
-    probe inputs and truth add the data-path statistics and the
-    prediction-vs-truth sections. All callbacks feed one `RunRecord` and one
-    TensorBoard run under `log_dir/ptycho`. `model.fit` is wrapped
+    splits the loss, guards against NaN (restoring the last finite weights
+    and saving the failing step to `nan_forensics/`) and writes the report;
+    `stages` and `probe` add the data-path statistics, the
+    prediction-vs-truth sections and the physics health. All callbacks feed
+    one `Run` (one record, one TensorBoard run under `log_dir/ptycho`), so
+    their order in the list does not matter. `model.fit` is wrapped
     (`finish_on_exception`) so that a fit left by an exception or Ctrl-C
     still writes the record and the report.
 
     Args:
-        model: the compiled model (used to discover the scale variable and
-            loss weights at train begin; passed here so the suite is built
-            for it).
+        model: the compiled model the suite watches.
         log_dir: the run directory: TensorBoard logs, `record.json`, `report.md`.
-        scenario: the run's name in the report (default: the directory's name).
-        config: run configuration for the report: `nphotons`, `N`,
+        config: the run's configuration for the report: `nphotons`, `N`,
             `gridsize`, `intensity_scale`, `intensity_scale_trainable`,
-            `normalize_gain`, `e_batch_intensity`.
-        stages: data-path stages for `StageStatistics` (see there); none
-            means no stage statistics.
-        probe_inputs: a small fixed batch of model inputs: stages given as
-            layer names are evaluated on it, and the scale monitor checks
-            that the scale is applied once.
-        truth: ground-truth object for `probe_inputs` (complex), for the
-            amplitude and phase bias sections.
-        log_scale_variable: the scale variable, if it cannot be found.
-        update_freq: batches between per-batch TensorBoard points.
-        stage_every_n_epochs: epochs between stage statistics.
-        restore_weights: put back the last finite weights on NaN (before any
-            other callback, e.g. a checkpoint, can see the non-finite ones).
-        on_nan: "stop" (graceful) or "raise".
-        verbose: 1 prints one line per finding or event.
-        probe_counts: measured intensities of `probe_inputs` in the units of
-            the model's `pred_intensity` (its training target); with
-            `probe_inputs` it adds `PhysicsHealth`.
-        physics_every_n_epochs: epochs between physics-health evaluations.
-        forensics: on NaN, save the failing step to `log_dir/nan_forensics`
-            and replay it to name the layer and op (see `NaNGuard`).
-        forensics_max_bytes: size limit of that folder (NaNGuard's default if None).
+            `normalize_gain`, `e_batch_intensity`, `loss_weights`, ...
+        scenario: the run's name in the report (default: the directory's name).
+        stages: data-path stages for `StageStatistics` (see there).
+        probe: a `Probe` (inputs, and optionally truth and counts).
+        options: {callback class name: {argument: value}}, to set any
+            argument of any callback of the suite, e.g.
+            `{"NaNGuard": {"on_nan": "raise"}, "StageStatistics": {"every_n_epochs": 5},
+            "IntensityScaleMonitor": {"log_scale_variable": v}}`.
         overwrite: write into `log_dir` even when it holds a run; by default
             a new run goes alongside, into `log_dir-2`, `log_dir-3`, ...
             (`resolve_run_dir`; the callbacks' `log_dir` says where).
+        verbose: 1 prints one line per finding or event; given to every
+            callback that takes it unless `options` says otherwise.
 
     Returns:
-        A list of callbacks for `model.fit(..., callbacks=...)`.
+        A list of callbacks for `model.fit(..., callbacks=...)`:
+        `NaNGuard`, `IntensityScaleMonitor`, `LossComponents`,
+        `StageStatistics` (with `stages`, or a probe with truth),
+        `PhysicsHealth` (with a probe with counts) and `SummaryReport`.
+
+    Raises:
+        ValueError: no model, a probe that is not a `Probe`, or `options`
+            naming an unknown callback or argument.
 
     Example:
-    >>> callbacks = default_callbacks(model, "runs/gs2", config={"nphotons": 1e9, "N": 64})
+    >>> callbacks = default_callbacks(model, "runs/gs2", config={"nphotons": 1e9, "N": 64},
+    ...                               options={"StageStatistics": {"every_n_epochs": 5}})
     >>> model.fit(x, y, epochs=50, callbacks=callbacks)
     """
     from .callbacks.fit_exceptions import finish_on_exception
-    from .callbacks.intensity_scale_monitor import IntensityScaleMonitor
-    from .callbacks.loss_components import LossComponents
-    from .callbacks.nan_guard import DEFAULT_FORENSICS_BYTES, NaNGuard
-    from .callbacks.physics_health import PhysicsHealth
-    from .callbacks.stage_statistics import StageStatistics
-    from .callbacks.summary_report import SummaryReport
+    from .run import Run
 
     if model is None:
         raise ValueError("default_callbacks needs the model it will watch")
+    if probe is not None and not isinstance(probe, Probe):
+        raise ValueError(f"probe must be a ptycho_callbacks.Probe(inputs, truth=..., counts=...), "
+                         f"got {type(probe).__name__}")
+    classes = _callback_classes()
+    options = _checked_options(options, classes)
     name = scenario or os.path.basename(os.path.normpath(os.fspath(log_dir)))
     log_dir, note = resolve_run_dir(log_dir, overwrite=overwrite)
     if note and verbose:
         print(f"ptycho_callbacks: {note}", flush=True)
-    record = RunRecord(scenario=name, base_dir=os.path.abspath(log_dir), config=dict(config or {}))
-    shared = dict(log_dir=log_dir, record=record)
-    max_bytes = DEFAULT_FORENSICS_BYTES if forensics_max_bytes is None else forensics_max_bytes
-    suite = [
-        NaNGuard(on_nan=on_nan, restore_weights=restore_weights, verbose=verbose, forensics=forensics,
-                 forensics_max_bytes=max_bytes, **shared),
-        IntensityScaleMonitor(log_scale_variable=log_scale_variable, update_freq=update_freq,
-                              probe_inputs=probe_inputs, verbose=verbose, **shared),
-        LossComponents(update_freq=update_freq, **shared),
-    ]
-    if stages or truth is not None:
-        suite.append(StageStatistics(stages or [], probe_inputs=probe_inputs, truth=truth,
-                                     every_n_epochs=stage_every_n_epochs, verbose=verbose, **shared))
-    if probe_inputs is not None and probe_counts is not None:
-        suite.append(PhysicsHealth(probe_inputs, probe_counts, every_n_epochs=physics_every_n_epochs, **shared))
-    suite.append(SummaryReport(**shared))
+    run = Run(log_dir, scenario=name, config=config)
+
+    def build(class_name, **kwargs):
+        cls = classes[class_name]
+        if "verbose" in inspect.signature(cls).parameters:
+            kwargs["verbose"] = verbose
+        kwargs.update(options.get(class_name, {}))
+        return cls(run=run, **kwargs)
+
+    probe = probe or Probe(inputs=None)
+    suite = [build("NaNGuard"), build("IntensityScaleMonitor", probe_inputs=probe.inputs), build("LossComponents")]
+    if stages or probe.truth is not None:
+        suite.append(build("StageStatistics", stages=stages or [], probe_inputs=probe.inputs, truth=probe.truth))
+    if probe.inputs is not None and probe.counts is not None:
+        suite.append(build("PhysicsHealth", probe_inputs=probe.inputs, probe_counts=probe.counts))
+    suite.append(build("SummaryReport"))
     finish_on_exception(model)
     return suite

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ptycho_callbacks import default_callbacks
+from ptycho_callbacks import Probe, default_callbacks
 from ptycho_callbacks._keras import keras
 from ptycho_callbacks.callbacks.intensity_scale_monitor import IntensityScaleMonitor
 from ptycho_callbacks.callbacks.stage_statistics import StageStatistics
@@ -245,7 +245,7 @@ def test_truth_with_zeros_is_a_note_and_n_a_where_ratios_are_undefined(small_dat
     model = _model(small_data)
     run = str(tmp_path / "zero_truth")
     truth = np.zeros_like(small_data.truth_object[:PROBE])
-    _fit(model, small_data, default_callbacks(model, run, probe_inputs=_probe(small_data), truth=truth,
+    _fit(model, small_data, default_callbacks(model, run, probe=Probe(_probe(small_data), truth=truth),
                                               stages=[("container_X", small_data.container_X)], verbose=0))
     record, report = _read_run(run)
     note = _finding(record, "truth_zeros")
@@ -292,8 +292,8 @@ def test_a_real_truth_for_a_complex_prediction_compares_amplitude_only(small_dat
     model = _model(small_data)
     run = str(tmp_path / "real_truth")
     stages = [("container_X", small_data.container_X)]
-    _fit(model, small_data, default_callbacks(model, run, stages=stages, probe_inputs=_probe(small_data),
-                                              truth=truth, verbose=0))
+    _fit(model, small_data, default_callbacks(model, run, stages=stages, probe=Probe(_probe(small_data), truth=truth),
+                                              verbose=0))
     record, report = _read_run(run)
     assert "truth is real (float32) while the prediction 'trimmed_obj' is complex" in \
         _finding(record, "phase_not_compared")["message"]

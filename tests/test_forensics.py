@@ -11,10 +11,12 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from model_state import model_weights
 
 from ptycho_callbacks._keras import keras
-from ptycho_callbacks.forensics import capture
-from ptycho_callbacks.forensics.replay import numerics_checked, replay, replay_folder, replay_main
+from ptycho_callbacks.cli import replay_main
+from ptycho_callbacks.nan import capture
+from ptycho_callbacks.nan.replay import numerics_checked, replay, replay_folder
 from ptycho_callbacks.record import RunRecord
 from ptycho_callbacks.render import forensics_lines
 from ptycho_callbacks.sim.model import IntensityScaler_inv, build_model
@@ -41,7 +43,7 @@ def _batch(data, zero_sample=None, inf_sample=None):
 
 
 def _with_nan_in(model, variable_name):
-    weights = capture.current_weights(model)
+    weights = model_weights(model)
     planted = []
     for name, value in weights:
         if name == variable_name:
@@ -71,7 +73,7 @@ def test_zero_predicted_intensity_is_traced_to_the_log_of_the_poisson_nll(relu_m
 
 
 def test_nan_planted_in_one_layers_weights_is_traced_to_that_layer(relu_model, small_data):
-    before = capture.current_weights(relu_model)
+    before = model_weights(relu_model)
     result = replay(relu_model, _batch(small_data), weights=_with_nan_in(relu_model, "enc2/kernel"))
     assert result["stage"] == "forward" and result["layer"] == "enc2"
     assert result["nonfinite_weights"] == ["enc2/kernel"]
@@ -80,7 +82,7 @@ def test_nan_planted_in_one_layers_weights_is_traced_to_that_layer(relu_model, s
     assert result["samples"] == list(range(BATCH))
     norms = {entry["layer"]: entry for entry in result["gradient_norms"]}
     assert norms["enc2"]["finite"] is False and norms["enc2"]["norm"] is None
-    for (name, value), (_, after) in zip(before, capture.current_weights(relu_model)):
+    for (name, value), (_, after) in zip(before, model_weights(relu_model)):
         np.testing.assert_array_equal(value, after, err_msg=name)  # the replay put the weights back
 
 
@@ -172,7 +174,7 @@ def saved(relu_model, small_data, tmp_path_factory):
     """A folder written for the zero-intensity batch, and the live replay of that batch."""
     run_dir = str(tmp_path_factory.mktemp("run"))
     batch = _batch(small_data, zero_sample=DEAD_SAMPLE)
-    weights = capture.current_weights(relu_model)
+    weights = model_weights(relu_model)
     optimizer = [("adam/m", np.ones((8, 8), np.float32))]
     folder = capture.write_forensics(run_dir, relu_model, batch, weights, optimizer, EVENT)
     return run_dir, folder, batch, weights, replay(relu_model, batch)
@@ -224,7 +226,7 @@ def test_size_limit_drops_optimizer_state_then_keeps_the_samples_that_matter(sav
     max_bytes = sizes["model.keras"] + sizes["weights_before.npz"] + sizes["batch.npz"] // 2
     optimizer = [("adam/m", np.ones(10**6, np.float32))]
     limited = capture.write_forensics(str(tmp_path), relu_model, batch, weights, optimizer, EVENT,
-                                      max_bytes=max_bytes)
+                                      max_bytes=max_bytes, involved_samples=live["samples"])
     manifest = capture.read_manifest(limited)
     assert [d["part"] for d in manifest["dropped"]] == ["optimizer_state", "samples"]
     assert manifest["batch"]["samples"] == [DEAD_SAMPLE] and manifest["optimizer_state"] is None
@@ -246,7 +248,7 @@ def test_tiny_size_limit_keeps_the_manifest_and_says_what_was_dropped(saved, rel
 
 
 def test_a_batch_not_captured_is_said_in_the_manifest(relu_model, tmp_path):
-    folder = capture.write_forensics(str(tmp_path), relu_model, None, capture.current_weights(relu_model), None,
+    folder = capture.write_forensics(str(tmp_path), relu_model, None, model_weights(relu_model), None,
                                      EVENT)
     manifest = capture.read_manifest(folder)
     assert manifest["batch"]["file"] is None and manifest["batch"]["reason"] == "the batch was not captured"

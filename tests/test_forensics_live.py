@@ -13,12 +13,12 @@ import os
 import numpy as np
 
 from ptycho_callbacks._keras import keras
-from ptycho_callbacks.callbacks.nan_guard import NaNGuard
+from ptycho_callbacks.nan.guard import NaNGuard
 from ptycho_callbacks.demo import SCENARIOS
-from ptycho_callbacks.forensics.replay import replay_main
+from ptycho_callbacks.cli import replay_main
 from ptycho_callbacks.record import RunRecord
 from ptycho_callbacks.sim.model import build_model
-from ptycho_callbacks.suite import default_callbacks
+from ptycho_callbacks.suite import Probe, default_callbacks
 
 BATCH = 4
 DEAD_SAMPLE = 2  # in the first batch (shuffle=False)
@@ -69,8 +69,7 @@ def test_suite_records_the_forensics_and_physics_health_in_record_and_report(sma
     run_dir = str(tmp_path / "run")
     model = _model(small_data, "nan_poisson")
     probe, counts = _probe(small_data)
-    _fit(model, small_data, default_callbacks(model, run_dir, probe_inputs=probe, probe_counts=counts,
-                                              forensics=True, verbose=0))
+    _fit(model, small_data, default_callbacks(model, run_dir, probe=Probe(probe, counts=counts), verbose=0))
     record = RunRecord.load(os.path.join(run_dir, "record.json"))
     assert record.status == "stopped_nan"
     assert _answer(record.forensics) == LOG_OF_POISSON_NLL
@@ -88,7 +87,7 @@ def test_suite_records_the_forensics_and_physics_health_in_record_and_report(sma
 def test_a_finite_run_writes_no_forensics(small_data, tmp_path):
     run_dir = str(tmp_path / "run")
     model = _model(small_data, "stable")
-    _fit(model, small_data, default_callbacks(model, run_dir, forensics=True, verbose=0), dead_sample=None)
+    _fit(model, small_data, default_callbacks(model, run_dir, verbose=0), dead_sample=None)
     assert not os.path.exists(os.path.join(run_dir, "nan_forensics"))
     record = RunRecord.load(os.path.join(run_dir, "record.json"))
     assert record.status == "completed" and record.forensics is None and not record.nan_events

@@ -3,8 +3,8 @@ import pytest
 import tensorflow as tf
 
 from ptycho_callbacks._keras import keras
-from ptycho_callbacks.callbacks.loss_components import LossComponents, split_total
-from ptycho_callbacks.callbacks.nan_guard import NaNGuard
+from ptycho_callbacks.callbacks.loss_components import LossComponents
+from ptycho_callbacks.nan.guard import NaNGuard
 from ptycho_callbacks.callbacks.loss_discovery import compiled_loss_weights
 from ptycho_callbacks.sim.model import build_model, negloglik, realspace_loss
 
@@ -119,16 +119,6 @@ def test_components_share_one_custom_scalars_chart(tmp_path, small_data):
     charts = {chart.title: list(chart.multiline.tag) for category in layout.category
               for chart in category.chart}
     assert charts["loss per batch (each component and the total)"] == [r"loss/batch/.*"]
-
-
-def test_split_total_explains_the_total():
-    weighted, shares, residual = split_total({"loss": 10.0, "a_loss": 4.0, "b_loss": 2.0},
-                                             {"a_loss": 2.0, "b_loss": 0.5})
-    assert weighted == {"a_loss": 8.0, "b_loss": 1.0}
-    assert shares == pytest.approx({"a_loss": 0.8, "b_loss": 0.1})
-    assert residual == pytest.approx(1.0)
-    _, shares, residual = split_total({"loss": float("nan"), "a_loss": 1.0}, {"a_loss": 1.0})
-    assert shares == {} and residual is None
 
 
 def test_bad_update_freq_is_refused():

@@ -14,9 +14,10 @@ import tensorflow as tf
 
 from ptycho_callbacks._keras import keras
 from ptycho_callbacks.callbacks.batch_values import BatchValues
-from ptycho_callbacks.callbacks.nan_guard import NaNGuard, NonFiniteTrainingError
 from ptycho_callbacks.callbacks.scale_discovery import find_log_scale
+from ptycho_callbacks.nan.guard import NaNGuard, NonFiniteTrainingError
 from ptycho_callbacks.record import RunRecord
+from ptycho_callbacks.run import Run
 from ptycho_callbacks.sim.model import build_model
 
 import tensorboard_events
@@ -142,7 +143,7 @@ def test_stops_at_the_batch_where_a_component_goes_non_finite(fresh_model, small
                                                              value, expected, capsys):
     model = fresh_model()
     pixel = _bright_pixel(small_data, batch * BATCH) if expected == "-inf" else None
-    counter, guard = Counter(), NaNGuard()
+    counter, guard = Counter(), NaNGuard(restore_weights=False)
     _fit(model, small_data, [counter, guard], _targets(small_data, output, batch, value, pixel))
 
     component = f"{output}_loss"
@@ -343,18 +344,18 @@ def test_validation_nan_stops_at_epoch_end(fresh_model, small_data, capsys):
     _fit(model, small_data, [counter, guard], epochs=2,
          validation_data=(small_data.model_inputs(), val_targets))
     assert len(counter.batches) == 2 * BATCHES_PER_EPOCH
-    assert guard.record.nan_events == [] and guard.record.status == "running"
+    assert guard.record.nan_events == [] and guard.record.status == "completed"
 
 
 def test_event_in_tensorboard_and_recorded_once(fresh_model, small_data, tmp_path):
     model = fresh_model()
-    record = RunRecord(scenario="nan")
-    guard = NaNGuard(log_dir=tmp_path, record=record, verbose=0)
+    run = Run(tmp_path, scenario="nan")
+    guard = NaNGuard(run=run, verbose=0)
     # Validation runs after the stop on the NaN weights: it must not be a second event.
     _fit(model, small_data, [guard], _targets(small_data, "pred_intensity", 2),
          validation_data=(small_data.model_inputs(), small_data.model_targets()))
 
-    assert guard.record is record
+    assert guard.record is run.record and run.record.scenario == "nan"
     event = _only_event(guard)
     assert tensorboard_events.scalars(str(tmp_path))["nan/first_step"] == [(3, 3.0)]
     [(step, text)] = tensorboard_events.texts(str(tmp_path))["nan/event"]
@@ -362,7 +363,7 @@ def test_event_in_tensorboard_and_recorded_once(fresh_model, small_data, tmp_pat
     assert "\n" not in text
     assert "pred_intensity_loss became NaN" in text and "step 3" in text
     # The record with the event survives a JSON round trip.
-    assert RunRecord.from_json(record.to_json()).nan_events[0]["components"] == event["components"]
+    assert RunRecord.from_json(run.record.to_json()).nan_events[0]["components"] == event["components"]
 
 
 def test_clean_training_records_nothing_and_runs_to_the_end(fresh_model, small_data, tmp_path):
@@ -371,7 +372,7 @@ def test_clean_training_records_nothing_and_runs_to_the_end(fresh_model, small_d
     _fit(model, small_data, [counter, guard], epochs=2)
 
     assert len(counter.batches) == 2 * BATCHES_PER_EPOCH
-    assert guard.record.nan_events == [] and guard.record.status == "running"
+    assert guard.record.nan_events == [] and guard.record.status == "completed"
     assert model.stop_training is False
     # The snapshot does not touch the weights.
     for got, expected in zip(watched_variables(model), counter.weights[(1, BATCHES_PER_EPOCH - 1)]):
@@ -382,17 +383,18 @@ def test_clean_training_records_nothing_and_runs_to_the_end(fresh_model, small_d
 
 def test_snapshot_only_when_restore_is_asked_for(fresh_model, small_data):
     model = fresh_model()
-    guard = NaNGuard(verbose=0)
+    guard = NaNGuard(restore_weights=False, verbose=0)
     _fit(model, small_data, [guard], epochs=1)
-    assert guard._shadows is None
+    assert guard._step_guard.shadows is None
     assert guard._train_check is not None  # the weight check still runs
 
 
-def test_config_and_arguments():
-    guard = NaNGuard(on_nan="raise", restore_weights=True, check_weights=False, check_validation=False, verbose=0)
-    assert guard.get_config() == {"log_dir": None, "on_nan": "raise", "restore_weights": True,
-                                  "check_weights": False, "check_validation": False, "forensics": False,
-                                  "forensics_max_bytes": 256 * 2**20, "verbose": 0}
+def test_defaults_and_arguments(tmp_path):
+    guard = NaNGuard(on_nan="raise", check_weights=False, check_validation=False, verbose=0)
+    assert (guard.on_nan, guard.restore_weights, guard.check_weights, guard.check_validation, guard.forensics,
+            guard.forensics_max_bytes) == ("raise", True, False, False, False, 256 * 2**20)
+    assert NaNGuard(log_dir=tmp_path).forensics, "with a run directory, forensics are on by default"
+    assert not NaNGuard(log_dir=tmp_path, forensics=False).forensics
     with pytest.raises(ValueError, match="log_dir"):
         NaNGuard(forensics=True)
     with pytest.raises(ValueError, match="on_nan"):

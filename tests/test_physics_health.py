@@ -10,7 +10,7 @@ from ptycho_callbacks._keras import keras
 from ptycho_callbacks.callbacks.physics_health import PhysicsHealth
 from ptycho_callbacks.record import RunRecord
 from ptycho_callbacks.sim.model import build_model
-from ptycho_callbacks.suite import default_callbacks
+from ptycho_callbacks.suite import Probe, default_callbacks
 
 import tensorboard_events
 
@@ -121,8 +121,7 @@ def test_bad_arguments_are_refused(small_data):
 def test_default_callbacks_add_it_only_with_probe_inputs_and_counts(small_data, tmp_path):
     model = _model(small_data)
     inputs, counts = _probe(small_data)
-    with_counts = default_callbacks(model, str(tmp_path / "a"), probe_inputs=inputs, probe_counts=counts)
+    with_counts = default_callbacks(model, str(tmp_path / "a"), probe=Probe(inputs, counts=counts))
     assert [type(c).__name__ for c in with_counts].count("PhysicsHealth") == 1
-    assert type(with_counts[-1]).__name__ == "SummaryReport"  # the report sees the last evaluation
-    without = default_callbacks(model, str(tmp_path / "b"), probe_inputs=inputs)
+    without = default_callbacks(model, str(tmp_path / "b"), probe=Probe(inputs))
     assert "PhysicsHealth" not in [type(c).__name__ for c in without]

@@ -9,7 +9,8 @@ import pytest
 
 from ptycho_callbacks import stats
 from ptycho_callbacks.record import SCHEMA_VERSION, RunRecord
-from ptycho_callbacks.render import DEFAULT_SPEC_REFS, fmt, fmt_measured, render_report, report_main
+from ptycho_callbacks.cli import report_main
+from ptycho_callbacks.render import DEFAULT_SPEC_REFS, fmt, fmt_measured, render_report
 
 SCENARIO_HEADERS = [
     "## Scenario: {name}",

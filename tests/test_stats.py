@@ -468,3 +468,13 @@ def test_property_scales(nphotons, N, e_batch, raw):
        st.dictionaries(st.sampled_from(["a_loss", "b_loss"]), nasty_floats))
 def test_property_loss_composition(history, weights):
     _numbers_are_finite_or_none(stats.loss_composition(history, weights))
+
+
+def test_split_total_explains_the_total():
+    weighted, shares, residual = stats.split_total({"loss": 10.0, "a_loss": 4.0, "b_loss": 2.0},
+                                             {"a_loss": 2.0, "b_loss": 0.5})
+    assert weighted == {"a_loss": 8.0, "b_loss": 1.0}
+    assert shares == pytest.approx({"a_loss": 0.8, "b_loss": 0.1})
+    assert residual == pytest.approx(1.0)
+    _, shares, residual = stats.split_total({"loss": float("nan"), "a_loss": 1.0}, {"a_loss": 1.0})
+    assert shares == {} and residual is None

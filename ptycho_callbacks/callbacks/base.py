@@ -1,53 +1,23 @@
-"""What every callback of ours shares: the run record, the summary writers, the step count."""
+"""RecordingCallback: the base of our callbacks, a thin adapter between Keras's hooks and one `Run`."""
 
-import json
 import os
 
 import numpy as np
 
 from .._keras import keras
-from ..record import RunRecord
-from . import _writers
-from .batch_values import variable_value
-from .scalar_buffer import ScalarBuffer
-
-
-def check_writable_dir(log_dir):
-    """Creates `log_dir` and proves it writable now, not hours into a training."""
-    try:
-        os.makedirs(log_dir, exist_ok=True)
-        probe = os.path.join(log_dir, f".write-test-{os.getpid()}")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as error:
-        raise OSError(f"log directory {log_dir!r} cannot be written: {error}") from error
+from ..run import Run, check_writable_dir, is_chief
+from .variables import variable_value
 
 
 def summary_value(value):
     """`value` as the numpy float32 a summary stores (out of float32 range becomes +-inf).
 
     TensorFlow keeps every Python float it turns into an eager constant, so
-    writing a new Python float each step grows host memory without bound
-    (~0.7 kB a value); a numpy scalar is not kept.
+    writing a new Python float each step would grow host memory without
+    bound; a numpy scalar is not kept.
     """
     with np.errstate(over="ignore"):
         return np.float32(value)
-
-
-def is_chief():
-    """True unless this process is a non-chief task of a multi-worker training.
-
-    Multi-worker strategies describe the cluster in `TF_CONFIG`; the chief is
-    the task of type "chief", or worker 0 when the cluster has no chief (the
-    rule Keras's own callbacks follow). Only the chief writes.
-    """
-    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task = config.get("task") or {}
-    kind = task.get("type")
-    if not kind or kind == "chief":
-        return True
-    return kind == "worker" and int(task.get("index", 0)) == 0 and "chief" not in (config.get("cluster") or {})
 
 
 def optimizer_step(model):
@@ -63,99 +33,169 @@ def optimizer_step(model):
 
 
 class RecordingCallback(keras.callbacks.Callback):
-    """Base of our callbacks: a thin adapter that feeds one `RunRecord`.
+    """Base of our callbacks: a thin adapter that feeds one `Run`.
 
-    Callbacks built by `default_callbacks` share one record and one log
-    directory; a callback used alone makes its own record. `global_step` is
-    the optimizer's step count after the batch just done (exact with
-    `steps_per_execution > 1`).
+    Callbacks built by `default_callbacks` share one run; a callback used
+    alone makes its own, and callbacks used alone on the same model and
+    `log_dir` share one (`Run.shared`). `global_step` is the optimizer's step
+    count after the batch just done (exact with `steps_per_execution > 1`).
+
+    Subclasses do their own work in a hook first and call the base's hook
+    last in `on_train_end` (it may close the run).
 
     Args:
-        log_dir: run directory for TensorBoard logs; None writes no logs
-            (nor does a non-chief worker of a multi-worker training).
-        record: the `RunRecord` to fill; a new one (named after `log_dir`)
-            if None.
+        run: the `Run` to feed; None makes one for `log_dir`.
+        log_dir: run directory for TensorBoard logs when `run` is None; None
+            writes no logs (nor does a non-chief worker of a multi-worker
+            training).
+
+    Raises:
+        ValueError: both `run` and `log_dir` are given.
+        OSError: `log_dir` cannot be written.
     """
 
-    def __init__(self, log_dir=None, record=None):
+    def __init__(self, run=None, log_dir=None):
         super().__init__()
+        if run is not None and log_dir is not None:
+            raise ValueError(f"give run or log_dir, not both: the run writes to {run.log_dir!r}")
         self.is_chief = is_chief()
-        if not self.is_chief:
-            log_dir = None  # another worker of a multi-worker training: the chief writes the run
-        if log_dir is not None:
-            log_dir = os.fspath(log_dir)
-            check_writable_dir(log_dir)
-        self.log_dir = log_dir
-        if record is None:
-            name = os.path.basename(os.path.normpath(log_dir)) if log_dir else "run"
-            record = RunRecord(scenario=name, base_dir=log_dir)
-        self.record = record
+        if log_dir is not None and self.is_chief:
+            check_writable_dir(os.fspath(log_dir))  # now, not hours into a training
+        self._run = run
+        self._own_run = run is None
+        self._log_dir = None if log_dir is None else os.fspath(log_dir)
         self.global_step = 0
         self.epoch = 0
         self._epoch_start_step = self._fit_start_step = 0
-        self._writers = {}
-        self._scalar_buffers = {}
         self.verbose = 0
+
+    @property
+    def run(self):
+        if self._run is None:
+            self._run = Run(self._log_dir)
+        return self._run
+
+    @property
+    def record(self):
+        """The `RunRecord` this callback fills (the run's)."""
+        return self.run.record
+
+    @property
+    def log_dir(self):
+        return self.run.log_dir
+
+    def set_model(self, model):
+        super().set_model(model)
+        if self._own_run and not self.run.is_open:
+            self._run = Run.shared(model, self.run)
+        self.run.attach(self, model)
 
     def announce(self, level, code, message, look_at):
         """Adds a finding to the record and, when verbose, prints it as one line that says where to look."""
-        self.record.add_finding(level, code, message)
+        self.record.add_finding(level, code, message, step=self.global_step)
         if self.verbose:
             print(f"{type(self).__name__}: {message} See {look_at}.", flush=True)
 
-    def writer(self, run="train"):
-        """The shared summary writer of this run's `run` directory, or None without log_dir."""
-        if self.log_dir is None:
-            return None
-        if run not in self._writers:
-            self._writers[run] = _writers.acquire(self.log_dir, run)
-        return self._writers[run]
+    def writer(self, name="train"):
+        """The run's summary writer of TensorBoard run `name`, or None without log_dir."""
+        return self.run.writer(name)
 
-    def write_batch_scalars(self, values, run="train"):
-        """Queues the scalars {tag: value} at `global_step` for `run`; they reach TensorBoard in batches.
-
-        Per-batch series go through a `ScalarBuffer` (one compiled write per
-        flush instead of an eager summary per value); it is flushed at each
-        epoch end and when the writers are released.
-        """
-        if self.log_dir is None:
-            return
-        buffer = self._scalar_buffers.get(run)
-        if buffer is None:
-            buffer = self._scalar_buffers[run] = ScalarBuffer(self.writer(run))
-        buffer.add(self.global_step, values)
-
-    def flush_scalars(self):
-        """Writes every queued per-batch scalar now."""
-        for buffer in self._scalar_buffers.values():
-            buffer.flush()
+    def write_batch_scalars(self, values, name="train"):
+        """Queues the scalars {tag: value} at `global_step`; they reach TensorBoard in batches."""
+        self.run.add_batch_scalars(self.global_step, values, name)
 
     def on_train_begin(self, logs=None):
+        self.run.begin(self)
         self.global_step = self._fit_start_step = optimizer_step(self.model)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
         self._epoch_start_step = self.global_step
+        self.run.reset_trackers()
 
     def on_train_batch_end(self, batch, logs=None):
         # Keras passes the index of the last batch the call ran, also when
         # one call runs several steps (steps_per_execution > 1).
         self.global_step = self._epoch_start_step + batch + 1
 
+    def on_test_begin(self, logs=None):
+        self.run.reset_trackers()
+
     def on_epoch_end(self, epoch, logs=None):
-        self.flush_scalars()
+        self.run.flush_scalars()
+
+    def on_train_end(self, logs=None):
+        self.run.end(self)
 
     def on_fit_exception(self, error):
         """`fit` was left by `error` (Keras calls no `on_train_end` then; see `finish_on_exception`)."""
-        self.release_writers()
+        self.run.end(self)
 
-    def release_writers(self):
-        """Writes the queued scalars, then flushes and returns every writer this callback borrowed."""
-        self.flush_scalars()
-        self._scalar_buffers = {}
-        for run in self._writers:
-            _writers.release(self.log_dir, run)
-        self._writers = {}
 
-    def get_config(self):
-        return {"log_dir": self.log_dir}
+class PeriodicCallback(RecordingCallback):
+    """Base of callbacks that evaluate at train begin, every `every_n_epochs` epochs and at train end.
+
+    The evaluation at train begin runs there (so that bad input fails before
+    any training step) and is published at the first epoch's start, whose
+    index is the number of completed epochs. The last completed epoch is
+    evaluated at train end when it was not already. Subclasses implement
+    `prepare()` (at train begin, before the first evaluation), `evaluate()`
+    and `publish(result, completed_epochs)`.
+
+    Args:
+        every_n_epochs: epochs between evaluations (an integer >= 1).
+        run, log_dir: as for `RecordingCallback`.
+
+    Raises:
+        ValueError: `every_n_epochs` is not an integer >= 1.
+    """
+
+    def __init__(self, every_n_epochs=1, run=None, log_dir=None):
+        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be an integer >= 1, got {every_n_epochs!r}")
+        super().__init__(run=run, log_dir=log_dir)
+        self.every_n_epochs = every_n_epochs
+        self.completed_epochs = None  # None until the first epoch of this fit ends
+        self._published = None
+        self._pending = None
+
+    def prepare(self):
+        """Called at train begin before the first evaluation."""
+
+    def evaluate(self):
+        raise NotImplementedError
+
+    def publish(self, result, completed_epochs):
+        raise NotImplementedError
+
+    def _publish(self, result, completed_epochs):
+        self._published = completed_epochs
+        self.publish(result, completed_epochs)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.completed_epochs = self._published = None
+        self.prepare()
+        self._pending = self.evaluate()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        if self._pending is not None:
+            self._publish(self._pending, epoch)
+            self._pending = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self.completed_epochs = epoch + 1
+        if self.completed_epochs % self.every_n_epochs == 0:
+            self._publish(self.evaluate(), self.completed_epochs)
+
+    def on_train_end(self, logs=None):
+        try:
+            if self._pending is not None:
+                self._publish(self._pending, 0)
+                self._pending = None
+            if self.completed_epochs is not None and self._published != self.completed_epochs:
+                self._publish(self.evaluate(), self.completed_epochs)
+        finally:
+            super().on_train_end(logs)

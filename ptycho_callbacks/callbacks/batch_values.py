@@ -5,25 +5,9 @@ far. Their `Mean` trackers keep a `total` and a `count`; the change of both
 over one batch gives that batch's value exactly, whatever weights Keras used.
 """
 
-import weakref
-
-import numpy as np
 import tensorflow as tf
 
-_shared = weakref.WeakKeyDictionary()
-
-
-def tf_variable(variable):
-    """The `tf.Variable` behind a Keras 3 variable (or the variable itself)."""
-    if isinstance(variable, tf.Variable):
-        return variable
-    value = getattr(variable, "value", None)
-    return value if isinstance(value, tf.Variable) else variable
-
-
-def variable_value(variable):
-    """A variable's value as numpy; also for distributed variables, whose `__array__` fails under tf_keras."""
-    return np.asarray(variable.numpy() if hasattr(variable, "numpy") else variable)
+from .variables import tf_variable
 
 
 def _mean_state(metric):
@@ -33,11 +17,6 @@ def _mean_state(metric):
     return None
 
 
-def _tracker_ids(model):
-    """Identities of the variables of `model`'s metrics: they change when the model is compiled again."""
-    return [id(variable) for metric in model.metrics for variable in metric.variables]
-
-
 class BatchValues:
     """Reads per-batch values of a model's mean-type metrics (the loss and its components).
 
@@ -45,34 +24,18 @@ class BatchValues:
         model: a compiled Keras model that has run at least one step (its
             metrics exist then).
 
+    Our callbacks share one reader, the run's (`Run.trackers`): each batch's
+    values are read from the device once, by the first callback that asks
+    for that step (`read(step=...)`, or the NaN guard's own compiled check
+    through `values_from(..., step=...)`), and the others get them from its
+    cache.
+
     Example:
     >>> values = BatchValues(model)   # in the first on_train_batch_end
     >>> values.reset()                # at each epoch start
     >>> values.read()                 # in on_train_batch_end
     {'loss': -3.9e6, 'pred_intensity_loss': -3.9e6, ...}
     """
-
-    @classmethod
-    def shared(cls, model):
-        """The one reader of every mean tracker of `model` that our callbacks share.
-
-        Each batch's values are then read from the device once, by the first
-        callback that asks for that step (`read(step=...)`, or the NaN
-        guard's own compiled check through `values_from(..., step=...)`),
-        and the others get them from its cache. A new reader is made when
-        the model's trackers changed (a new `compile`).
-        """
-        reader = _shared.get(model)
-        if reader is None or reader._tracker_ids != _tracker_ids(model):
-            reader = _shared[model] = cls(model)
-        return reader
-
-    @staticmethod
-    def reset_shared(model):
-        """Resets the shared reader of `model`, if any: Keras resets its trackers at each epoch and evaluation start."""
-        reader = _shared.get(model)
-        if reader is not None:
-            reader.reset()
 
     def __init__(self, model):
         self._trackers = []
@@ -82,9 +45,7 @@ class BatchValues:
                 self._trackers.append((metric.name, tf_variable(state[0]), tf_variable(state[1])))
         self._previous = {}
         self._compiled_state = None
-        self._tracker_ids = _tracker_ids(model)
         self._latest = None  # (step, prefix, values) of the latest read
-        self._variables_read = {}  # id of a tf.Variable: (step, value) of its latest read
 
     @property
     def names(self):
@@ -123,20 +84,6 @@ class BatchValues:
         if step is None or latest is None or latest[:2] != (step, prefix):
             return None
         return dict(latest[2])
-
-    def keep_variable(self, variable, value, step):
-        """Keeps `value`, read from `variable` at optimizer step `step`, for `variable_at`.
-
-        The NaN guard reads `log_scale` in its check of every batch; the
-        scale monitor then takes the value from here instead of a read of
-        its own.
-        """
-        self._variables_read[id(tf_variable(variable))] = (step, value)
-
-    def variable_at(self, variable, step):
-        """The value of `variable` kept at optimizer step `step` (`keep_variable`), or None."""
-        kept = self._variables_read.get(id(tf_variable(variable)))
-        return kept[1] if kept is not None and kept[0] == step else None
 
     def read(self, prefix="", step=None):
         """Returns {prefix + metric name: value of the last batch}, in one device-to-host read.

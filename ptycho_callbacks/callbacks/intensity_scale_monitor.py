@@ -2,13 +2,11 @@
 
 import math
 
-import numpy as np
-
 from .. import stats
 from .base import RecordingCallback, summary_value
-from .batch_values import BatchValues, variable_value
 from .probe_inputs import check_probe_inputs, probe_batch
-from .scale_discovery import find_log_scale, is_trained_by_optimizer, shares_one_variable
+from .scale_discovery import is_trained_by_optimizer, shares_one_variable
+from .variables import variable_value
 
 HOW_TO_NAME = ("pass log_scale_variable=<the variable> to IntensityScaleMonitor or default_callbacks; "
                "found without it are the one variable held (as a weight, or an attribute such as `w`) "
@@ -52,8 +50,8 @@ class IntensityScaleMonitor(RecordingCallback):
             epoch values only.
         probe_inputs: optional small batch of model inputs for the
             double-application check.
-        log_dir: run directory for TensorBoard logs; None writes no logs.
-        record: the `RunRecord` to fill (shared by `default_callbacks`).
+        run: the `Run` to feed (shared by `default_callbacks`); None makes one.
+        log_dir: run directory when `run` is None; None writes no logs.
         verbose: 1 prints findings as one line each (what, when, where to
             look); 0 keeps them in the record.
 
@@ -72,8 +70,7 @@ class IntensityScaleMonitor(RecordingCallback):
     """
 
     def __init__(self, log_scale_variable=None, configured_scale=None, configured_trainable=None,
-                 drift_tolerance=0.05, update_freq=1, probe_inputs=None, log_dir=None, record=None,
-                 verbose=1):
+                 drift_tolerance=0.05, update_freq=1, probe_inputs=None, run=None, log_dir=None, verbose=1):
         if configured_scale is not None and not _positive(configured_scale):
             raise ValueError(f"configured_scale must be a positive finite number, got {configured_scale!r}")
         if not _positive(drift_tolerance):
@@ -83,7 +80,7 @@ class IntensityScaleMonitor(RecordingCallback):
         if log_scale_variable is not None:
             _check_variable(log_scale_variable)
         probe = probe_batch(probe_inputs) if probe_inputs is not None else None
-        super().__init__(log_dir=log_dir, record=record)
+        super().__init__(run=run, log_dir=log_dir)
         self.log_scale_variable = log_scale_variable
         self.configured_scale = configured_scale
         self.configured_trainable = configured_trainable
@@ -94,7 +91,19 @@ class IntensityScaleMonitor(RecordingCallback):
         self._variable = None
         self._configured = None
         self._drift_warned = False
-        self._batch_values = None  # the shared reader, found once per fit: finding it walks the model's metrics
+
+    def set_model(self, model):
+        super().set_model(model)
+        if self.log_scale_variable is not None:
+            self.run.use_log_scale(self.log_scale_variable)
+        scaler = self._scaler_layer()
+        if self.probe_inputs is not None and scaler is not None:
+            self.run.probe.declare([scaler.name])
+        self.run.add_charts("intensity scale", [
+            ("log_scale per batch", r"scale/batch/log_scale"),
+            ("exp(log_scale) per batch", r"scale/batch/exp_log_scale"),
+            ("exp(log_scale) and configured scale per epoch", r"scale/epoch/(exp_log_scale|configured_scale)"),
+        ])
 
     def _value(self):
         return float(variable_value(self._variable))
@@ -102,12 +111,9 @@ class IntensityScaleMonitor(RecordingCallback):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self._drift_warned = False
-        self._batch_values = None
         if self.probe_inputs is not None:
             check_probe_inputs(self.model, self.probe_inputs)
-        variable, how, scalers = find_log_scale(self.model)
-        if self.log_scale_variable is not None:
-            variable, how = self.log_scale_variable, "given by the user"
+        variable, how, scalers = self.run.log_scale
         self._variable = variable
         if variable is None:
             self.record.log_scale = {"found": False, "how_found": how, "note": HOW_TO_NAME}
@@ -149,28 +155,29 @@ class IntensityScaleMonitor(RecordingCallback):
         if self.probe_inputs is not None:
             self._check_double_application(self._configured)
 
-    def _check_double_application(self, configured):
-        from .._keras import keras
+    def _scaler_layer(self):
+        """The layer that divides the input by the scale (class `IntensityScaler` or name `intensity_scaler`)."""
+        return next((layer for layer in getattr(self.model, "layers", []) if type(layer).__name__ == "IntensityScaler"
+                     or layer.name == "intensity_scaler"), None)
 
-        scaler = next((layer for layer in self.model.layers if type(layer).__name__ == "IntensityScaler"
-                       or layer.name == "intensity_scaler"), None)
+    def _check_double_application(self, configured):
+        scaler = self._scaler_layer()
         if scaler is None:
             return
-        scaled = np.asarray(keras.Model(self.model.inputs, scaler.output)(self.probe_inputs, training=False))
-        N = scaled.shape[1]
-        expected = (N / 2.0) ** 2  # normalize_data's E[sum_xy X^2]
-        observed = float(np.mean(np.sum(np.abs(scaled.astype(np.float64)) ** 2, axis=(1, 2))))
-        if not observed > 0:
+        scaled = self.run.probe.evaluate(self.model, self.probe_inputs, self.global_step, [scaler.name],
+                                         where="IntensityScaleMonitor")[scaler.name]
+        check = stats.scale_application(scaled, configured)
+        if check is None:
             return
-        off_by = math.log(observed / expected) / (2.0 * math.log(configured)) if configured != 1 else 0.0
+        observed, expected = check["observed"], check["expected"]
         self.record.log_scale["scaled_input_intensity"] = observed
         look_at = "the model's input data path (PtychoPINN feeds intensity_scale * X)"
-        if abs(off_by + 1) < 0.25:
+        if check["verdict"] == "divided_twice":
             self.announce("warning", "log_scale_double_applied",
                           f"at train begin, the probe batch's scaled input has mean pattern intensity {observed:.4g}, "
                           f"about (N/2)^2 / scale^2 (expected {expected:.4g}): the input looks divided by the "
                           "scale twice. Feed the model intensity_scale * X, not X.", look_at)
-        elif abs(off_by - 1) < 0.25:
+        elif check["verdict"] == "multiplied_twice":
             self.announce("warning", "log_scale_not_applied",
                           f"at train begin, the probe batch's scaled input has mean pattern intensity {observed:.4g}, "
                           f"about (N/2)^2 * scale^2 (expected {expected:.4g}): the input looks multiplied by the scale "
@@ -182,9 +189,7 @@ class IntensityScaleMonitor(RecordingCallback):
         if (self._variable is None or self.log_dir is None or self.update_freq == "epoch"
                 or self.global_step % self.update_freq):
             return
-        if self._batch_values is None:
-            self._batch_values = BatchValues.shared(self.model)
-        value = self._batch_values.variable_at(self._variable, self.global_step)
+        value = self.run.log_scale_at(self.global_step)
         if value is None:  # no NaN guard before this callback read it at this step
             value = self._value()
         self.write_batch_scalars({"scale/batch/log_scale": value, "scale/batch/exp_log_scale": _safe_exp(value)})
@@ -218,7 +223,6 @@ class IntensityScaleMonitor(RecordingCallback):
                 tf.summary.scalar("scale/epoch/ratio_to_configured", summary_value(ratio))
 
     def on_train_end(self, logs=None):
-        super().on_train_end(logs)
         state = self.record.log_scale
         if self._variable is not None:
             state["final"] = self._value()
@@ -233,14 +237,7 @@ class IntensityScaleMonitor(RecordingCallback):
                               f"log_scale is trainable and tracked but had not moved at train end (step "
                               f"{self.global_step}, {len(state['history'])} epoch(s)): zero gradient, or a "
                               "learning rate of 0 for it.", f"TensorBoard scale/batch/log_scale and {_STATE_SECTION}")
-        self.release_writers()
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(configured_scale=self.configured_scale, configured_trainable=self.configured_trainable,
-                      drift_tolerance=self.drift_tolerance, update_freq=self.update_freq,
-                      verbose=self.verbose)
-        return config
+        super().on_train_end(logs)
 
 
 def _positive(value):

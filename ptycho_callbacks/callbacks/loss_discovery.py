@@ -3,6 +3,11 @@
 TOTAL = "loss"
 
 
+def is_loss_name(name):
+    """True for Keras's log names of the total loss and of loss components."""
+    return name == TOTAL or name.endswith("_loss")
+
+
 def _compiled_loss_container(model):
     # Keras 3 keeps the compiled losses in `_compile_loss`; tf_keras in `compiled_loss`.
     for attribute in ("_compile_loss", "compiled_loss"):
@@ -27,12 +32,12 @@ def compiled_loss_weights(model):
     if losses is None:
         losses = getattr(model, "loss", None)
     weights = getattr(container, "_user_loss_weights", None)
-    has_loss = _per_output(losses, output_names, default=True, present=lambda v: v is not None)
-    weight_of = _per_output(weights, output_names, default=1.0)
+    has_loss = per_output(losses, output_names, default=True, present=lambda v: v is not None)
+    weight_of = per_output(weights, output_names, default=1.0)
     return {f"{name}_loss": float(weight_of[name]) for name in output_names if has_loss[name]}
 
 
-def _per_output(spec, output_names, default, present=None):
+def per_output(spec, output_names, default, present=None):
     """Spreads a compile argument (None, scalar, list or dict) over the outputs."""
     if spec is None:
         return {name: default for name in output_names}

@@ -4,19 +4,11 @@ import numpy as np
 import tensorflow as tf
 
 from .. import physics, stats
-from .._keras import keras
-from .base import RecordingCallback, summary_value
+from .base import PeriodicCallback, summary_value
+from .probe_inputs import layer_output, probe_batch
 
 AMPLITUDE_LAYER_NAMES = ("amp_head", "amp")
 """Amplitude-head layer names looked for when none is given: the stand-in's, then PtychoPINN's."""
-
-
-def _as_numpy_batch(inputs):
-    if isinstance(inputs, dict):
-        return {key: np.asarray(value) for key, value in inputs.items()}
-    if isinstance(inputs, (list, tuple)):
-        return [np.asarray(value) for value in inputs]
-    return np.asarray(inputs)
 
 
 def _activation_name(layer):
@@ -26,7 +18,7 @@ def _activation_name(layer):
     return name if isinstance(name, str) else None
 
 
-class PhysicsHealth(RecordingCallback):
+class PhysicsHealth(PeriodicCallback):
     """Logs the photon budget and the early warnings of a Poisson-NLL NaN on a fixed probe batch.
 
     At the start of training and every `every_n_epochs` epochs (and at
@@ -66,8 +58,8 @@ class PhysicsHealth(RecordingCallback):
         amplitude_range: `(low, high)` bounds of the head's activation (None
             for unbounded); by default from its activation's name
             (`physics.ACTIVATION_RANGES`).
-        log_dir: run directory; None writes no TensorBoard data.
-        record: the `RunRecord` to fill; a new one if None.
+        run: the `Run` to feed (shared by `default_callbacks`); None makes one.
+        log_dir: run directory when `run` is None; None writes no TensorBoard data.
 
     Raises:
         ValueError: at construction for an empty probe batch or counts that
@@ -87,103 +79,53 @@ class PhysicsHealth(RecordingCallback):
     """
 
     def __init__(self, probe_inputs, probe_counts, every_n_epochs=1, intensity_output="pred_intensity",
-                 amplitude_layer=None, amplitude_range=None, log_dir=None, record=None):
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be an integer >= 1, got {every_n_epochs!r}")
+                 amplitude_layer=None, amplitude_range=None, run=None, log_dir=None):
         counts = np.asarray(probe_counts)
         if counts.dtype.kind not in "iuf" or counts.ndim == 0 or counts.shape[0] == 0:
             raise ValueError(f"probe_counts must be a non-empty real array, got dtype {counts.dtype}, "
                              f"shape {counts.shape}")
         if amplitude_range is not None and len(amplitude_range) != 2:
             raise ValueError(f"amplitude_range must be (low, high), got {amplitude_range!r}")
-        super().__init__(log_dir=log_dir, record=record)
-        self.probe_inputs = _as_numpy_batch(probe_inputs)
+        super().__init__(every_n_epochs, run=run, log_dir=log_dir)
+        self.probe_inputs = probe_batch(probe_inputs)
         self.probe_counts = counts
-        self.every_n_epochs = every_n_epochs
         self.intensity_output = intensity_output
         self.amplitude_layer = amplitude_layer
         self.amplitude_range = tuple(amplitude_range) if amplitude_range is not None else None
-        self._probe_model = None
+        self._outputs = []
         self._range = (None, None)
         self._range_reason = None
-        self._pending = None
-        self._completed = None
-        self._last_logged = None
-
-    # --- Keras hooks -------------------------------------------------------
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self._build_probe_model()
-        self._completed = self._last_logged = None
-        # Evaluated now (errors surface before any step); recorded at the first
-        # epoch's start, whose index is the number of completed epochs.
-        self._pending = self._evaluate()
-
-    def on_epoch_begin(self, epoch, logs=None):
-        super().on_epoch_begin(epoch, logs)
-        if self._pending is not None:
-            self._record_and_write(self._pending, epoch)
-            self._pending = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, logs)
-        self._completed = epoch + 1
-        if self._completed % self.every_n_epochs == 0:
-            self._record_and_write(self._evaluate(), self._completed)
-
-    def on_train_end(self, logs=None):
-        super().on_train_end(logs)
-        try:
-            if self._pending is not None:
-                self._record_and_write(self._pending, 0)
-                self._pending = None
-            if self._completed is not None and self._last_logged != self._completed:
-                self._record_and_write(self._evaluate(), self._completed)
-        finally:
-            self.release_writers()
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"every_n_epochs": self.every_n_epochs, "intensity_output": self.intensity_output,
-                       "amplitude_layer": self.amplitude_layer, "amplitude_range": self.amplitude_range})
-        return config
 
     # --- evaluation --------------------------------------------------------
 
-    def _layer(self, name):
-        try:
-            return self.model.get_layer(name)
-        except (ValueError, KeyError):
-            names = ", ".join(layer.name for layer in self.model.layers)
-            raise ValueError(f"PhysicsHealth: the model {self.model.name!r} has no layer named {name!r}; "
-                             f"its layers are: {names}") from None
+    def set_model(self, model):
+        super().set_model(model)
+        self.run.probe.declare([self.intensity_output] + ([self._amplitude_head_name()] if self._amplitude_head_name()
+                                                          else []))
 
-    def _amplitude_head(self):
+    def _amplitude_head_name(self):
         if self.amplitude_layer is not None:
-            return self._layer(self.amplitude_layer)
-        present = {layer.name: layer for layer in self.model.layers}
-        return next((present[name] for name in AMPLITUDE_LAYER_NAMES if name in present), None)
+            return self.amplitude_layer
+        present = {layer.name for layer in getattr(self.model, "layers", [])}
+        return next((name for name in AMPLITUDE_LAYER_NAMES if name in present), None)
 
-    def _build_probe_model(self):
-        intensity = self._layer(self.intensity_output)
-        outputs = [intensity.output]
-        head = self._amplitude_head()
-        if head is not None:
-            outputs.append(head.output)
-            activation = _activation_name(head)
+    def prepare(self):
+        head_name = self._amplitude_head_name()
+        self._outputs = [self.intensity_output] + ([head_name] if head_name else [])
+        for name in self._outputs:
+            layer_output(self.model, name, "PhysicsHealth")
+        if head_name is not None:
+            activation = _activation_name(self.model.get_layer(head_name))
             self._range = self.amplitude_range or physics.ACTIVATION_RANGES.get(activation, (None, None))
             self._range_reason = f"bounds of activation {activation!r} unknown: pass amplitude_range"
         else:
             self._range = (None, None)
             self._range_reason = f"no amplitude layer (looked for {', '.join(AMPLITUDE_LAYER_NAMES)})"
-        inputs = self.model.inputs
-        self._probe_model = keras.Model(inputs[0] if len(inputs) == 1 else inputs, outputs,
-                                        name="physics_health_probe")
 
-    def _evaluate(self):
-        outputs = self._probe_model(self.probe_inputs, training=False)
-        outputs = [np.asarray(value) for value in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
+    def evaluate(self):
+        values = self.run.probe.evaluate(self.model, self.probe_inputs, self.global_step, self._outputs,
+                                         where="PhysicsHealth")
+        outputs = [values[name] for name in self._outputs]
         intensity = outputs[0]
         if intensity.shape != self.probe_counts.shape:
             raise ValueError(f"PhysicsHealth: {self.intensity_output!r} on probe_inputs has shape "
@@ -199,10 +141,9 @@ class PhysicsHealth(RecordingCallback):
             "saturation_fraction": saturation,
         }
 
-    def _record_and_write(self, evaluation, epoch):
+    def publish(self, evaluation, epoch):
         evaluation = {"epoch": int(epoch), **evaluation}
         self.record.physics.append(evaluation)
-        self._last_logged = epoch
         writer = self.writer()
         if writer is None:
             return

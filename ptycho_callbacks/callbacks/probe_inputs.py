@@ -1,10 +1,13 @@
 """The probe inputs of the callbacks that run the model on a small batch of their own.
 
-`StageStatistics` and `IntensityScaleMonitor` take `probe_inputs` from the
-user; these turn them into numpy and check them against the model before
-any training step, so that a wrong probe fails at once, with a message
-that says what to pass.
+`IntensityScaleMonitor`, `StageStatistics` and `PhysicsHealth` take
+`probe_inputs` from the user; these turn them into numpy and check them
+against the model before any training step, so that a wrong probe fails at
+once, with a message that says what to pass. `LayerProbe` evaluates the
+layers they ask for, through one sub-model for all of them.
 """
+
+import difflib
 
 import numpy as np
 
@@ -92,3 +95,114 @@ def check_probe_inputs(model, batch):
             wanted = ", ".join("any" if d is None else str(d) for d in shape)
             raise ValueError(f"probe_inputs[{name!r}] has shape {array.shape}; the model input {name!r} "
                              f"takes (batch, {wanted})")
+
+
+def _batch_leaves(batch):
+    return list(batch.values()) if isinstance(batch, dict) else (batch if isinstance(batch, list) else [batch])
+
+
+def _as_list(outputs):
+    if isinstance(outputs, dict):
+        return list(outputs.values())
+    if isinstance(outputs, (list, tuple)):
+        return list(outputs)
+    return [outputs]
+
+
+def layer_output(model, layer_name, where):
+    """The symbolic output of `model`'s layer `layer_name`; ValueError starting with `where` if there is none.
+
+    The error names the layers that come close, so that a typo is found at
+    train begin, before any step.
+    """
+    try:
+        layer = model.get_layer(layer_name)
+    except (ValueError, KeyError):
+        names = [layer.name for layer in model.layers]
+        close = difflib.get_close_matches(layer_name, names, n=3, cutoff=0.6)
+        shown = (close + [n for n in names if n not in close])[:8]
+        more = f", ... ({len(names)} layers)" if len(names) > len(shown) else ""
+        hint = f"did you mean {', '.join(repr(n) for n in close)}? " if close else ""
+        raise ValueError(
+            f"{where}: the model {model.name!r} has no layer named {layer_name!r}; {hint}"
+            f"available layer names: {', '.join(shown)}{more}") from None
+    try:
+        output = layer.output
+    except (AttributeError, ValueError, RuntimeError) as error:
+        raise ValueError(
+            f"{where}: layer {layer_name!r} has no single output to evaluate "
+            f"(is it used more than once in the model?): {error}") from None
+    outputs = _as_list(output)
+    if len(outputs) != 1:
+        raise ValueError(f"{where}: layer {layer_name!r} has {len(outputs)} outputs; "
+                         "register a layer with one output, or use 'fn'")
+    return outputs[0]
+
+
+class LayerProbe:
+    """The outputs of named layers on a probe batch: one sub-model for all of a run's callbacks.
+
+    The callbacks that evaluate layers on a probe batch (the scale monitor's
+    double-scaling check, the stage statistics, the physics health) declare
+    the layers they will ask for; the first evaluation builds ONE functional
+    sub-model over all of them, and the callbacks asking at the same step on
+    the same batch share one forward pass.
+
+    Example:
+    >>> probe = LayerProbe()
+    >>> probe.declare(["pred_amplitude", "trimmed_obj"])
+    >>> probe.evaluate(model, batch, step=0, names=["trimmed_obj"])["trimmed_obj"].shape
+    """
+
+    def __init__(self):
+        self._names = []
+        self._built = None  # (model, names) the function was built for
+        self._function = None
+        self._cached = None  # (step, batch leaves, {name: numpy})
+
+    def declare(self, names):
+        """Adds layer names the sub-model must give (before the first evaluation, to build it once)."""
+        self._names += [name for name in names if name not in self._names]
+
+    def evaluate(self, model, batch, step, names, where="probe"):
+        """{name: numpy output} of the layers `names` on `batch` at optimizer step `step`.
+
+        Raises:
+            ValueError: a layer the model does not have, or a model without
+                symbolic inputs (a subclassed model), with `where` first.
+        """
+        self.declare(names)
+        leaves = _batch_leaves(batch)
+        cached = self._cached
+        if (cached is not None and cached[0] == step and len(cached[1]) == len(leaves)
+                and all(a is b for a, b in zip(cached[1], leaves)) and set(names) <= set(cached[2])
+                and self._built == (model, tuple(self._names))):
+            return {name: cached[2][name] for name in names}
+        self._build(model, batch, where)
+        outputs = _as_list(self._function(batch))
+        values = {name: to_numpy(value) for name, value in zip(self._names, outputs)}
+        self._cached = (step, leaves, values)
+        return {name: values[name] for name in names}
+
+    def _build(self, model, batch, where):
+        if self._built == (model, tuple(self._names)):
+            return
+        from .._keras import keras
+
+        if not getattr(model, "inputs", None):
+            raise ValueError(
+                f"{where}: layers are evaluated through a functional sub-model; the model "
+                f"{getattr(model, 'name', model)!r} has no symbolic inputs (subclassed model?)")
+        outputs = [layer_output(model, name, where) for name in self._names]
+        inputs = model.inputs
+        one_input = len(inputs) == 1 and not isinstance(batch, (dict, list))
+        sub_model = keras.Model(inputs[0] if one_input else inputs, outputs, name="ptycho_callbacks_probe")
+        if getattr(model, "run_eagerly", False):
+            self._function = lambda batch: sub_model(batch, training=False)
+        else:
+            import tensorflow as tf
+
+            # Traced once: an eager call of a functional model dispatches every layer from Python.
+            self._function = tf.function(lambda batch: sub_model(batch, training=False))
+        self._built = (model, tuple(self._names))
+        self._cached = None

@@ -1,5 +1,7 @@
 """Finding a PtychoPINN model's `log_scale` variable without being told."""
 
+from typing import NamedTuple
+
 SCALER_NAMES = ("IntensityScaler", "IntensityScaler_inv", "intensity_scaler", "intensity_scaler_inv")
 
 
@@ -35,8 +37,16 @@ def _all_layers(model):
     return list(model.layers)
 
 
+class ScaleVariable(NamedTuple):
+    """What `find_log_scale` found: the variable (None if none), how (or why not), the scaler layers."""
+
+    variable: object
+    how_found: str
+    scalers: list
+
+
 def find_log_scale(model):
-    """Returns (variable, how_found, scaler_layers) or (None, reason, []).
+    """Returns the `ScaleVariable` of `model`: (variable, how_found, scaler_layers), or (None, reason, ...).
 
     Looks, in order, at layers whose class or name is IntensityScaler /
     IntensityScaler_inv (their weights and variable attributes), then at any
@@ -46,12 +56,13 @@ def find_log_scale(model):
     for layer in scalers:
         variables = _layer_scale_variables(layer)
         if len(variables) == 1:
-            return variables[0], f"attribute of layer {layer.name!r} ({type(layer).__name__})", scalers
+            return ScaleVariable(variables[0], f"attribute of layer {layer.name!r} ({type(layer).__name__})",
+                                 scalers)
     for variable in model.variables:
         if "log_scale" in _variable_name(variable):
-            return variable, f"model variable named {_variable_name(variable)!r}", scalers
-    return None, ("no layer named or of class IntensityScaler/IntensityScaler_inv holds a variable, "
-                  "and no model variable is named like 'log_scale'"), scalers
+            return ScaleVariable(variable, f"model variable named {_variable_name(variable)!r}", scalers)
+    return ScaleVariable(None, "no layer named or of class IntensityScaler/IntensityScaler_inv holds a variable, "
+                               "and no model variable is named like 'log_scale'", scalers)
 
 
 def shares_one_variable(scalers, variable):

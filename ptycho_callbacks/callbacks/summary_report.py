@@ -1,23 +1,18 @@
 """SummaryReport: the run record and the Markdown report, written as training goes."""
 
 import math
-import os
 from time import monotonic
 
-from ..record import atomic_write_text, utc_now_iso
+from ..record import atomic_write_text
 from ..render import render_report
-from . import loss_discovery
+from ..run_dir import record_path, report_path
 from .base import RecordingCallback, optimizer_step
-from .batch_values import variable_value
-
-RECORD_FILE = "record.json"
-REPORT_FILE = "report.md"
+from .variables import variable_value
 
 RECORD_TIME_SHARE = 0.02
 """Most share of the training's time spent rewriting record.json at epoch ends. The record grows
-(the per-batch values, thousands of epochs) and its rewrite with it: rewritten after every epoch,
-the epoch end took 7 ms at the start and 73 ms at the end of 400 epochs of 10 steps of the N=16
-stand-in (`benchmarks/hooks.py`). Past that share it is rewritten less often than every epoch."""
+(the per-batch values, thousands of epochs) and its rewrite with it, so past that share it is
+rewritten less often than every epoch (`benchmarks/hooks.py` measures the epoch end)."""
 
 
 def current_learning_rate(optimizer):
@@ -44,48 +39,57 @@ class SummaryReport(RecordingCallback):
     a run killed outright then loses at most those epochs (a tenth of a
     second for a small record). An exception loses nothing under
     `finish_on_exception` (`default_callbacks` sets it up): the record is
-    written as the fit ends. At the end of training the report (every
-    section of the intensity-bias summary, for this run) is written next to
-    it and shown in TensorBoard's Text tab under `report/summary`.
+    written as the fit ends. When the run closes (after every other callback
+    of ours ended, wherever this one stands in the list) the record is
+    written a last time and the report (every section of the intensity-bias
+    summary, for this run) next to it, also shown in TensorBoard's Text tab
+    under `report/summary`.
 
     Args:
-        log_dir: the run directory (required).
+        log_dir: the run directory, when `run` is None.
         scenario: the run's name in the report; the directory's name if None.
         config: run configuration for the report (`nphotons`, `N`,
             `gridsize`, `intensity_scale`, `intensity_scale_trainable`,
             `normalize_gain`, `e_batch_intensity`, ...), merged into the record.
         title: the report's title.
-        record: the `RunRecord` to fill (shared by `default_callbacks`).
+        run: the `Run` to feed (shared by `default_callbacks`); None makes one.
+
+    Raises:
+        ValueError: neither `log_dir` nor `run` is given. (A run without a
+            directory, as on a non-chief worker of a multi-worker training,
+            writes nothing.)
 
     Example:
     >>> model.fit(x, y, epochs=5, callbacks=[SummaryReport("runs/a", config={"nphotons": 1e9})])
     """
 
-    def __init__(self, log_dir, scenario=None, config=None, title="Intensity Bias Summary", record=None):
-        if log_dir is None:
+    def __init__(self, log_dir=None, scenario=None, config=None, title="Intensity Bias Summary", run=None):
+        if log_dir is None and run is None:
             raise ValueError("SummaryReport needs a log_dir to write record.json and report.md into")
-        super().__init__(log_dir=log_dir, record=record)
-        if scenario is not None:
-            self.record.scenario = scenario
-        self.record.base_dir = self.record.base_dir or os.path.abspath(log_dir)
-        self.record.config.update(config or {})
+        super().__init__(run=run, log_dir=log_dir)
+        self.scenario = scenario
+        self.config = dict(config or {})
         self.title = title
         self._saved_at = -math.inf
         self._save_seconds = 0.0
 
     @property
     def record_path(self):
-        return os.path.join(self.log_dir, RECORD_FILE)
+        return record_path(self.log_dir)
 
     @property
     def report_path(self):
-        return os.path.join(self.log_dir, REPORT_FILE)
+        return report_path(self.log_dir)
+
+    def set_model(self, model):
+        super().set_model(model)
+        if self.scenario is not None:
+            self.record.scenario = self.scenario
+        self.record.config.update(self.config)
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        self.writer()  # held to the end, so the report lands in the event file the other callbacks wrote
-        self.record.status = "running"
-        self.record.config.setdefault("loss_weights", loss_discovery.compiled_loss_weights(self.model))
+        self.run.at_close(self._close)
         self._save_record()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -106,28 +110,6 @@ class SummaryReport(RecordingCallback):
             self._saved_at = monotonic()
             self._save_seconds = self._saved_at - start
 
-    def finish(self, status=None):
-        """Closes the record with `status` (or what the run says) and writes record and report.
-
-        Called at train end; also usable on an exception path to leave a
-        complete record of an interrupted run.
-        """
-        record = self.record
-        if status is not None:
-            record.status = status
-        elif record.status == "running":
-            record.status = "completed"
-        record.ended_at = utc_now_iso()
-        self._save_record()
-        report = render_report([record], title=self.title)
-        if self.log_dir is not None:
-            atomic_write_text(self.report_path, report)
-        return report
-
-    def on_train_end(self, logs=None):
-        super().on_train_end(logs)
-        self._close()
-
     def on_fit_exception(self, error):
         """Closes the run that `error` ended: "interrupted" for Ctrl-C, "failed" otherwise.
 
@@ -135,24 +117,22 @@ class SummaryReport(RecordingCallback):
         """
         if self.record.status == "running":
             status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            step = optimizer_step(self.model)
             self.record.add_finding(
                 "warning", f"training_{status}",
-                f"Training was {status} at epoch {self.epoch}, step {optimizer_step(self.model)} by "
-                f"{type(error).__name__}: {error}".rstrip(": ") + "; the record holds everything up to there.")
+                f"Training was {status} at epoch {self.epoch}, step {step} by "
+                f"{type(error).__name__}: {error}".rstrip(": ") + "; the record holds everything up to there.",
+                step=step)
             self.record.status = status
-        self._close()
+        super().on_fit_exception(error)
 
     def _close(self):
-        report = self.finish()
-        writer = self.writer()
-        if writer is not None:
+        """The run's last act (`Run.at_close`): the record, the report, and the report in TensorBoard."""
+        self._save_record()
+        report = render_report([self.record], title=self.title)
+        if self.log_dir is not None:
+            atomic_write_text(self.report_path, report)
             import tensorflow as tf
 
-            with writer.as_default(step=self.global_step):
+            with self.writer().as_default(step=self.global_step):
                 tf.summary.text("report/summary", report)
-        self.release_writers()
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(scenario=self.record.scenario, title=self.title)
-        return config

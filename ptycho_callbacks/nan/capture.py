@@ -26,14 +26,13 @@ import numpy as np
 import tensorflow as tf
 
 from .._keras import IS_LEGACY, keras
-from ..record import _decode_nonfinite, _encode_nonfinite, atomic_write_text, to_builtin
+from ..callbacks.scale_discovery import find_log_scale
+from ..callbacks.variables import assign_weights, current_weights, model_variables
+from ..record import atomic_write_text, decode_nonfinite, encode_nonfinite, to_builtin
+from ..run_dir import (FORENSICS_BATCH as BATCH_FILE, FORENSICS_FOLDER as FOLDER, FORENSICS_MANIFEST as MANIFEST,
+                       FORENSICS_MODEL as MODEL_FILE, FORENSICS_OPTIMIZER as OPTIMIZER_FILE,
+                       FORENSICS_WEIGHTS as WEIGHTS_FILE)
 
-FOLDER = "nan_forensics"
-MANIFEST = "manifest.json"
-BATCH_FILE = "batch.npz"
-WEIGHTS_FILE = "weights_before.npz"
-OPTIMIZER_FILE = "optimizer_state.npz"
-MODEL_FILE = "model.keras"
 FORMAT_VERSION = 1
 
 EXTREME_FACTOR = 100.0
@@ -140,60 +139,6 @@ def take_samples(tree, indices, size):
     return tf.nest.map_structure(take, tree)
 
 
-# ---------------------------------------------------------------- variables
-def variable_name(variable):
-    """A variable's name as NaNGuard gives it: its Keras 3 `path`, or its name without `:0`."""
-    name = getattr(variable, "path", None) or getattr(variable, "name", "") or "?"
-    return name[:-2] if name.endswith(":0") else name
-
-
-def model_variables(model):
-    """[(name, tf.Variable)]: the model's weights, then the intensity scaler's `log_scale` if untracked."""
-    from ..callbacks.batch_values import tf_variable
-    from ..callbacks.scale_discovery import find_log_scale
-
-    log_scale, _, _ = find_log_scale(model)
-    found, seen = [], set()
-    for variable in list(model.weights) + ([log_scale] if log_scale is not None else []):
-        tf_var = tf_variable(variable)
-        if id(tf_var) not in seen:
-            seen.add(id(tf_var))
-            found.append((variable_name(variable), tf_var))
-    return found
-
-
-def assign_weights(model, weights):
-    """Sets the model's variables from `[(name, array)]` (by name) or a plain list of arrays (in order).
-
-    Raises:
-        ValueError: a name the model does not have, or a shape that differs.
-    """
-    variables = model_variables(model)
-    if all(isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str)
-           for entry in weights):
-        by_name = dict(variables)
-        pairs = []
-        for name, value in weights:
-            if name not in by_name:
-                raise ValueError(f"the model {model.name!r} has no variable named {name!r}")
-            pairs.append((name, by_name[name], value))
-    else:
-        if len(weights) > len(variables):
-            raise ValueError(f"{len(weights)} weight arrays for a model with {len(variables)} variables")
-        pairs = [(name, variable, value) for (name, variable), value in zip(variables, weights)]
-    for name, variable, value in pairs:
-        value = np.asarray(value)
-        if tuple(value.shape) != tuple(variable.shape):
-            raise ValueError(f"variable {name!r} has shape {tuple(variable.shape)}, the value {value.shape}")
-    for _, variable, value in pairs:
-        variable.assign(value)
-
-
-def current_weights(model):
-    """[(name, numpy value)] of every variable `model_variables` finds."""
-    return [(name, variable.numpy()) for name, variable in model_variables(model)]
-
-
 # ------------------------------------------------------------------ writing
 def _npz_bytes(arrays):
     return sum(np.asarray(array).nbytes + _NPZ_OVERHEAD for _, array in arrays)
@@ -206,37 +151,56 @@ def _save_npz(path, arrays):
         os.fsync(handle.fileno())
 
 
-def _save_model(model, path, weights_before):
+def _save_model(model, path, weights_before, variables):
     """Saves the model holding the weights before the step; returns None, or why it could not."""
-    current = current_weights(model)
+    current = current_weights(variables)
     try:
         if weights_before:
-            assign_weights(model, weights_before)
+            assign_weights(variables, weights_before)
         model.save(path)
         return None
     except Exception as error:  # noqa: BLE001 - a model that cannot be saved is reported, not raised
         return f"model.save failed: {type(error).__name__}: {' '.join(str(error).split())[:300]}"
     finally:
-        assign_weights(model, current)
+        assign_weights(variables, current)
 
 
-def _samples_that_matter(model, batch, weights_before, flags):
-    """Samples flagged in the batch, plus those the replay finds involved (inputs, loss or gradients)."""
-    from .replay import replay
+_LIBRARY_MODULES = ("keras", "tf_keras", "tensorflow", "builtins")
 
-    involved = set(flagged_samples(flags))
-    try:
-        involved.update(replay(model, batch, weights_before).get("samples") or [])
-    except Exception:  # noqa: BLE001 - without the replay the flagged samples are kept
-        pass
-    return sorted(involved) or [0]
+
+def custom_object_modules(model):
+    """The modules, other than Keras's and TensorFlow's, that define the model's layers and loss functions.
+
+    Recorded in the manifest so that a fresh process knows what registers
+    the saved model's custom objects.
+    """
+    objects = [model] + list(getattr(model, "layers", []))
+    for attribute in ("_compile_loss", "compiled_loss"):
+        container = getattr(model, attribute, None)
+        losses = getattr(container, "_user_losses", None)
+        if losses is not None:
+            objects += list(losses.values()) if isinstance(losses, dict) else (
+                list(losses) if isinstance(losses, (list, tuple)) else [losses])
+    modules = set()
+    for value in objects:
+        module = getattr(value, "__module__", None) or getattr(type(value), "__module__", None)
+        if isinstance(value, str) or not module or module.split(".")[0] in _LIBRARY_MODULES:
+            continue
+        modules.add(module)
+    return sorted(modules)
+
+
+def _samples_that_matter(flags, involved_samples):
+    """Samples flagged in the batch, plus those the replay found involved (inputs, loss or gradients)."""
+    return sorted(set(flagged_samples(flags)) | set(involved_samples or ())) or [0]
 
 
 def _weights_entry(weights):
     return [(f"{index:04d}", value) for index, (_, value) in enumerate(weights)]
 
 
-def write_forensics(run_dir, model, batch, weights_before, optimizer_state, event, max_bytes=256 * 2**20):
+def write_forensics(run_dir, model, batch, weights_before, optimizer_state, event, max_bytes=256 * 2**20,
+                    involved_samples=None, variables=None):
     """Writes `<run_dir>/nan_forensics/` for the failing step, once and atomically.
 
     Args:
@@ -253,10 +217,14 @@ def write_forensics(run_dir, model, batch, weights_before, optimizer_state, even
         event: the guard's event dict (JSON-safe), stored in the manifest.
         max_bytes: size limit of the folder. Over it, the optimizer state is
             dropped first, then the batch keeps only the samples that matter
-            (non-finite or extreme, or involved in the replay), then the
+            (non-finite or extreme, or `involved_samples`), then the
             weights file when the saved model holds them, then the model,
             the weights and the batch. The manifest (a few kB) is always
             written and says what was dropped.
+        involved_samples: batch indices the replay found involved (its
+            `samples`), kept with the flagged ones when the batch is cut.
+        variables: `model_variables(model, log_scale)`, the variables
+            `weights_before` names; found here if None.
 
     Returns:
         The folder's path. If it exists already nothing is written.
@@ -275,8 +243,11 @@ def write_forensics(run_dir, model, batch, weights_before, optimizer_state, even
     weights_before = list(weights_before or [])
     tmp = tempfile.mkdtemp(prefix=f".{FOLDER}.", dir=run_dir)
     try:
-        manifest = _build(tmp, model, batch, weights_before, optimizer_state, event, max_bytes)
-        text = json.dumps(_encode_nonfinite(to_builtin(manifest, "manifest")), indent=2, allow_nan=False)
+        if variables is None:
+            variables = model_variables(model, find_log_scale(model).variable)
+        manifest = _build(tmp, model, batch, weights_before, optimizer_state, event, max_bytes, involved_samples,
+                          variables)
+        text = json.dumps(encode_nonfinite(to_builtin(manifest, "manifest")), indent=2, allow_nan=False)
         atomic_write_text(os.path.join(tmp, MANIFEST), text + "\n")
         try:
             os.rename(tmp, folder)
@@ -289,10 +260,10 @@ def write_forensics(run_dir, model, batch, weights_before, optimizer_state, even
     return folder
 
 
-def _build(tmp, model, batch, weights_before, optimizer_state, event, max_bytes):
+def _build(tmp, model, batch, weights_before, optimizer_state, event, max_bytes, involved_samples, variables):
     """Writes the data files into `tmp` within `max_bytes`; returns the manifest."""
     model_path = os.path.join(tmp, MODEL_FILE)
-    model_reason = _save_model(model, model_path, weights_before)
+    model_reason = _save_model(model, model_path, weights_before, variables)
     sizes = {"model": os.path.getsize(model_path) if model_reason is None else 0,
              "weights_before": _npz_bytes(weights_before) if weights_before else 0,
              "optimizer_state": _npz_bytes(optimizer_state) if optimizer_state else 0}
@@ -318,7 +289,7 @@ def _build(tmp, model, batch, weights_before, optimizer_state, event, max_bytes)
     if over() and sizes.get("optimizer_state"):
         drop("optimizer_state", limit)
     if over() and batch is not None and batch_info["batch_size"] > 1:
-        keep = _samples_that_matter(model, batch, weights_before, batch_info["flags"])
+        keep = _samples_that_matter(batch_info["flags"], involved_samples)
         if len(keep) < batch_info["batch_size"]:
             trimmed = take_samples({"x": x, "y": y, "sample_weight": sample_weight}, keep,
                                    batch_info["batch_size"])
@@ -360,6 +331,7 @@ def _build(tmp, model, batch, weights_before, optimizer_state, event, max_bytes)
         "legacy_keras": IS_LEGACY,
         "tensorflow_version": tf.__version__,
         "model": {"name": model.name, "file": MODEL_FILE if sizes.get("model") else None,
+                  "modules": custom_object_modules(model),
                   "holds": "the weights before the failing step",
                   "reason": model_reason or (None if sizes.get("model") else f"dropped: {limit}")},
         "batch": batch_info,
@@ -397,7 +369,7 @@ def read_manifest(folder):
     path = os.path.join(folder, MANIFEST)
     try:
         with open(path, encoding="utf-8") as handle:
-            manifest = _decode_nonfinite(json.load(handle))
+            manifest = decode_nonfinite(json.load(handle))
     except (OSError, json.JSONDecodeError) as error:
         raise ForensicsError(f"{path}: cannot read the manifest: {error}") from None
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:

@@ -12,23 +12,19 @@ a variable, freezes the snapshot of the weights the failing step started from
 non-finite, and keeps the failing batch on the device. Until then a step
 costs a few reductions and, with a snapshot, one device-side copy of the
 weights, taken at the start of the step where it overlaps the forward pass
-(taken at the end, after the optimizer's update, it held every step up by
-about 1 ms at N=64); nothing is copied to the host.
+(taken at the end, after the optimizer's update, it would hold up every
+step); nothing is copied to the host.
 """
 
 import contextlib
 
 import tensorflow as tf
 
-from .batch_values import tf_variable
+from ..callbacks.loss_discovery import is_loss_name
+from ..callbacks.variables import tf_variable
 
 FINITE, NAN, POS_INF, NEG_INF = 0, 1, 2, 3
 """Codes of `StepGuard.variable_kinds()`: what a variable held when the guard fired."""
-
-
-def is_loss_name(name):
-    """True for Keras's log names of the total loss and of loss components."""
-    return name == "loss" or name.endswith("_loss")
 
 
 def _uses_xla(model):

@@ -18,24 +18,22 @@ and backward, twice:
    `Log` inside `negloglik`).
 
 `replay_folder(folder)` does the same offline from a `nan_forensics/`
-folder, and `replay_main(argv)` is `ptycho-callbacks replay RUN_DIR`.
+folder (`ptycho-callbacks replay RUN_DIR`, in `ptycho_callbacks.cli`).
 """
 
-import argparse
 import contextlib
 import importlib
-import json
 import os
 import re
-import sys
 import sysconfig
 
 import numpy as np
 import tensorflow as tf
 
 from .._keras import keras
-from ..callbacks.batch_values import tf_variable
-from ..callbacks.loss_discovery import _per_output, compiled_loss_weights
+from ..callbacks.loss_discovery import compiled_loss_weights, per_output
+from ..callbacks.scale_discovery import find_log_scale
+from ..callbacks.variables import assign_weights, current_weights, model_variables, tf_variable, variable_name
 from . import capture
 
 MAX_GRADIENT_SAMPLES = 64
@@ -191,13 +189,13 @@ def _components(model):
     if spec is None or not output_names:
         raise capture.ForensicsError(f"the model {model.name!r} is not compiled with a loss: nothing to replay")
     weights = compiled_loss_weights(model)
-    per_output = _per_output(spec, output_names, default=None)
+    losses = per_output(spec, output_names, default=None)
     components = []
     for index, output in enumerate(output_names):
-        if per_output[output] is None:
+        if losses[output] is None:
             continue
         name = f"{output}_loss" if len(output_names) > 1 else "loss"
-        components.append(_Component(index, output, name, per_output[output], weights.get(name, 1.0)))
+        components.append(_Component(index, output, name, losses[output], weights.get(name, 1.0)))
     return components
 
 
@@ -291,7 +289,7 @@ class _Replay:
             "batch_size": self.size, "samples": [],
             "inputs": capture.sample_flags(self.x, "x", self.size),
             "targets": capture.sample_flags(dict(zip(self.output_names, self.y)), "y", self.size),
-            "nonfinite_weights": [name for name, variable in capture.model_variables(self.model)
+            "nonfinite_weights": [name for name, variable in model_variables(self.model, find_log_scale(self.model).variable)
                                   if not _all_finite(variable)],
             "nonfinite_layers": [name for name, value in layer_outputs.items()
                                  if not _all_finite(value)][:MAX_LISTED_LAYERS],
@@ -315,7 +313,7 @@ class _Replay:
         for variable, gradient in zip(self.trainable, gradients):
             if gradient is None:
                 continue
-            layer = self.owner.get(id(tf_variable(variable)), capture.variable_name(variable))
+            layer = self.owner.get(id(tf_variable(variable)), variable_name(variable))
             values = np.abs(_numpy(tf.convert_to_tensor(gradient))).astype(np.float64)
             with np.errstate(all="ignore"):
                 squares[layer] = squares.get(layer, 0.0) + float(np.sum(values ** 2))
@@ -437,7 +435,7 @@ def _message(result):
     return " ".join(parts)
 
 
-def replay(model, batch, weights=None):
+def replay(model, batch, weights=None, variables=None):
     """Replays one training step on `batch` to name what went non-finite first.
 
     The step runs eagerly (forward, the compiled losses with their compiled
@@ -449,7 +447,9 @@ def replay(model, batch, weights=None):
         model: the compiled Keras model.
         batch: `(x, y, sample_weight)` (or `(x, y)`) as Keras fed `train_step`.
         weights: the weights to replay with (`[(name, array)]` or a list of
-            arrays, see `capture.assign_weights`); None keeps the model's.
+            arrays, see `assign_weights`); None keeps the model's.
+        variables: `model_variables(model, log_scale)`, the variables
+            `weights` names; found here if None.
 
     Returns:
         A JSON-safe dict: `stage` ("forward", "loss", "gradients" or
@@ -470,19 +470,27 @@ def replay(model, batch, weights=None):
     ```
     """
     x, y, sample_weight = capture.split_batch(batch)
-    saved = capture.current_weights(model)
+    if variables is None:
+        variables = model_variables(model, find_log_scale(model).variable)
+    saved = current_weights(variables)
     try:
         if weights is not None:
-            capture.assign_weights(model, weights)
+            assign_weights(variables, weights)
         return _Replay(model, x, y, sample_weight).run()
     finally:
-        capture.assign_weights(model, saved)
+        assign_weights(variables, saved)
 
 
 # -------------------------------------------------------------- from a folder
-def _import_custom_objects(modules):
-    importlib.import_module("ptycho_callbacks.sim.model")  # registers the stand-in's layers and losses
-    for module in modules or ():
+def _import_custom_objects(recorded, modules):
+    """Imports the modules that register the saved model's custom objects.
+
+    Of the modules the manifest names (`recorded`), only this package's own
+    are imported without being asked: a folder from someone else chooses no
+    code to run. The others are named in the error when the load fails.
+    """
+    own = [name for name in recorded if name.split(".")[0] == "ptycho_callbacks"]
+    for module in own + list(modules or ()):
         importlib.import_module(module)
 
 
@@ -527,13 +535,15 @@ def replay_folder(folder, model=None, modules=None):
             raise capture.ForensicsError(
                 f"{folder}: no saved model ({info.get('reason') or 'no reason recorded'}); "
                 "pass the compiled model to replay_folder(folder, model=...)")
-        _import_custom_objects(modules)
+        recorded = [name for name in info.get("modules") or [] if isinstance(name, str)]
+        _import_custom_objects(recorded, modules)
         try:
             model = keras.models.load_model(os.path.join(folder, info["file"]))
         except Exception as error:  # noqa: BLE001 - loading user models fails in many ways
+            named = f" (the run's model came from: {', '.join(recorded)})" if recorded else ""
             raise capture.ForensicsError(
                 f"{folder}: the saved model cannot be loaded ({type(error).__name__}: {error}); import the "
-                "module defining its custom layers and losses (--import MODULE) or pass the model") from None
+                f"module defining its custom layers and losses (--import MODULE){named} or pass the model") from None
     else:
         weights = capture.read_weights(folder, manifest)
         if weights is None:
@@ -542,63 +552,3 @@ def replay_folder(folder, model=None, modules=None):
     _original_indices(result, manifest["batch"]["samples"])
     result.update(folder=os.path.abspath(folder), event=manifest.get("event"), dropped=manifest.get("dropped"))
     return result
-
-
-def _replay_parser():
-    parser = argparse.ArgumentParser(
-        prog="ptycho-callbacks replay",
-        description="Replay the failing step saved by NaNGuard(forensics=True) in RUN_DIR/nan_forensics with "
-                    "per-op numeric checking, and say which layer and op made the first NaN/Inf.",
-        epilog="example:\n  ptycho-callbacks replay runs/gs2_base --write",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (or its nan_forensics folder)")
-    parser.add_argument("--write", action="store_true",
-                        help="also store the result in RUN_DIR/record.json and re-render RUN_DIR/report.md")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON instead of Markdown")
-    parser.add_argument("--import", dest="modules", action="append", metavar="MODULE",
-                        help="import MODULE first (registers the saved model's custom objects; repeatable)")
-    return parser
-
-
-def _write_back(run_dir, result):
-    from ..callbacks.summary_report import RECORD_FILE, REPORT_FILE
-    from ..record import RunRecord, atomic_write_text
-    from ..render import render_report
-
-    record_path = os.path.join(run_dir, RECORD_FILE)
-    record = RunRecord.load(record_path)
-    record.forensics = result
-    record.save(record_path)
-    atomic_write_text(os.path.join(run_dir, REPORT_FILE), render_report(record))
-    return record_path
-
-
-def replay_main(argv=None):
-    """Replay the NaN step a run saved and say which layer and op made the first NaN/Inf.
-
-    `ptycho-callbacks replay RUN_DIR [--write] [--json] [--import MODULE]`;
-    returns the exit status (0 ok, 2 error: one `ptycho-callbacks replay:
-    error: ...` line on stderr).
-    """
-    from ..record import RecordError, _encode_nonfinite, to_builtin
-    from ..render import forensics_lines
-
-    parser = _replay_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_request:
-        return int(exit_request.code or 0)
-    try:
-        folder = capture.find_folder(args.run_dir)
-        result = replay_folder(folder, modules=args.modules)
-        if args.write:
-            run_dir = os.path.dirname(os.path.abspath(folder))
-            result["written_to"] = _write_back(run_dir, result)
-    except (capture.ForensicsError, OSError, RecordError, ImportError) as error:
-        print(f"{parser.prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(_encode_nonfinite(to_builtin(result)), indent=2, allow_nan=False))
-    else:
-        print("\n".join(forensics_lines(result)))
-    return 0

@@ -1,73 +1,21 @@
 """NaNGuard: stops a training at the batch where the loss, log_scale or a weight stops being finite."""
 
-import math
-
 import numpy as np
 import tensorflow as tf
 
-from .base import RecordingCallback
-from ..forensics.capture import model_variables, variable_name
-from .batch_values import BatchValues, tf_variable
-from .scale_discovery import find_log_scale
-from .step_guard import NAN, NEG_INF, POS_INF, StepGuard, is_loss_name
+from ..callbacks.base import RecordingCallback
+from ..callbacks.variables import model_variables, tf_variable, variable_name
+from . import events
+from ..callbacks.loss_discovery import is_loss_name
+from .events import LOG_SCALE, NonFiniteTrainingError, is_finite
+from .step_guard import NAN, NEG_INF, POS_INF, StepGuard
 
 ON_NAN_CHOICES = ("stop", "raise")
 
 DEFAULT_FORENSICS_BYTES = 256 * 2**20
 
-LOG_SCALE = "log_scale"
-"""Component name of the intensity scaler's `log_scale` in an event."""
-
 _HEAD = 4
 """Entries of the batch check's vector before the tracker state."""
-
-WEIGHTS = "weights"
-"""Component name of the model's weights (other than `log_scale`) in an event."""
-
-_HINTS = {
-    "pred_intensity_loss": "Look for a predicted intensity of 0 (the Poisson NLL then takes log(0): dead "
-                           "amplitude head, learning rate too high) or NaN/Inf in the intensity targets",
-    "intensity_scaler_inv_loss": "Look for NaN/Inf in the amplitude targets, the predicted amplitude "
-                                 "and exp(log_scale)",
-    "trimmed_obj_loss": "Look for NaN/Inf in the object targets and the predicted object (trimmed_obj)",
-    "loss": "Look at the loss weights and any regularization loss",
-    LOG_SCALE: "Look at what updates or assigns the intensity scaler's log_scale",
-    WEIGHTS: "Look at the update of the listed weights (nonfinite_weights of the event): usually a "
-             "learning rate too high",
-}
-
-
-class NonFiniteTrainingError(RuntimeError):
-    """Raised by `NaNGuard(on_nan="raise")` when a loss, log_scale or weight is NaN or Inf.
-
-    Attributes:
-        event: the event dict, as appended to `record.nan_events`.
-    """
-
-    def __init__(self, message, event=None):
-        super().__init__(message)
-        self.event = event
-
-
-def _as_float(value):
-    try:
-        return float(np.asarray(value))
-    except (TypeError, ValueError):
-        return None
-
-
-def _is_finite(value):
-    return value is not None and math.isfinite(value)
-
-
-def _describe(value):
-    if value is None:
-        return "none"
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return f"{value:.3g}"
 
 
 class NaNGuard(RecordingCallback):
@@ -138,35 +86,39 @@ class NaNGuard(RecordingCallback):
         check_weights: also check every weight after every batch (catches a
             NaN/Inf update before the loss shows it).
         check_validation: also check validation batches.
-        forensics: on a training event, save and replay the failing step
-            (needs `log_dir`).
+        forensics: on a training event, save and replay the failing step;
+            None (the default) does so when the run has a directory.
         forensics_max_bytes: size limit of the `nan_forensics/` folder.
-        log_dir: run directory for TensorBoard (`<log_dir>/ptycho/train`);
-            None writes no TensorBoard data.
-        record: the `RunRecord` to fill; a new one if None.
+        run: the `Run` to feed (shared by `default_callbacks`); None makes one.
+        log_dir: run directory when `run` is None (TensorBoard under
+            `<log_dir>/ptycho/train`); None writes no TensorBoard data.
         verbose: 1 prints one line per event, 0 prints nothing.
+
+    Raises:
+        ValueError: an unknown `on_nan`, `forensics=True` without a run
+            directory, or a `forensics_max_bytes` that is not positive.
 
     Example:
 
     ```python
-    guard = NaNGuard(restore_weights=True, log_dir="runs/gs2")
+    guard = NaNGuard(log_dir="runs/gs2")
     model.fit(x, y, epochs=50, callbacks=[guard])
     if guard.record.nan_events:
         print(guard.record.nan_events[0]["components"])
     ```
     """
 
-    def __init__(self, on_nan="stop", restore_weights=False, check_weights=True, check_validation=True,
-                 forensics=False, forensics_max_bytes=DEFAULT_FORENSICS_BYTES, log_dir=None, record=None,
-                 verbose=1):
+    def __init__(self, on_nan="stop", restore_weights=True, check_weights=True, check_validation=True,
+                 forensics=None, forensics_max_bytes=DEFAULT_FORENSICS_BYTES, run=None, log_dir=None, verbose=1):
         if on_nan not in ON_NAN_CHOICES:
             raise ValueError(f"on_nan must be one of {ON_NAN_CHOICES}, got {on_nan!r}")
-        if forensics and log_dir is None:
-            raise ValueError("NaNGuard(forensics=True) needs a log_dir to write nan_forensics/ into")
         if forensics_max_bytes <= 0:
             raise ValueError(f"forensics_max_bytes must be positive, got {forensics_max_bytes!r}")
-        super().__init__(log_dir=log_dir, record=record)
-        self.forensics = bool(forensics)
+        super().__init__(run=run, log_dir=log_dir)
+        has_dir = (run.log_dir if run is not None else log_dir) is not None
+        if forensics and not has_dir:
+            raise ValueError("NaNGuard(forensics=True) needs a run directory (log_dir) to write nan_forensics/ into")
+        self.forensics = has_dir if forensics is None else bool(forensics)
         self.forensics_max_bytes = int(forensics_max_bytes)
         self.on_nan = on_nan
         self.restore_weights = bool(restore_weights)
@@ -182,17 +134,12 @@ class NaNGuard(RecordingCallback):
         self.event = None
         self._in_fit = False
         self._stop_at_epoch_end = False
-        self._trackers = None  # the shared BatchValues over Keras's trackers
-        self._loss_state = None  # positions of the loss trackers in its state
+        self._loss_state = None  # positions of the loss trackers in the run's tracker state
         self._last_finite = {"train": {}, "val": {}}
         self._variables = None  # [(name, tf.Variable)] watched: weights and log_scale
         self._log_scale = None
         self._step_guard = None
         self._train_check = None
-
-    @property
-    def _shadows(self):
-        return None if self._step_guard is None else self._step_guard.shadows
 
     def step_guard_options(self):
         """The options of the `StepGuard` this guard arms inside each train step.
@@ -208,19 +155,20 @@ class NaNGuard(RecordingCallback):
 
         The names are those `nan_forensics/` and its replay use (`model_variables`).
         """
-        log_scale, _, _ = find_log_scale(self.model)
+        log_scale = self.run.log_scale.variable
         self._log_scale = None if log_scale is None else tf_variable(log_scale)
-        variables = [(name, variable) for name, variable in model_variables(self.model)
+        variables = [(name, variable) for name, variable in model_variables(self.model, log_scale)
                      if tf.as_dtype(variable.dtype).is_floating]
         self._variables = variables
         self._step_guard = StepGuard.for_model(self.model, [v for _, v in variables], **self.step_guard_options())
         self._step_guard.reset(self.global_step)
         self._in_step = self._step_guard.install()
+        self.run.step_guard = self._step_guard
 
     def _prepare_trackers(self):
-        """Keras's trackers, through the reader `LossComponents` shares; the guard checks the losses among them."""
-        self._trackers = BatchValues.shared(self.model)
-        self._loss_state = [2 * index + part for index, name in enumerate(self._trackers.names)
+        """Keras's trackers, through the run's one reader; the guard checks the losses among them."""
+        trackers = self.run.trackers()
+        self._loss_state = [2 * index + part for index, name in enumerate(trackers.names)
                             if is_loss_name(name) for part in (0, 1)]
 
     def _build_train_check(self):
@@ -233,14 +181,15 @@ class NaNGuard(RecordingCallback):
         [first bad step, must fire, losses finite, log_scale, tracker
         state...] (float64 holds any step count exactly). Beside the step's
         check it takes no inputs (the logged losses are weighed on the host,
-        see `_train_verdict`): binding inputs was a tenth of a millisecond.
+        see `_train_verdict`), so nothing is bound per call.
         """
         guard = self._step_guard
         log_scale = self._log_scale
         in_step = self._in_step
+        trackers = self.run.trackers()
 
         def check(logged_ok, step):
-            state = self._trackers.state()
+            state = trackers.state()
             loss_state = tf.gather(state, tf.constant(self._loss_state, tf.int32))
             losses_ok = tf.logical_and(logged_ok, tf.reduce_all(tf.math.is_finite(loss_state)))
             if in_step:  # the firing itself, rare, is a call of its own (fire_now)
@@ -258,7 +207,7 @@ class NaNGuard(RecordingCallback):
             function = tf.function(lambda: check(tf.constant(True), None), autograph=False)
             return function.get_concrete_function()
         self._verdicts = {True: tf.constant(True), False: tf.constant(False)}  # made once, not per call
-        # A concrete function: each batch skips tf.function's dispatch, a quarter of a millisecond here.
+        # A concrete function: each batch skips tf.function's argument dispatch.
         signature = [tf.TensorSpec([], tf.bool), tf.TensorSpec([], tf.int64)]
         return tf.function(check, input_signature=signature, autograph=False).get_concrete_function()
 
@@ -285,10 +234,6 @@ class NaNGuard(RecordingCallback):
         if self.model.weights:
             self._prepare_variables()  # the snapshot holds the initial weights until a finite step
 
-    def on_epoch_begin(self, epoch, logs=None):
-        super().on_epoch_begin(epoch, logs)
-        BatchValues.reset_shared(self.model)
-
     def on_train_batch_end(self, batch, logs=None):
         super().on_train_batch_end(batch, logs)  # global_step now counts this batch
         if self.event is not None:
@@ -296,26 +241,27 @@ class NaNGuard(RecordingCallback):
         if self._train_check is None:
             if self._variables is None:
                 self._prepare_variables()  # a subclassed model is built by its first step
-            if self._trackers is None:
+            if self._loss_state is None:
                 self._prepare_trackers()
             self._train_check = self._build_train_check()
         logged = self._logged_losses(logs, prefix="")
-        logged_ok = all(_is_finite(v) for v in logged.values())
+        logged_ok = all(is_finite(v) for v in logged.values())
         packed, must_fire, losses_ok = self._train_verdict(logged_ok)
         first_bad = int(packed[0])
         if must_fire:
             first_bad = self._step_guard.fire_now(losses_ok, self.global_step)
-        values = self._trackers.latest(self.global_step)  # a callback before this one read them already
+        trackers = self.run.trackers()
+        values = trackers.latest(self.global_step)  # a callback before this one read them already
         if values is None:
-            values = self._trackers.values_from(packed[_HEAD:], step=self.global_step)
+            values = trackers.values_from(packed[_HEAD:], step=self.global_step)
         values = self._batch_losses(values, logged)
         if self._log_scale is not None:
             values[LOG_SCALE] = float(packed[3])
         if first_bad < 0:
             # Finite losses, yet log_scale can be non-finite already (without check_weights it fires nothing).
-            self._keep_last_finite("train", values)
+            self._last_finite["train"].update(events.finite_only(values))
             if self._log_scale is not None:  # the scale monitor's value of this step
-                self._trackers.keep_variable(self._log_scale, values[LOG_SCALE], self.global_step)
+                self.run.note_log_scale(self.global_step, values[LOG_SCALE])
             return
         self._on_event("train", first_bad - self._epoch_start_step - 1, values, step=first_bad)
 
@@ -326,37 +272,37 @@ class NaNGuard(RecordingCallback):
 
     def on_test_begin(self, logs=None):
         super().on_test_begin(logs)
-        BatchValues.reset_shared(self.model)
+        if not self._in_fit:  # an evaluation of its own: the run is open for its length
+            self.run.begin(self)
 
     def on_test_batch_end(self, batch, logs=None):
         super().on_test_batch_end(batch, logs)
         if self.event is not None or not self.check_validation:
             return
-        if self._trackers is None:
-            self._prepare_trackers()
-        values = self._batch_losses(self._trackers.read(prefix="val_"), self._logged_losses(logs, prefix="val_"))
-        if all(_is_finite(v) for v in values.values()):
-            self._keep_last_finite("val", values)
+        values = self._batch_losses(self.run.trackers().read(prefix="val_"),
+                                    self._logged_losses(logs, prefix="val_"))
+        if all(is_finite(v) for v in values.values()):
+            self._last_finite["val"].update(events.finite_only(values))
             return
         self._on_event("val", batch, values)
 
     def on_test_end(self, logs=None):
         super().on_test_end(logs)
         if not self._in_fit:
-            self.release_writers()
+            self.run.end(self)
 
     def on_train_end(self, logs=None):
-        super().on_train_end(logs)
         self._end_fit()
+        super().on_train_end(logs)
+
+    def on_fit_exception(self, error):
+        self._end_fit()
+        super().on_fit_exception(error)
 
     def _end_fit(self):
         self._in_fit = False
         if self._step_guard is not None:
             self._step_guard.uninstall()
-        self.release_writers()
-
-    def on_fit_exception(self, error):
-        self._end_fit()
 
     # ------------------------------------------------------------------ details
 
@@ -372,7 +318,7 @@ class NaNGuard(RecordingCallback):
         values = {}
         for name, value in (logs or {}).items():
             if is_loss_name(name):
-                value = _as_float(value)
+                value = events.as_float(value)
                 if value is not None:
                     values[prefix + name] = value
         return values
@@ -392,64 +338,25 @@ class NaNGuard(RecordingCallback):
         return [(name, value_of[kind], variable is self._log_scale)
                 for (name, variable), kind in zip(self._variables or [], kinds) if kind in value_of]
 
-    def _keep_last_finite(self, phase, values):
-        """Keeps, per name, the latest finite value of `phase` ("train" or "val")."""
-        self._last_finite[phase].update({name: value for name, value in values.items() if _is_finite(value)})
-
-    def _order(self, names):
-        def rank(name):
-            bare = name[4:] if name.startswith("val_") else name
-            if name in (LOG_SCALE, WEIGHTS):
-                return 2 if name == LOG_SCALE else 3
-            return 1 if bare == "loss" else 0
-        return sorted(names, key=rank)  # stable: components keep Keras's order
-
     def _on_event(self, phase, batch, values, step=None):
-        extra_values = {}
-        nonfinite_weights = []
-        if phase == "train":
-            bad = self._nonfinite_variables()
-            nonfinite_weights = [name for name, _, _ in bad]
-            for name, value, is_scale in bad:
-                if is_scale:
-                    values[LOG_SCALE] = value
-            others = [(name, value) for name, value, is_scale in bad if not is_scale]
-            if others and self.check_weights:
-                extra_values[WEIGHTS] = others[0][1]
-        self._keep_last_finite(phase, values)  # the names still finite at this batch keep its value
-        components = [name for name, value in values.items() if not _is_finite(value)] + list(extra_values)
-        components = self._order(components)
-        event_values = {name: extra_values[name] if name in extra_values else values[name] for name in components}
-        last_finite = {name: self._last_finite[phase].get(name)
-                       for name in self._order(list(values) + [n for n in self._last_finite[phase]
-                                                               if n not in values])
-                       if name != WEIGHTS}
-        event = {
-            "epoch": int(self.epoch),
-            "batch": int(batch),
-            "step": int(self.global_step if step is None else step),
-            "phase": phase,
-            "components": components,
-            "values": event_values,
-            "last_finite": last_finite,
-            "weights_restored": False,
-            "nonfinite_weights": nonfinite_weights,
-        }
-        restore_note = ""
+        bad = self._nonfinite_variables() if phase == "train" else []
+        event = events.build_event(self.epoch, batch, self.global_step if step is None else step, phase, values,
+                                   self._last_finite[phase], bad, self.check_weights)
+        notes = ""
         if phase == "train" and self.restore_weights:
-            restore_note = self._restore(event)
+            notes = self._restore(event)
         if phase == "train" and self.forensics and self.log_dir is not None:
-            restore_note += self._collect_forensics(event)
+            notes += self._collect_forensics(event)
         self.event = event
         self.record.nan_events.append(event)
         self.record.status = "stopped_nan"
 
-        message = self._message(event, restore_note)
+        message = events.message(event, self.on_nan, self._in_fit, notes)
         self._write_tensorboard(event, message)
         if self.verbose:
             print(message, flush=True)
         if self.on_nan == "raise":
-            self.release_writers()
+            self.run.flush()
             raise NonFiniteTrainingError(message, event)
         if not self._in_fit:
             return
@@ -464,15 +371,13 @@ class NaNGuard(RecordingCallback):
         Forensics must never be what breaks a training: a failure here is a
         finding of the record, not an exception.
         """
-        from ..forensics.capture import write_forensics
-        from ..forensics.replay import replay
+        from .capture import write_forensics
+        from .replay import replay
 
         guard = self._step_guard
         before = list(zip([name for name, _ in self._variables], guard.snapshot()))
         batch = guard.captured_batch()
         try:
-            folder = write_forensics(self.log_dir, self.model, batch, before, self._optimizer_state(), event,
-                                     max_bytes=self.forensics_max_bytes)
             if batch is None:
                 if not guard.installed:
                     reason = "the train step was not wrapped (a strategy with several replicas): no batch captured"
@@ -482,7 +387,10 @@ class NaNGuard(RecordingCallback):
                     reason = "the non-finite value appeared between steps (assigned outside the train step)"
                 result = {"stage": "n/a", "reason": reason}
             else:
-                result = replay(self.model, batch, weights=before)
+                result = replay(self.model, batch, weights=before, variables=self._variables)
+            folder = write_forensics(self.log_dir, self.model, batch, before, self._optimizer_state(), event,
+                                     max_bytes=self.forensics_max_bytes, involved_samples=result.get("samples"),
+                                     variables=self._variables)
             result["folder"] = folder
         except Exception as error:  # noqa: BLE001 - reported, never raised into the training
             self.record.add_finding("warning", "nan_forensics_failed",
@@ -500,55 +408,13 @@ class NaNGuard(RecordingCallback):
         return [(variable_name(v), np.asarray(tf_variable(v).numpy())) for v in variables]
 
     def _restore(self, event):
-        if not self._shadows:
+        if self._step_guard is None or not self._step_guard.shadows:
             return " No weights were restored: no snapshot exists (the model had no weights at train begin)."
         self._step_guard.restore()
         event["weights_restored"] = True
-        snapshot_step = self._step_guard.snapshot_step_value()
-        if snapshot_step <= self._fit_start_step:
-            where = "the weights of train begin (no step had finished with everything finite)"
-        else:
-            where = f"the weights after step {snapshot_step}, the last finite step"
-        note = f" Restored {where}."
-        if any(not np.all(np.isfinite(value)) for _, value in self._optimizer_state()
-               if np.issubdtype(value.dtype, np.floating)):
-            note += " The optimizer's state is non-finite too: re-compile before training on."
-        return note
-
-    def _message(self, event, restore_note):
-        first = event["components"][0] if event["components"] else "loss"
-        value = event["values"].get(first)
-        what = {float("inf"): "+Inf", float("-inf"): "-Inf"}.get(value, "NaN")
-        where = "validation batch" if event["phase"] == "val" else "batch"
-        if first == WEIGHTS:
-            names = event["nonfinite_weights"]
-            subject = f"weight {names[0]}" + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")
-        else:
-            subject = first
-        last = _describe(event["last_finite"].get(first)) if first != WEIGHTS else None
-        parts = [f"NaNGuard: {subject} became {what} at epoch {event['epoch']}, {where} {event['batch']} "
-                 f"(0-based; step {event['step']})"]
-        if last is not None:
-            parts.append(f"; last finite value {last}")
-        others = [c for c in event["components"] if c != first]
-        if others:
-            parts.append(f"; also non-finite: {', '.join(others)}")
-        parts.append(".")
-        if self.on_nan == "raise":
-            parts.append(" Raising NonFiniteTrainingError.")
-        elif not self._in_fit:
-            parts.append(" (Not in model.fit: nothing to stop.)")
-        elif event["phase"] == "val":
-            parts.append(" Training stops at the end of this epoch.")
-        else:
-            parts.append(" Training stopped.")
-        parts.append(restore_note)
-        bare = first[4:] if first.startswith("val_") else first
-        hint = _HINTS.get(bare, f"Look at what feeds {bare}")
-        if event["phase"] == "val":
-            hint += "; the training batches were finite, so look at the validation data first"
-        parts.append(f" {hint}.")
-        return "".join(parts)
+        optimizer_finite = all(np.all(np.isfinite(value)) for _, value in self._optimizer_state()
+                               if np.issubdtype(value.dtype, np.floating))
+        return events.restore_note(self._step_guard.snapshot_step_value(), self._fit_start_step, optimizer_finite)
 
     def _write_tensorboard(self, event, message):
         writer = self.writer("train")
@@ -559,16 +425,3 @@ class NaNGuard(RecordingCallback):
             tf.summary.text("nan/event", markdown, step=event["step"])
             tf.summary.scalar("nan/first_step", float(event["step"]), step=event["step"])
         writer.flush()
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({
-            "on_nan": self.on_nan,
-            "restore_weights": self.restore_weights,
-            "check_weights": self.check_weights,
-            "check_validation": self.check_validation,
-            "forensics": self.forensics,
-            "forensics_max_bytes": self.forensics_max_bytes,
-            "verbose": self.verbose,
-        })
-        return config

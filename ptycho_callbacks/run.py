@@ -1,0 +1,308 @@
+"""Run: the one owner of what our callbacks share while a model trains.
+
+A training watched by our callbacks has one `Run`: the `RunRecord` they fill,
+the TensorBoard writers of the run directory, the one reader of Keras's loss
+trackers, the discovered `log_scale` variable, the loss weights and the NaN
+guard installed in the train step. Callbacks never talk to one another; they
+talk to the run, through its methods.
+
+Its life follows Keras's hooks, so that the order of the callbacks in the list
+never matters:
+- `attach` (from each callback's `set_model`, which Keras calls for every
+  callback before any `on_train_begin`): the callback joins and declares what
+  it knows (a given `log_scale` variable, loss weights, Custom Scalars charts);
+- `begin` (from `on_train_begin`): the first member to begin opens the run;
+- `end` (from `on_train_end`, or `on_fit_exception` when `fit` raised): when
+  the last member ends, the run closes: the closers run (the report), the
+  per-batch scalars are written, the writers closed.
+
+A run's record, writers, tracker reader, `log_scale`, loss weights, step
+guard and probe sub-model (`LayerProbe`) are its own; no module keeps any.
+
+Callbacks built without a run and with the same model and `log_dir` (or
+both without one) share one run: it is kept on the model for the fit, not in
+a module-level registry.
+
+Example:
+
+```python
+run = Run("runs/gs2", scenario="gs2_base", config={"nphotons": 1e9})
+model.fit(x, y, callbacks=[NaNGuard(run=run), LossComponents(run=run), SummaryReport(run=run)])
+run.record.status   # "completed"
+```
+"""
+
+import json
+import math
+import os
+
+import tensorflow as tf
+
+from .callbacks.batch_values import BatchValues
+from .callbacks.loss_discovery import compiled_loss_weights
+from .callbacks.probe_inputs import LayerProbe
+from .callbacks.scalar_buffer import ScalarBuffer
+from .callbacks.scale_discovery import ScaleVariable, find_log_scale
+from .record import RunRecord, utc_now_iso
+from .run_dir import tensorboard_dir
+
+_ON_MODEL = "_ptycho_callbacks_runs"
+"""Attribute of a model holding {log_dir: Run} of the callbacks built without a run, for one fit."""
+
+CUSTOM_SCALARS_CATEGORY = "ptycho-callbacks"
+"""Prefix of our Custom Scalars categories."""
+
+
+def is_chief():
+    """True unless this process is a non-chief task of a multi-worker training.
+
+    Multi-worker strategies describe the cluster in `TF_CONFIG`; the chief is
+    the task of type "chief", or worker 0 when the cluster has no chief (the
+    rule Keras's own callbacks follow). Only the chief writes.
+    """
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = config.get("task") or {}
+    kind = task.get("type")
+    if not kind or kind == "chief":
+        return True
+    return kind == "worker" and int(task.get("index", 0)) == 0 and "chief" not in (config.get("cluster") or {})
+
+
+def check_writable_dir(log_dir):
+    """Creates `log_dir` and proves it writable now, not hours into a training."""
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+        probe = os.path.join(log_dir, f".write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        raise OSError(f"log directory {log_dir!r} cannot be written: {error}") from error
+
+
+class Run:
+    """What our callbacks share during the trainings of one run directory.
+
+    Args:
+        log_dir: the run directory (TensorBoard logs, `record.json`,
+            `report.md`); None writes nothing (nor does a non-chief worker of
+            a multi-worker training, whose chief writes the run).
+        scenario: the run's name in the report; the directory's name if None.
+        config: the run's configuration for the report (see `RunRecord.config`).
+
+    Raises:
+        OSError: `log_dir` cannot be written.
+    """
+
+    def __init__(self, log_dir=None, scenario=None, config=None):
+        if log_dir is not None and is_chief():
+            log_dir = os.fspath(log_dir)
+            check_writable_dir(log_dir)
+        else:
+            log_dir = None
+        self.log_dir = log_dir
+        name = scenario or (os.path.basename(os.path.normpath(log_dir)) if log_dir else "run")
+        self.record = RunRecord(scenario=name, base_dir=os.path.abspath(log_dir) if log_dir else None,
+                                config=dict(config or {}))
+        self.model = None
+        self.step_guard = None
+        """The NaN guard armed inside the train step for this fit (`NaNGuard` sets it), or None."""
+        self.probe = LayerProbe()
+        """Layer outputs on a probe batch, one sub-model and one forward pass per step for all callbacks."""
+        self._members = []
+        self._closers = []
+        self._writers = {}
+        self._buffers = {}
+        self._pending = {}  # TensorBoard run name: [step, {tag: value}] of the step being gathered
+        self._trackers = None
+        self._given_log_scale = None
+        self._scale = None
+        self._given_loss_weights = None
+        self._loss_weights = None
+        self._charts = {}
+        self._log_scale_read = (None, None)
+
+    # ------------------------------------------------------------ life cycle
+
+    @classmethod
+    def shared(cls, model, run):
+        """The run that callbacks built without one share on `model` for `run.log_dir`: `run` if none yet."""
+        runs = vars(model).get(_ON_MODEL)
+        if runs is None:
+            runs = {}
+            # object.__setattr__ keeps it out of Keras's attribute tracking (and of saved models).
+            object.__setattr__(model, _ON_MODEL, runs)
+        return runs.setdefault(run.log_dir, run)
+
+    def attach(self, callback, model):
+        """`callback` (in its `set_model`) joins the run of `model`'s next fit."""
+        self.model = model
+
+    def begin(self, callback):
+        """`callback` begins a fit (or an evaluation outside fit); the first to begin opens the run."""
+        if not self._members:
+            self._open()
+        if callback not in self._members:
+            self._members.append(callback)
+
+    def end(self, callback):
+        """`callback` is done with this fit; the last one to end closes the run."""
+        if callback in self._members:
+            self._members.remove(callback)
+            if not self._members:
+                self._close()
+
+    @property
+    def is_open(self):
+        return bool(self._members)
+
+    def at_close(self, closer):
+        """Calls `closer()` when this fit's run closes, after every member ended (e.g. to write the report)."""
+        self._closers.append(closer)
+
+    def _open(self):
+        self._trackers = None
+        self._scale = None
+        self._loss_weights = None
+        self._log_scale_read = (None, None)
+        self.step_guard = None
+        self.record.status = "running"
+        self.record.ended_at = None
+        self.record.config.setdefault("loss_weights", dict(self.loss_weights))
+        if self.log_dir is not None and self._charts:
+            self._write_custom_scalars()
+
+    def _close(self):
+        closers, self._closers = self._closers, []
+        if self.record.status == "running":
+            self.record.status = "completed"
+        self.record.ended_at = utc_now_iso()
+        # Findings of one step come in the order of the callbacks' hooks; by code they read the same in any order.
+        self.record.findings.sort(key=lambda finding: (finding.get("step", math.inf), finding["code"]))
+        try:
+            for closer in closers:
+                closer()
+        finally:
+            self.flush_scalars()
+            for writer in self._writers.values():
+                writer.close()
+            self._writers = {}
+            self._buffers = {}
+            runs = vars(self.model).get(_ON_MODEL) if self.model is not None else None
+            if runs is not None and runs.get(self.log_dir) is self:
+                del runs[self.log_dir]
+
+    # ------------------------------------------------------------ what the model holds
+
+    def use_log_scale(self, variable):
+        """Declares the `log_scale` variable (a user's choice wins over discovery)."""
+        self._given_log_scale = variable
+        self._scale = None
+
+    @property
+    def log_scale(self):
+        """The `ScaleVariable` of the model: found once per fit, or the declared one."""
+        if self._scale is None:
+            found = find_log_scale(self.model)
+            if self._given_log_scale is not None:
+                found = ScaleVariable(self._given_log_scale, "given by the user", found.scalers)
+            self._scale = found
+        return self._scale
+
+    def note_log_scale(self, step, value):
+        """Keeps `log_scale`'s value read at optimizer step `step`, so that no one reads it again."""
+        self._log_scale_read = (step, value)
+
+    def log_scale_at(self, step):
+        """The value of `log_scale` noted at `step` (`note_log_scale`), or None."""
+        noted_step, value = self._log_scale_read
+        return value if noted_step == step else None
+
+    def use_loss_weights(self, weights):
+        """Declares {component: weight} (a user's choice wins over the compiled weights)."""
+        self._given_loss_weights = dict(weights)
+        self._loss_weights = None
+
+    @property
+    def loss_weights(self):
+        """{logged component name: weight}: the declared ones, else the model's compiled loss weights."""
+        if self._loss_weights is None:
+            given = self._given_loss_weights
+            self._loss_weights = dict(given) if given is not None else compiled_loss_weights(self.model)
+        return self._loss_weights
+
+    def trackers(self):
+        """The one reader of the model's loss trackers (`BatchValues`), made at its first use in each fit.
+
+        Keras builds its trackers in the first step: ask from a batch hook on.
+        """
+        if self._trackers is None:
+            self._trackers = BatchValues(self.model)
+        return self._trackers
+
+    def reset_trackers(self):
+        """Keras resets its trackers at each epoch and evaluation start; so does the reader."""
+        if self._trackers is not None:
+            self._trackers.reset()
+
+    # ------------------------------------------------------------ TensorBoard
+
+    def writer(self, name="train"):
+        """The summary writer of TensorBoard run `name` ("train" or "validation"), or None without log_dir."""
+        if self.log_dir is None:
+            return None
+        writer = self._writers.get(name)
+        if writer is None:
+            writer = self._writers[name] = tf.summary.create_file_writer(tensorboard_dir(self.log_dir, name))
+        return writer
+
+    def add_batch_scalars(self, step, values, name="train"):
+        """Queues {tag: value} at `step`; the values of all callbacks at one step go out as one row.
+
+        Rows reach the event file in batches (`ScalarBuffer`): at the latest
+        at each epoch end (`flush_scalars`) and when the run closes.
+        """
+        if self.log_dir is None or not values:
+            return
+        pending = self._pending.get(name)
+        if pending is not None and pending[0] != step:
+            self._buffer(name).add(*pending)
+            pending = None
+        if pending is None:
+            pending = self._pending[name] = [step, {}]
+        pending[1].update(values)
+
+    def _buffer(self, name):
+        buffer = self._buffers.get(name)
+        if buffer is None:
+            buffer = self._buffers[name] = ScalarBuffer(self.writer(name))
+        return buffer
+
+    def flush_scalars(self):
+        """Writes every queued per-batch scalar now."""
+        for name, pending in list(self._pending.items()):
+            self._buffer(name).add(*pending)
+        self._pending = {}
+        for buffer in self._buffers.values():
+            buffer.flush()
+
+    def flush(self):
+        """Writes the queued scalars and flushes every writer, keeping them open."""
+        self.flush_scalars()
+        for writer in self._writers.values():
+            writer.flush()
+
+    def add_charts(self, category, charts):
+        """Declares Custom Scalars charts [(title, tag regex)] under `ptycho-callbacks: <category>`."""
+        self._charts[category] = list(charts)
+
+    def _write_custom_scalars(self):
+        from tensorboard.plugins.custom_scalar import layout_pb2
+        from tensorboard.plugins.custom_scalar import summary as custom_scalar_summary
+
+        categories = [layout_pb2.Category(title=f"{CUSTOM_SCALARS_CATEGORY}: {category}", chart=[
+            layout_pb2.Chart(title=title, multiline=layout_pb2.MultilineChartContent(tag=[regex]))
+            for title, regex in charts]) for category, charts in sorted(self._charts.items())]
+        with self.writer().as_default():
+            tf.summary.experimental.write_raw_pb(
+                custom_scalar_summary.pb(layout_pb2.Layout(category=categories)).SerializeToString(), step=0)
