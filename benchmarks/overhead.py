@@ -5,7 +5,7 @@ process, one real `model.fit` per config:
   bare   model.fit with no callbacks
   keras  Keras's TensorBoard(update_freq="batch") + TerminateOnNaN
   suite  ptycho_callbacks.default_callbacks at its defaults
-  guard  NaNGuard alone
+  guard  NaNGuard alone, with neither rollback nor forensics (the checks only)
   lossguard  NaNGuard(check_weights=False): the losses checked in the step,
          the weights not
   rollback  NaNGuard(restore_weights=True) (a device-side snapshot of the
@@ -290,7 +290,7 @@ def bootstrap_picks(generator, turns_per_repeat):
 
     Repeats first, because fits vary more than the turns within one show:
     drawing turns alone once gave `null`, which differs from `bare` in
-    nothing, an interval against Keras's pair of 0.958-0.990.
+    nothing, an interval against Keras's pair that excluded 1.
     """
     repeats = generator.integers(0, len(turns_per_repeat), len(turns_per_repeat))
     return [(repeat, generator.integers(0, turns_per_repeat[repeat], turns_per_repeat[repeat])) for repeat in repeats]
@@ -359,11 +359,11 @@ def measure_in_step(args, data, dataset):
     the configs, the train function its `NaNGuard` would install, called
     in rounds (each round every function once, in a new random order) on
     the same data stream. A call is a whole step, so whatever the check
-    costs inside it shows, not only its own ops: compiled and timed alone
-    they took 0.1-0.45 ms at N=64, a tenth of what they once cost in place.
-    Two traces of the same function need not run at the same speed (one
-    run with a single trace put the guard's step 1.1% below Keras's, its
-    interval excluding 1, which added ops cannot do), so every function is
+    costs inside it shows, not only its own ops (compiled and timed alone
+    they cost far less than they do in place). Two traces of the same
+    function need not run at the same speed (one run with a single trace
+    put the guard's step below Keras's, its interval excluding 1, which
+    added ops cannot do), so every function is
     traced afresh `--step-traces` times, and the bootstrap draws traces
     before rounds, as `measure_fits` draws repeats before turns.
     """
