@@ -152,6 +152,10 @@ class Run:
             if not self._members:
                 self._close()
 
+    def has_member(self, callback):
+        """True while `callback` has begun this fit and not ended it."""
+        return callback in self._members
+
     @property
     def is_open(self):
         return bool(self._members)

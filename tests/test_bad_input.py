@@ -117,6 +117,10 @@ def test_a_config_intensity_scale_that_is_not_a_number_fails_at_train_begin(smal
     with pytest.raises(ValueError, match=r"configured intensity_scale must be a positive finite number, got 'auto'"):
         _fit(model, small_data, callbacks)
     _assert_untrained(model, before)
+    # The report comes after the monitor in the list and never began: the fit's end still writes it.
+    record = RunRecord.load(str(tmp_path / "run" / "record.json"))
+    assert record.status == "failed" and record.findings[-1]["code"] == "training_failed"
+    assert (tmp_path / "run" / "report.md").exists()
 
 
 # ------------------------------------------------------------------ stages

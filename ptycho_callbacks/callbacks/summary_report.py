@@ -113,8 +113,12 @@ class SummaryReport(RecordingCallback):
     def on_fit_exception(self, error):
         """Closes the run that `error` ended: "interrupted" for Ctrl-C, "failed" otherwise.
 
-        A run the NaN guard stopped by raising keeps "stopped_nan".
+        A run the NaN guard stopped by raising keeps "stopped_nan". A fit
+        that died before this callback's `on_train_begin` (another callback
+        refused its input there) still gets its record and report.
         """
+        if not self.run.has_member(self):
+            self.on_train_begin()
         if self.record.status == "running":
             status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
             step = optimizer_step(self.model)
