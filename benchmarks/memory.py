@@ -44,7 +44,7 @@ def status_mb(field):
 def train(config, args):
     """Runs one configuration in this process; returns its measurements."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from ptycho_callbacks import default_callbacks
+    from ptycho_callbacks import Probe, default_callbacks
     from ptycho_callbacks._keras import keras
 
     class Sampler(keras.callbacks.Callback):
@@ -70,7 +70,7 @@ def train(config, args):
             ]
             callbacks = default_callbacks(
                 model, run_dir, config={"nphotons": data.nphotons, "N": data.N, "gridsize": data.gridsize},
-                stages=stages, probe_inputs=probe, truth=data.truth_object[:args.probe], verbose=0)
+                stages=stages, probe=Probe(probe, truth=data.truth_object[:args.probe]), verbose=0)
         model.fit(dataset, steps_per_epoch=args.steps_per_epoch, epochs=args.epochs, shuffle=False, verbose=0,
                   callbacks=callbacks + [sampler])
         record_path = os.path.join(run_dir, "record.json")

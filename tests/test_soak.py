@@ -64,7 +64,7 @@ def train(run, keep_kb_per_epoch=0):
     """
     import tensorflow as tf
 
-    from ptycho_callbacks import default_callbacks
+    from ptycho_callbacks import Probe, default_callbacks
     from ptycho_callbacks._keras import keras
     from ptycho_callbacks.sim.model import build_model
 
@@ -98,7 +98,7 @@ def train(run, keep_kb_per_epoch=0):
         {"name": "truth", "label": "Truth", "array": data.truth_diffraction[:SAMPLES]},
     ]
     suite = default_callbacks(model, run, config={"nphotons": data.nphotons, "N": data.N}, stages=stages,
-                              probe_inputs=inputs, truth=data.truth_object[:SAMPLES], verbose=0)
+                              probe=Probe(inputs, truth=data.truth_object[:SAMPLES]), verbose=0)
     sampler = ResourceSampler()
     fds_before = open_fds()
     model.fit(dataset, steps_per_epoch=1, epochs=EPOCHS, shuffle=False, verbose=0,
