@@ -118,11 +118,12 @@ def _report_parser():
 def report_main(argv):
     """Render saved run records as one Markdown report comparing the runs.
 
-    Unreadable paths, invalid JSON and records of a newer schema version
-    print one `ptycho-callbacks report: error: ...` line to stderr (exit 2).
+    Unreadable paths, files that are no record (binary, not UTF-8, invalid
+    or too deeply nested JSON, fields of the wrong type) and records of a
+    newer schema version print one `ptycho-callbacks report: error: ...` line
+    to stderr (exit 2).
     """
     from .record import RecordError, RunRecord, atomic_write_text
-    from .render import render_report
 
     parser = _report_parser()
     args, status = _parse(parser, argv)
@@ -131,7 +132,7 @@ def report_main(argv):
     try:
         paths = list(dict.fromkeys(os.path.realpath(p) for arg in args.paths for p in _record_paths(arg)))
         records = [RunRecord.load(path) for path in paths]
-        report = render_report(records, title=args.title)
+        report = _render_records(records, paths, args.title)
         if args.output:
             atomic_write_text(args.output, report)
         else:
@@ -142,6 +143,27 @@ def report_main(argv):
         print(f"{parser.prog}: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
     return 0
+
+
+def _render_records(records, paths, title):
+    """The report of `records`; RecordError naming the file whose content the report cannot read.
+
+    A record from someone else may hold anything where a number or a table
+    is meant: that is an error of the input, said in one line, not a traceback.
+    """
+    from .record import RecordError
+    from .render import render_report
+
+    try:
+        return render_report(records, title=title)
+    except Exception:  # noqa: BLE001 - the input is untrusted; find the record and say which
+        for record, path in zip(records, paths):
+            try:
+                render_report([record], title=title)
+            except Exception as error:  # noqa: BLE001
+                raise RecordError(f"{path}: a field holds what a record never holds ({type(error).__name__}: "
+                                  f"{error}); was it written by ptycho_callbacks?") from None
+        raise
 
 
 def _replay_parser():
@@ -180,7 +202,7 @@ def replay_main(argv):
     from .nan import capture
     from .nan.replay import replay_folder
     from .record import RecordError, encode_nonfinite, to_builtin
-    from .render import forensics_lines
+    from .render import forensics_lines, markdown_safe
 
     parser = _replay_parser()
     args, status = _parse(parser, argv)
@@ -198,7 +220,7 @@ def replay_main(argv):
     if args.json:
         print(json.dumps(encode_nonfinite(to_builtin(result)), indent=2, allow_nan=False))
     else:
-        print("\n".join(forensics_lines(result)))
+        print("\n".join(forensics_lines(markdown_safe(result))))
     return 0
 
 

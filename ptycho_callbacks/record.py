@@ -120,8 +120,15 @@ def _reject_bare_constant(name: str) -> None:
     raise RecordError(f"bare {name} is not standard JSON; write it as the string \"{name}\"")
 
 
+def umask_mode(mode: int = 0o666) -> int:
+    """`mode` less the process's umask: what `open` would give a new file (`0o777` for a folder)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` atomically.
+    """Write `text` to `path` atomically, readable as any file the user creates (umask).
 
     The text goes to a temporary file in the same directory, which is flushed,
     fsync'ed and then moved over `path` with `os.replace`: readers see either
@@ -131,6 +138,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp_path = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
+        os.fchmod(fd, umask_mode())  # mkstemp makes it private (0600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -298,6 +306,8 @@ class RunRecord:
             data = json.loads(text, parse_constant=_reject_bare_constant)
         except json.JSONDecodeError as error:
             raise RecordError(f"invalid JSON: {error}") from None
+        except RecursionError:
+            raise RecordError("JSON nested too deeply: not a record") from None
         return cls.from_dict(data)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -310,12 +320,17 @@ class RunRecord:
 
         Raises:
             OSError: the file cannot be read.
-            RecordError: the content is malformed (message names the file).
+            RecordError: the content is malformed: not UTF-8 text, not
+                JSON, nested too deeply, or not a record (message names the file).
             RecordVersionError: the file has a newer schema version.
         """
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        with open(path, "rb") as handle:
+            data = handle.read()
         try:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise RecordError(f"not UTF-8 text (byte {error.start}): not a record.json") from None
             return cls.from_json(text)
         except RecordError as error:
             raise type(error)(f"{os.fspath(path)}: {error}") from None

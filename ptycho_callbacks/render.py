@@ -13,6 +13,7 @@ prints as `NaN`, `+Inf` or `-Inf`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 from typing import Any, Iterable, Mapping, Sequence
@@ -294,7 +295,7 @@ def _intensity_scale_section(record: RunRecord, refs: Mapping[str, str]) -> list
         ["Fallback scale", fmt(comparison["fallback"], reason="needs nphotons and N")],
         ["nphotons", fmt(config.get("nphotons"), "%.0f", "not recorded")],
         ["N (patch size)", fmt(config.get("N"), "%d", "not recorded")],
-        ["E_batch[Σ|Ψ|²]", fmt(config.get("e_batch_intensity"), reason="not recorded")],
+        ["E_batch[Σ\\|Ψ\\|²]", fmt(config.get("e_batch_intensity"), reason="not recorded")],
         ["Delta (dataset - fallback)", fmt(comparison["delta"], reason="undefined")],
         ["Ratio (dataset / fallback)", fmt(comparison["ratio"], reason="undefined")],
     ]
@@ -662,8 +663,40 @@ def _forensics_section(record: RunRecord) -> list[str]:
     return forensics_lines(record.forensics) if record.forensics is not None else []
 
 
+_MARKDOWN_ESCAPES = str.maketrans({"\\": "\\\\", "|": "\\|", "[": "\\[", "]": "\\]", "&": "&amp;",
+                                   "<": "&lt;", ">": "&gt;", "\n": " ", "\r": " "})
+
+
+def markdown_safe(value: Any) -> Any:
+    """`value` with every string in it (keys too) made inert in Markdown.
+
+    A record may come from someone else: a scenario, a finding or a layer
+    name holding `<script>`, a `[link](javascript:...)`, a `|` or a line
+    break would otherwise be markup in report.md and TensorBoard's Text tab,
+    or break its tables. Backslashes, `|` and brackets are escaped, `&`, `<`
+    and `>` become entities, line breaks spaces; ordinary names and messages
+    pass unchanged.
+    """
+    if isinstance(value, str):
+        return value.translate(_MARKDOWN_ESCAPES)
+    if isinstance(value, dict):
+        return {markdown_safe(key): markdown_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [markdown_safe(item) for item in value]
+    return value
+
+
+def _safe_record(record: RunRecord) -> RunRecord:
+    return dataclasses.replace(record, **{field.name: markdown_safe(getattr(record, field.name))
+                                          for field in dataclasses.fields(record)})
+
+
 def render_scenario(record: RunRecord, spec_refs: Mapping[str, str] | None = None) -> str:
-    """The per-scenario part of the report for one record (Markdown)."""
+    """The per-scenario part of the report for one record (Markdown; its text escaped by `markdown_safe`)."""
+    return _scenario_markdown(_safe_record(record), markdown_safe(spec_refs))
+
+
+def _scenario_markdown(record: RunRecord, spec_refs: Mapping[str, str] | None) -> str:
     refs = {**DEFAULT_SPEC_REFS, **(spec_refs or {}), **(record.config.get("spec_refs") or {})}
     lines = [
         *_scenario_header(record),
@@ -705,6 +738,8 @@ def render_report(
     """
     if isinstance(records, RunRecord):
         records = [records]
+    records = [_safe_record(record) for record in records]
+    spec_refs, title = markdown_safe(spec_refs), markdown_safe(title)
     refs = {**DEFAULT_SPEC_REFS, **(spec_refs or {})}
     generated_at = generated_at or datetime.datetime.now(datetime.timezone.utc).isoformat()
     lines = [
@@ -715,5 +750,5 @@ def render_report(
         *_comparison_table(records),
         "",
     ]
-    sections = [render_scenario(record, spec_refs) for record in records]
+    sections = [_scenario_markdown(record, spec_refs) for record in records]
     return "\n".join(lines + sections) + "\n"

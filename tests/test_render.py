@@ -154,7 +154,7 @@ def test_good_scenario_key_lines(report):
         "| Fallback scale | 988.212 |",
         "| nphotons | 1000000000 |",
         "| N (patch size) | 64 |",
-        "| E_batch[Σ|Ψ|²] | 2995.974 |",
+        "| E_batch[Σ\\|Ψ\\|²] | 2995.974 |",
         "| Delta (dataset - fallback) | -410.474 |",
         "| Ratio (dataset / fallback) | 0.585 |",
         "⚠️ **Dataset vs fallback scale mismatch:** ratio=0.585 indicates that the actual mean intensity per "
@@ -220,7 +220,7 @@ def test_nan_scenario_key_lines(report):
         "| `pred_intensity_loss` | -Inf | n/a (unknown) | n/a | n/a (weight unknown) | Yes |",
         "**Dominant loss term:** n/a (no finite weighted component)",
         "| Dataset-derived scale | n/a (needs nphotons and E_batch) |",
-        "| E_batch[Σ|Ψ|²] | n/a (not recorded) |",
+        "| E_batch[Σ\\|Ψ\\|²] | n/a (not recorded) |",
         "⚠️ **No `log_scale` variable found**",
         "pass `log_scale_variable=...` to `IntensityScaleMonitor`",
         "| exp(log_scale) | n/a (no log_scale found) |",

@@ -28,7 +28,7 @@ import tensorflow as tf
 from .._keras import IS_LEGACY, keras
 from ..callbacks.scale_discovery import find_log_scale
 from ..callbacks.variables import assign_weights, current_weights, model_variables
-from ..record import atomic_write_text, decode_nonfinite, encode_nonfinite, to_builtin
+from ..record import atomic_write_text, decode_nonfinite, encode_nonfinite, to_builtin, umask_mode
 from ..run_dir import (FORENSICS_BATCH as BATCH_FILE, FORENSICS_FOLDER as FOLDER, FORENSICS_MANIFEST as MANIFEST,
                        FORENSICS_MODEL as MODEL_FILE, FORENSICS_OPTIMIZER as OPTIMIZER_FILE,
                        FORENSICS_WEIGHTS as WEIGHTS_FILE)
@@ -243,6 +243,7 @@ def write_forensics(run_dir, model, batch, weights_before, optimizer_state, even
     weights_before = list(weights_before or [])
     tmp = tempfile.mkdtemp(prefix=f".{FOLDER}.", dir=run_dir)
     try:
+        os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes it private (0700)
         if variables is None:
             variables = model_variables(model, find_log_scale(model).variable)
         manifest = _build(tmp, model, batch, weights_before, optimizer_state, event, max_bytes, involved_samples,
