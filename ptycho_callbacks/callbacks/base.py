@@ -1,6 +1,7 @@
 """RecordingCallback: the base of our callbacks, a thin adapter between Keras's hooks and one `Run`."""
 
 import os
+import warnings
 
 import numpy as np
 
@@ -68,6 +69,7 @@ class RecordingCallback(keras.callbacks.Callback):
         self.epoch = 0
         self._epoch_start_step = self._fit_start_step = 0
         self.verbose = 0
+        self._not_numbers = set()
 
     @property
     def run(self):
@@ -95,6 +97,26 @@ class RecordingCallback(keras.callbacks.Callback):
         self.record.add_finding(level, code, message, step=self.global_step)
         if self.verbose:
             print(f"{type(self).__name__}: {message} See {look_at}.", flush=True)
+
+    def numbers(self, logs):
+        """The entries of Keras's `logs` that are one number, as floats.
+
+        A custom `train_step` may log a vector or a string; such an entry is
+        left out, with one warning per name, never an error in the training.
+        """
+        numbers = {}
+        for name, value in (logs or {}).items():
+            try:
+                if isinstance(value, (str, bytes)):
+                    raise TypeError(name)
+                numbers[name] = float(np.asarray(value, dtype=np.float64).reshape(()))
+            except (TypeError, ValueError):
+                if name not in self._not_numbers:
+                    self._not_numbers.add(name)
+                    warnings.warn(f"{type(self).__name__}: the logged value {name!r} is not one number "
+                                  f"({type(value).__name__}); it is left out of the record and TensorBoard",
+                                  RuntimeWarning, stacklevel=2)
+        return numbers
 
     def writer(self, name="train"):
         """The run's summary writer of TensorBoard run `name`, or None without log_dir."""

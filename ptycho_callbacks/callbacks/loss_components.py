@@ -90,6 +90,7 @@ class LossComponents(RecordingCallback):
         import tensorflow as tf
 
         weights = self.run.loss_weights
+        logs = self.numbers(logs)
         train = {k: v for k, v in logs.items() if not k.startswith("val_")}
         validation = {k[len("val_"):]: v for k, v in logs.items() if k.startswith("val_")}
         for run, values in (("train", train), ("validation", validation)):

@@ -95,11 +95,11 @@ class SummaryReport(RecordingCallback):
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
         history = self.record.history
-        entries = dict(logs or {})
+        entries = self.numbers(logs)
         if "lr" not in entries and "learning_rate" not in entries:
             entries["lr"] = current_learning_rate(self.model.optimizer)
         for name, value in entries.items():
-            history.setdefault(name, []).append(math.nan if value is None else float(value))
+            history.setdefault(name, []).append(math.nan if value is None else value)
         if monotonic() - self._saved_at >= self._save_seconds / RECORD_TIME_SHARE:
             self._save_record()
 

@@ -356,6 +356,8 @@ class NaNGuard(RecordingCallback):
         if self.verbose:
             print(message, flush=True)
         if self.on_nan == "raise":
+            # Keras calls no on_train_end on the way out: give the model its own step back now.
+            self._end_fit()
             self.run.flush()
             raise NonFiniteTrainingError(message, event)
         if not self._in_fit:

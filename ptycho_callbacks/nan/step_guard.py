@@ -97,7 +97,9 @@ class StepGuard:
         train function this guard compiled then and need not trace it again.
         """
         guard = vars(model).get(_ON_MODEL)
-        if (guard is None or guard.installed or guard._options != options
+        if guard is not None and guard.installed:  # a fit that ended without uninstalling: never wrap a wrapper
+            guard.uninstall()
+        if (guard is None or guard._options != options
                 or [id(v) for v in guard.variables] != [id(v) for v in variables]):
             guard = cls(model, variables, **options)
             # On the model itself, not in a weak map: the guard holds the model through its functions.

@@ -1,0 +1,79 @@
+"""What a careless or unlucky user does costs a warning, never the training or the model."""
+
+import os
+import stat
+import warnings
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ptycho_callbacks import LossComponents, NaNGuard, NonFiniteTrainingError, SummaryReport
+from ptycho_callbacks._keras import keras
+from ptycho_callbacks.record import RunRecord
+
+pytestmark = pytest.mark.keras
+
+
+def _dense_model():
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+def _data(nan_at=None):
+    x = np.random.default_rng(0).normal(size=(16, 3)).astype("float32")
+    y = np.zeros((16, 1), "float32")
+    if nan_at is not None:
+        y[nan_at] = np.nan
+    return x, y
+
+
+def test_raising_on_nan_gives_the_model_its_own_step_back_and_never_stacks_guards(tmp_path):
+    model = _dense_model()
+    x, y = _data(nan_at=9)
+    for _ in range(2):
+        with pytest.raises(NonFiniteTrainingError):
+            model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0,
+                      callbacks=[NaNGuard(on_nan="raise", log_dir=tmp_path / "run", verbose=0)])
+        assert "train_step" not in vars(model), "the model kept the guard's wrapped step"
+
+
+def test_the_forensics_folder_follows_the_users_umask(tmp_path):
+    model = _dense_model()
+    old = os.umask(0o022)
+    try:
+        model.fit(*_data(nan_at=9), batch_size=4, epochs=1, shuffle=False, verbose=0,
+                  callbacks=[NaNGuard(log_dir=tmp_path, verbose=0)])
+    finally:
+        os.umask(old)
+    folder = tmp_path / "nan_forensics"
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(folder / "manifest.json").st_mode) == 0o644
+
+
+class VectorLogging(keras.Model):
+    """A custom train step that logs, besides its loss, a vector and a string."""
+
+    def train_step(self, data):
+        logs = super().train_step(data)
+        return {**logs, "per_output_norms": tf.ones((3,)), "note": "a string"}
+
+
+def test_a_logged_value_that_is_not_one_number_is_left_out_with_one_warning(tmp_path):
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((3,))
+    model = VectorLogging(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer="sgd", loss="mse")
+    callbacks = [LossComponents(log_dir=tmp_path), SummaryReport(tmp_path)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(*_data(), batch_size=4, epochs=2, verbose=0, callbacks=callbacks)
+    assert len(history.history["loss"]) == 2
+    record = RunRecord.load(os.path.join(tmp_path, "record.json"))
+    assert record.status == "completed" and len(record.history["loss"]) == 2
+    assert "per_output_norms" not in record.history and "note" not in record.history
+    messages = [str(w.message) for w in caught if "is not one number" in str(w.message)]
+    assert len([m for m in messages if "'per_output_norms'" in m and "SummaryReport" in m]) == 1, messages
