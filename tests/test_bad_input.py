@@ -21,6 +21,8 @@ from ptycho_callbacks.record import SCHEMA_VERSION, RunRecord
 from ptycho_callbacks.run_dir import resolve_run_dir
 from ptycho_callbacks.sim.model import build_model
 
+pytestmark = pytest.mark.keras
+
 PROBE = 4
 
 

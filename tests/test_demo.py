@@ -9,6 +9,8 @@ from ptycho_callbacks.record import RunRecord
 
 import tensorboard_events
 
+pytestmark = pytest.mark.keras
+
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):

@@ -21,6 +21,8 @@ from ptycho_callbacks.sim.model import build_model
 
 from model_state import optimizer_variables, watched_variables
 
+pytestmark = pytest.mark.keras
+
 BATCH = 4  # 16 samples: 4 batches per epoch, sample 4*k lands in batch k (shuffle=False)
 
 

@@ -19,6 +19,8 @@ from ptycho_callbacks.record import RunRecord
 from ptycho_callbacks.render import forensics_lines
 from ptycho_callbacks.sim.model import IntensityScaler_inv, build_model
 
+pytestmark = pytest.mark.keras
+
 BATCH = 4
 DEAD_SAMPLE = 2
 

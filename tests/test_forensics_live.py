@@ -11,6 +11,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from ptycho_callbacks._keras import keras
 from ptycho_callbacks.callbacks.nan_guard import NaNGuard
@@ -19,6 +20,8 @@ from ptycho_callbacks.forensics.replay import replay_main
 from ptycho_callbacks.record import RunRecord
 from ptycho_callbacks.sim.model import build_model
 from ptycho_callbacks.suite import default_callbacks
+
+pytestmark = pytest.mark.keras
 
 BATCH = 4
 DEAD_SAMPLE = 2  # in the first batch (shuffle=False)

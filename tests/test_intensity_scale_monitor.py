@@ -9,6 +9,8 @@ from ptycho_callbacks.sim.model import build_model
 
 import tensorboard_events
 
+pytestmark = pytest.mark.keras
+
 
 def _fit(data, monitor, style="keras", epochs=2, **kwargs):
     keras.utils.set_random_seed(2)

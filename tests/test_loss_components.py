@@ -10,6 +10,8 @@ from ptycho_callbacks.sim.model import build_model, negloglik, realspace_loss
 
 import tensorboard_events
 
+pytestmark = pytest.mark.keras
+
 WEIGHTS = (0.5, 1.0, 2.0)
 NAMES = ("trimmed_obj_loss", "intensity_scaler_inv_loss", "pred_intensity_loss")
 

@@ -22,6 +22,8 @@ from ptycho_callbacks.sim.model import build_model
 import tensorboard_events
 from model_state import optimizer_variables, watched_variables
 
+pytestmark = pytest.mark.keras
+
 BATCH = 4
 BATCHES_PER_EPOCH = 4  # 16 samples
 

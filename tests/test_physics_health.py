@@ -14,6 +14,8 @@ from ptycho_callbacks.suite import default_callbacks
 
 import tensorboard_events
 
+pytestmark = pytest.mark.keras
+
 PROBE = 4
 
 

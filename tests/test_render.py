@@ -11,6 +11,8 @@ from ptycho_callbacks import stats
 from ptycho_callbacks.record import SCHEMA_VERSION, RunRecord
 from ptycho_callbacks.render import DEFAULT_SPEC_REFS, fmt, fmt_measured, render_report, report_main
 
+pytestmark = pytest.mark.core
+
 SCENARIO_HEADERS = [
     "## Scenario: {name}",
     "### Loss Composition",

@@ -6,6 +6,8 @@ import pytest
 from ptycho_callbacks._keras import IS_LEGACY, keras
 from ptycho_callbacks.sim.model import build_model
 
+pytestmark = pytest.mark.keras
+
 
 def _model(data, **kwargs):
     keras.utils.set_random_seed(0)

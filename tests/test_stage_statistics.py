@@ -16,6 +16,8 @@ from ptycho_callbacks.sim.model import build_model
 
 import tensorboard_events
 
+pytestmark = pytest.mark.keras
+
 PROBE = 4  # samples in the probe batch
 
 

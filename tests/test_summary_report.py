@@ -12,6 +12,8 @@ from ptycho_callbacks.sim.model import build_model
 
 import tensorboard_events
 
+pytestmark = pytest.mark.keras
+
 
 def _model(data):
     keras.utils.set_random_seed(4)

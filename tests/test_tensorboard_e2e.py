@@ -26,6 +26,8 @@ import pytest
 from ptycho_callbacks.demo import DemoConfig, run_demo
 from ptycho_callbacks.record import RunRecord
 
+pytestmark = pytest.mark.keras
+
 STARTUP_TIMEOUT = 60.0
 SHUTDOWN_TIMEOUT = 15.0
 SCENARIOS = ("stable", "nan_poisson")
