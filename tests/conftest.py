@@ -37,3 +37,27 @@ def pytest_collection_modifyitems(config, items):
 def small_data():
     return simulate_small_data()
 
+
+@pytest.fixture(scope="session")
+def make_model(small_data):
+    """make_model(random_seed=None, run_eagerly=False, **kwargs) -> a new stand-in model on `small_data`.
+
+    N=16, gridsize 2, 4 filters, the data's probe and intensity scale; kwargs go
+    to `build_model`. With `random_seed`, Keras's global seeds are set first
+    (weights, shuffling). Every call builds a new model: a test that trains one
+    gets it untouched (test_nan_guard and test_faults keep one per module and
+    reset its weights and optimizer state themselves).
+    """
+    from ptycho_callbacks._keras import keras
+    from ptycho_callbacks.sim.model import build_model
+
+    def make(random_seed=None, run_eagerly=False, **kwargs):
+        if random_seed is not None:
+            keras.utils.set_random_seed(random_seed)
+        model = build_model(N=16, gridsize=2, n_filters=4, probe=small_data.probe,
+                            intensity_scale=small_data.intensity_scale, **kwargs)
+        if run_eagerly:
+            model.run_eagerly = True
+        return model
+
+    return make
