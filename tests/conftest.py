@@ -11,6 +11,7 @@ without it.
 """
 
 import os
+import types
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -19,6 +20,10 @@ import pytest  # noqa: E402
 from small_data import simulate_small_data  # noqa: E402
 
 SUITE_MARKERS = ("core", "keras", "slow")
+
+DEMO_CONFIG = dict(epochs=3)
+"""The demo the `demo` fixture trains: the default scenarios, data and model (N=64, 64 groups in batches of
+16: 4 steps per epoch), 3 epochs."""
 
 
 def pytest_collection_modifyitems(config, items):
@@ -61,3 +66,22 @@ def make_model(small_data):
         return model
 
     return make
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """The demo (`run_demo` with the whole suite, both scenarios), trained once for the whole session.
+
+    Tests only read what it wrote: `out` (the output directory), `config`,
+    `histories` (scenario -> keras History), `records` (scenario -> RunRecord)
+    and `lines` (what it logged).
+    """
+    from ptycho_callbacks.demo import DemoConfig, run_demo
+    from ptycho_callbacks.record import RunRecord
+
+    out = str(tmp_path_factory.mktemp("demo"))
+    config = DemoConfig(**DEMO_CONFIG)
+    lines = []
+    histories = run_demo(out, config, verbose=0, log=lines.append)
+    records = {name: RunRecord.load(os.path.join(out, name, "record.json")) for name in config.scenarios}
+    return types.SimpleNamespace(out=out, config=config, histories=histories, records=records, lines=lines)
