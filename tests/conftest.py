@@ -3,8 +3,9 @@
 Each test module says which part of the suite it belongs to (setup.cfg
 registers the markers): `core` (numpy only, no TensorFlow: one Keras pass is
 enough), `keras` (runs under Keras 3 and again under tf_keras) or `slow`
-(end to end runs that take long and run once). CI runs everything under
-Keras 3 and `-m keras` under tf_keras.
+(end to end runs that take long and run once). `python -m pytest` runs them
+all; CI (.ci/run) runs `-m "not slow"` under Keras 3 and `-m "keras or slow"`
+under tf_keras.
 
 Nothing here imports TensorFlow at import time: the `core` tests must run
 without it.
