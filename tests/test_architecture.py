@@ -5,7 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import ptycho_callbacks
+
+pytestmark = pytest.mark.core
 
 PACKAGE = "ptycho_callbacks"
 ROOT = os.path.dirname(ptycho_callbacks.__file__)

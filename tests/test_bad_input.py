@@ -19,16 +19,13 @@ from ptycho_callbacks.callbacks.intensity_scale_monitor import IntensityScaleMon
 from ptycho_callbacks.callbacks.stage_statistics import StageStatistics
 from ptycho_callbacks.record import SCHEMA_VERSION, RunRecord
 from ptycho_callbacks.run_dir import resolve_run_dir
-from ptycho_callbacks.sim.model import build_model
+
+pytestmark = pytest.mark.keras
 
 PROBE = 4
-
-
-def _model(data):
-    keras.utils.set_random_seed(0)
-    model = build_model(N=16, gridsize=2, n_filters=4, probe=data.probe, intensity_scale=data.intensity_scale)
-    model.run_eagerly = True  # one tiny step per epoch: tracing would cost more than it saves
-    return model
+SEED = 0
+"""Keras's random seed before each stand-in model (`make_model`) is built. The models run eagerly
+(`run_eagerly=True`): one tiny step per epoch, tracing would cost more than it saves."""
 
 
 def _probe(data):
@@ -110,8 +107,8 @@ def test_a_configured_scale_that_is_not_a_positive_number_is_refused(configured)
         IntensityScaleMonitor(configured_scale=configured)
 
 
-def test_a_config_intensity_scale_that_is_not_a_number_fails_at_train_begin(small_data, tmp_path):
-    model = _model(small_data)
+def test_a_config_intensity_scale_that_is_not_a_number_fails_at_train_begin(make_model, small_data, tmp_path):
+    model = make_model(SEED, run_eagerly=True)
     before = _weights(model)
     callbacks = default_callbacks(model, str(tmp_path / "run"), config={"intensity_scale": "auto"}, verbose=0)
     with pytest.raises(ValueError, match=r"configured intensity_scale must be a positive finite number, got 'auto'"):
@@ -145,8 +142,8 @@ def test_a_complex_array_for_an_amplitude_stage_is_refused_at_construction(small
     assert StageStatistics([{"name": "object", "array": small_data.truth_object}]).stages[0].name == "object"
 
 
-def test_a_complex_layer_for_the_prediction_stage_fails_at_train_begin(small_data):
-    model = _model(small_data)
+def test_a_complex_layer_for_the_prediction_stage_fails_at_train_begin(make_model, small_data):
+    model = make_model(SEED, run_eagerly=True)
     before = _weights(model)
     callback = StageStatistics([{"name": "prediction", "layer": "trimmed_obj"}], probe_inputs=_probe(small_data))
     with pytest.raises(ValueError, match=r"stage 'prediction': the output of layer 'trimmed_obj' is complex"):
@@ -158,10 +155,10 @@ def test_a_complex_layer_for_the_prediction_stage_fails_at_train_begin(small_dat
     lambda probe: StageStatistics([{"name": "p", "layer": "pred_amplitude"}], probe_inputs=probe),
     lambda probe: IntensityScaleMonitor(probe_inputs=probe, verbose=0),
 ], ids=["StageStatistics", "IntensityScaleMonitor"])
-def test_complex_probe_inputs_for_a_real_model_input_fail_at_train_begin(small_data, make_callback):
+def test_complex_probe_inputs_for_a_real_model_input_fail_at_train_begin(make_model, small_data, make_callback):
     probe = _probe(small_data)
     probe["input"] = probe["input"].astype(np.complex64)  # Keras would silently drop the imaginary part
-    model = _model(small_data)
+    model = make_model(SEED, run_eagerly=True)
     before = _weights(model)
     with pytest.raises(ValueError, match=r"probe_inputs\['input'\] is complex \(complex64\) but the model "
                                          r"input 'input' is float32"):
@@ -174,10 +171,10 @@ def test_complex_probe_inputs_for_a_real_model_input_fail_at_train_begin(small_d
     (lambda p: {**p, "input": p["input"][..., :2]},
      r"probe_inputs\['input'\] has shape \(4, 16, 16, 2\); the model input 'input' takes \(batch, 16, 16, 4\)"),
 ])
-def test_probe_inputs_that_do_not_fit_the_model_fail_at_train_begin(small_data, change, message):
+def test_probe_inputs_that_do_not_fit_the_model_fail_at_train_begin(make_model, small_data, change, message):
     callback = StageStatistics([{"name": "p", "layer": "pred_amplitude"}], probe_inputs=change(_probe(small_data)))
     with pytest.raises(ValueError, match=message):
-        _fit(_model(small_data), small_data, [callback])
+        _fit(make_model(SEED, run_eagerly=True), small_data, [callback])
 
 
 def test_non_numeric_probe_inputs_are_refused_at_construction(small_data):
@@ -186,14 +183,14 @@ def test_non_numeric_probe_inputs_are_refused_at_construction(small_data):
         IntensityScaleMonitor(probe_inputs=probe)
 
 
-def test_nan_in_stages_is_a_note_and_n_a_in_the_report(small_data, tmp_path):
+def test_nan_in_stages_is_a_note_and_n_a_in_the_report(make_model, small_data, tmp_path):
     raw = small_data.raw_diffraction.copy()
     raw.flat[:3] = np.nan
     all_nan = np.full(10, np.nan, np.float32)
     stages = [("raw_diffraction", "Raw diffraction", "RawData", raw),
               ("grouped_X_full", "Grouped X (normalized)", "normalize_data", all_nan),
               ("container_X", "Container X", "PtychoDataContainer", small_data.container_X)]
-    model = _model(small_data)
+    model = make_model(SEED, run_eagerly=True)
     run = str(tmp_path / "nan_stage")
     _fit(model, small_data, default_callbacks(model, run, stages=stages, verbose=0))
 
@@ -215,14 +212,14 @@ def test_nan_in_stages_is_a_note_and_n_a_in_the_report(small_data, tmp_path):
     assert "**Full chain product (raw→truth):** n/a (undefined ratio:" in report
 
 
-def test_an_fn_stage_that_stops_returning_numbers_is_a_note_not_a_crash(small_data, tmp_path):
+def test_an_fn_stage_that_stops_returning_numbers_is_a_note_not_a_crash(make_model, small_data, tmp_path):
     calls = []
 
     def flaky(model):
         calls.append(1)
         return np.ones(3) if len(calls) == 1 else None
 
-    model = _model(small_data)
+    model = make_model(SEED, run_eagerly=True)
     run = str(tmp_path / "flaky")
     _fit(model, small_data, default_callbacks(model, run, stages=[{"name": "flaky", "fn": flaky}], verbose=0),
          epochs=2)
@@ -235,8 +232,8 @@ def test_an_fn_stage_that_stops_returning_numbers_is_a_note_not_a_crash(small_da
     assert "| flaky | n/a (no finite value) |" in _section(report, "Stage Means")
 
 
-def test_an_fn_stage_that_returns_nothing_at_train_begin_fails_before_training(small_data):
-    model = _model(small_data)
+def test_an_fn_stage_that_returns_nothing_at_train_begin_fails_before_training(make_model, small_data):
+    model = make_model(SEED, run_eagerly=True)
     before = _weights(model)
     callback = StageStatistics([{"name": "empty", "fn": lambda model: np.zeros(0)}])
     with pytest.raises(ValueError, match=r"stage 'empty': the array returned by fn\(model\) is empty"):
@@ -245,8 +242,8 @@ def test_an_fn_stage_that_returns_nothing_at_train_begin_fails_before_training(s
 
 
 # ------------------------------------------------------------------ ground truth
-def test_truth_with_zeros_is_a_note_and_n_a_where_ratios_are_undefined(small_data, tmp_path):
-    model = _model(small_data)
+def test_truth_with_zeros_is_a_note_and_n_a_where_ratios_are_undefined(make_model, small_data, tmp_path):
+    model = make_model(SEED, run_eagerly=True)
     run = str(tmp_path / "zero_truth")
     truth = np.zeros_like(small_data.truth_object[:PROBE])
     _fit(model, small_data, default_callbacks(model, run, probe=Probe(_probe(small_data), truth=truth),
@@ -263,12 +260,12 @@ def test_truth_with_zeros_is_a_note_and_n_a_where_ratios_are_undefined(small_dat
     assert record.prediction["amplitude_bias"]["count"] == truth.size
 
 
-def test_truth_with_some_zeros_and_nan_notes_what_is_skipped(small_data):
+def test_truth_with_some_zeros_and_nan_notes_what_is_skipped(make_model, small_data):
     truth = small_data.truth_object[:PROBE].copy()
     truth[0, :2] = 0
     truth[1, 0, 0, 0] = np.nan
     callback = StageStatistics([], probe_inputs=_probe(small_data), truth=truth, verbose=0)
-    _fit(_model(small_data), small_data, [callback])
+    _fit(make_model(SEED, run_eagerly=True), small_data, [callback])
     record = callback.record
     zero_note = _finding(record, "truth_zeros")
     assert zero_note["level"] == "info"
@@ -278,12 +275,12 @@ def test_truth_with_some_zeros_and_nan_notes_what_is_skipped(small_data):
     assert record.prediction["amplitude_bias"]["count"] == truth.size - 1
 
 
-def test_truth_of_another_shape_is_refused_before_training(small_data):
+def test_truth_of_another_shape_is_refused_before_training(make_model, small_data):
     with pytest.raises(ValueError, match=r"truth has shape \(2, 16, 16, 4\) but probe_inputs holds 4 sample"):
         StageStatistics([], probe_inputs=_probe(small_data), truth=small_data.truth_object[:2])
     with pytest.raises(ValueError, match=r"the ground truth is empty"):
         StageStatistics([], probe_inputs=_probe(small_data), truth=np.zeros((0,), np.complex64))
-    model = _model(small_data)
+    model = make_model(SEED, run_eagerly=True)
     before = _weights(model)
     callback = StageStatistics([], probe_inputs=_probe(small_data), truth=small_data.truth_object[:PROBE, :8])
     with pytest.raises(ValueError, match=r"has shape \(4, 16, 16, 4\) but truth has shape \(4, 8, 16, 4\)"):
@@ -291,9 +288,9 @@ def test_truth_of_another_shape_is_refused_before_training(small_data):
     _assert_untrained(model, before)
 
 
-def test_a_real_truth_for_a_complex_prediction_compares_amplitude_only(small_data, tmp_path):
+def test_a_real_truth_for_a_complex_prediction_compares_amplitude_only(make_model, small_data, tmp_path):
     truth = np.abs(small_data.truth_object[:PROBE])
-    model = _model(small_data)
+    model = make_model(SEED, run_eagerly=True)
     run = str(tmp_path / "real_truth")
     stages = [("container_X", small_data.container_X)]
     _fit(model, small_data, default_callbacks(model, run, stages=stages, probe=Probe(_probe(small_data), truth=truth),

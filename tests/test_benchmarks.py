@@ -8,6 +8,7 @@ import sys
 import threading
 
 import numpy as np
+import pytest
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
@@ -29,6 +30,7 @@ def _overhead_module():
     return overhead
 
 
+@pytest.mark.slow
 def test_overhead_benchmark_reports_every_part_it_is_asked_for():
     result = _run("overhead.py", "--epochs", "2", "--steps", "2", "--warmup", "1", "--repeats", "2",
                   "--bootstrap", "50", "--step-traces", "2", "--step-rounds", "3",
@@ -77,6 +79,7 @@ def test_overhead_benchmark_reports_every_part_it_is_asked_for():
     assert all(faults >= 0 for faults in result["page_faults_per_step"].values())
 
 
+@pytest.mark.keras
 def test_lock_step_rounds_give_each_fit_one_turn_and_survive_a_fit_that_ends_early():
     Baton = _overhead_module().Baton
     names, turns = ["a", "b", "c"], {"a": 4, "b": 1, "c": 4}
@@ -100,6 +103,7 @@ def test_lock_step_rounds_give_each_fit_one_turn_and_survive_a_fit_that_ends_ear
     assert all(sorted(order[i:i + 2]) == ["a", "c"] for i in range(3, 9, 2)) and len(order) == 9
 
 
+@pytest.mark.keras
 def test_models_rotate_so_that_every_config_has_every_model_once_in_as_many_repeats():
     models_of_repeat = _overhead_module().models_of_repeat
     configs, models = ["bare", "keras", "suite"], ["m0", "m1", "m2"]
@@ -111,6 +115,7 @@ def test_models_rotate_so_that_every_config_has_every_model_once_in_as_many_repe
     assert repeats[0]["bare"] != repeats[1]["bare"]
 
 
+@pytest.mark.keras
 def test_bootstrap_draws_whole_repeats_so_that_a_repeat_s_own_speed_widens_the_interval():
     overhead = _overhead_module()
     # Within each repeat every turn took the same time; the config ran 10% slower than bare in repeat 1 only.
@@ -127,6 +132,7 @@ def test_bootstrap_draws_whole_repeats_so_that_a_repeat_s_own_speed_widens_the_i
     assert 1.0 < whole < 1.1
 
 
+@pytest.mark.keras
 def test_parts_ratio_leaves_out_a_guarded_config_whose_step_was_not_compared_in_place():
     parts_ratios = _overhead_module().parts_ratios
     result = {"step_ms": {"bare": 100.0}, "hook_ms_per_step": {"bare": 0.0, "keras": 4.0, "guard": 1.0}}
@@ -136,12 +142,14 @@ def test_parts_ratio_leaves_out_a_guarded_config_whose_step_was_not_compared_in_
     assert math.isclose(parts_ratios(result)["guard"], 1.03)
 
 
+@pytest.mark.slow
 def test_report_path_benchmark_times_statistics_and_rendering():
     result = _run("report_path.py", "--repeats", "1", "--object-size", "64", "--stage-shape", "8", "16", "16", "1")
     assert result["seconds"]["total"] > 0
     assert result["under_budget"] is True
 
 
+@pytest.mark.slow
 def test_hooks_benchmark_times_every_hook_of_every_callback_of_the_suite():
     result = _run("hooks.py", "--N", "16", "--steps", "3", "--epochs", "3")
     timed = {(entry["callback"], entry["hook"]): entry for entry in result["hooks"]}

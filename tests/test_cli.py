@@ -11,7 +11,12 @@ from ptycho_callbacks.cli import COMMANDS, main
 from ptycho_callbacks.record import RunRecord
 
 
-@pytest.mark.parametrize("argv", [["--help"]] + [[name, "--help"] for name in COMMANDS])
+def _help_case(argv):
+    """`replay --help` imports the forensics, which import TensorFlow: that case is a Keras test."""
+    return pytest.param(argv, marks=pytest.mark.keras if "replay" in argv else pytest.mark.core)
+
+
+@pytest.mark.parametrize("argv", [_help_case(argv) for argv in [["--help"]] + [[n, "--help"] for n in COMMANDS]])
 def test_every_help_says_what_it_does_with_an_example(argv, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -34,6 +39,7 @@ def _run_dir(root, scenario, amplitude_offset, loss):
     return run_dir
 
 
+@pytest.mark.core
 def test_report_compares_several_runs_in_one_report(tmp_path, capsys):
     base = _run_dir(tmp_path, "gs2_base", -0.25, math.nan)
     longer = _run_dir(tmp_path, "gs2_ne60", 0.5, 1.0)
@@ -50,6 +56,7 @@ def test_report_compares_several_runs_in_one_report(tmp_path, capsys):
     assert text.index("## Scenario: gs2_base") < text.index("## Scenario: gs2_ne60")
 
 
+@pytest.mark.core
 def test_report_of_a_parent_directory_takes_every_run_in_it(tmp_path, capsys):
     _run_dir(tmp_path, "b_run", 0.1, 1.0)
     _run_dir(tmp_path, "a_run", 0.2, 1.0)
@@ -59,6 +66,7 @@ def test_report_of_a_parent_directory_takes_every_run_in_it(tmp_path, capsys):
     assert text.index("## Scenario: a_run") < text.index("## Scenario: b_run")
 
 
+@pytest.mark.core
 def test_report_of_a_missing_path_fails_with_one_error_line(tmp_path, capsys):
     missing = tmp_path / "no_such_run"
     assert main(["report", str(missing), "-o", str(tmp_path / "summary.md")]) == 2
@@ -69,6 +77,7 @@ def test_report_of_a_missing_path_fails_with_one_error_line(tmp_path, capsys):
     assert not (tmp_path / "summary.md").exists()
 
 
+@pytest.mark.core
 @pytest.mark.parametrize("argv", [[], ["train"], ["demo", "--out", "x", "--scenario", "no_such_scenario"]])
 def test_usage_errors_exit_2_and_say_why(argv, capsys):
     assert main(argv) == 2

@@ -1,25 +1,22 @@
-"""The main job end to end: both scenarios with the whole suite, read back from disk."""
+"""The main job end to end: both scenarios with the whole suite, read back from disk.
+
+The demo is trained once for the session (the `demo` fixture of conftest.py, 3 epochs of the default
+data and model); these tests and test_tensorboard_e2e.py read what it wrote.
+"""
 
 import os
 
 import pytest
 
-from ptycho_callbacks.demo import DemoConfig, run_demo
 from ptycho_callbacks.record import RunRecord
 
 import tensorboard_events
 
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    lines = []
-    run_demo(str(out), DemoConfig(epochs=3), verbose=0, log=lines.append)
-    return str(out), lines
+pytestmark = pytest.mark.keras
 
 
-def test_stable_scenario_completes_with_every_callback_logging(demo_dir):
-    out, _ = demo_dir
+def test_stable_scenario_completes_with_every_callback_logging(demo):
+    out = demo.out
     record = RunRecord.load(os.path.join(out, "stable", "record.json"))
     assert record.status == "completed" and not record.nan_events
     assert len(record.history["loss"]) == 3
@@ -34,8 +31,8 @@ def test_stable_scenario_completes_with_every_callback_logging(demo_dir):
         assert tag in tags, tag
 
 
-def test_nan_scenario_stops_at_the_failing_batch_with_weights_back(demo_dir):
-    out, lines = demo_dir
+def test_nan_scenario_stops_at_the_failing_batch_with_weights_back(demo):
+    out, lines = demo.out, demo.lines
     record = RunRecord.load(os.path.join(out, "nan_poisson", "record.json"))
     assert record.status == "stopped_nan"
     (event,) = record.nan_events
@@ -48,8 +45,8 @@ def test_nan_scenario_stops_at_the_failing_batch_with_weights_back(demo_dir):
     assert marker == [(event["step"], float(event["step"]))]
 
 
-def test_summary_compares_both_scenarios(demo_dir):
-    out, _ = demo_dir
+def test_summary_compares_both_scenarios(demo):
+    out = demo.out
     text = open(os.path.join(out, "summary.md")).read()
     assert "- Scenario count: 2" in text
     assert "## Scenario: stable" in text and "## Scenario: nan_poisson" in text

@@ -43,6 +43,7 @@ def _free_ports(count):
     return ports
 
 
+@pytest.mark.keras
 def test_mirrored_strategy_gives_the_single_device_values(tmp_path):
     single, mirrored = str(tmp_path / "single"), str(tmp_path / "mirrored")
     results = {run: _finish(_start([mode, run])) for mode, run in (("single", single), ("mirrored", mirrored))}
@@ -63,6 +64,7 @@ def test_mirrored_strategy_gives_the_single_device_values(tmp_path):
         assert os.path.exists(os.path.join(run, "report.md"))
 
 
+@pytest.mark.slow
 def test_multi_worker_only_the_chief_writes(tmp_path):
     """Keras 3.15 cannot fit under MultiWorkerMirroredStrategy (its symbolic build fails on
     PerReplica values), so the two workers run tf_keras, as PtychoPINN does."""
@@ -82,6 +84,7 @@ def test_multi_worker_only_the_chief_writes(tmp_path):
     assert os.path.exists(os.path.join(run, "report.md"))
 
 
+@pytest.mark.keras
 def test_a_non_chief_worker_writes_nothing(tmp_path):
     """Under this process's Keras version: TF_CONFIG naming this process worker 1 is enough."""
     run = tmp_path / "run"

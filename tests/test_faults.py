@@ -17,9 +17,10 @@ from ptycho_callbacks import default_callbacks
 from ptycho_callbacks._keras import keras
 from ptycho_callbacks.callbacks.scale_discovery import find_log_scale
 from ptycho_callbacks.record import RunRecord
-from ptycho_callbacks.sim.model import build_model
 
 from model_state import optimizer_variables, watched_variables
+
+pytestmark = pytest.mark.keras
 
 BATCH = 4  # 16 samples: 4 batches per epoch, sample 4*k lands in batch k (shuffle=False)
 
@@ -30,12 +31,10 @@ def pool():
 
 
 @pytest.fixture
-def model(pool, small_data):
+def model(pool, make_model):
     """The stand-in at its initial weights and learning rate, optimizer state zeroed."""
     if "model" not in pool:
-        keras.utils.set_random_seed(2)
-        made = build_model(N=16, gridsize=2, n_filters=4, probe=small_data.probe,
-                           intensity_scale=small_data.intensity_scale)
+        made = make_model(2)
         pool["model"] = (made, [np.array(v.numpy()) for v in watched_variables(made)],
                          float(np.asarray(made.optimizer.learning_rate)))
     made, initial, learning_rate = pool["model"]

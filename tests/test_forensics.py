@@ -19,17 +19,17 @@ from ptycho_callbacks.nan import capture
 from ptycho_callbacks.nan.replay import numerics_checked, replay, replay_folder
 from ptycho_callbacks.record import RunRecord
 from ptycho_callbacks.render import forensics_lines
-from ptycho_callbacks.sim.model import IntensityScaler_inv, build_model
+from ptycho_callbacks.sim.model import IntensityScaler_inv
+
+pytestmark = pytest.mark.keras
 
 BATCH = 4
 DEAD_SAMPLE = 2
 
 
 @pytest.fixture(scope="module")
-def relu_model(small_data):
-    keras.utils.set_random_seed(0)
-    return build_model(N=16, gridsize=2, n_filters=4, probe=small_data.probe,
-                       intensity_scale=small_data.intensity_scale, amplitude_activation="relu")
+def relu_model(make_model):
+    return make_model(0, amplitude_activation="relu")
 
 
 def _batch(data, zero_sample=None, inf_sample=None):
@@ -147,12 +147,11 @@ def test_numeric_checking_is_on_only_during_the_replay_and_restored_on_error():
 
 
 # ---------------------------------------------------------- the saved folder
-def test_stand_in_model_saves_and_loads(small_data, tmp_path):
+def test_stand_in_model_saves_and_loads(make_model, small_data, tmp_path):
     inputs = {key: value[:BATCH] for key, value in small_data.model_inputs().items()}
     targets = {key: value[:BATCH] for key, value in small_data.model_targets().items()}
     for style in ("keras", "ptychopinn"):
-        model = build_model(N=16, gridsize=2, n_filters=4, probe=small_data.probe,
-                            intensity_scale=small_data.intensity_scale, scaler_style=style)
+        model = make_model(scaler_style=style)
         model.get_layer("intensity_scaler").w.assign(7.0)  # a log_scale the config alone would not give
         path = str(tmp_path / f"{style}.keras")
         model.save(path)

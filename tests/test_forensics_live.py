@@ -11,25 +11,22 @@ import json
 import os
 
 import numpy as np
+import pytest
 
-from ptycho_callbacks._keras import keras
 from ptycho_callbacks.nan.guard import NaNGuard
 from ptycho_callbacks.demo import SCENARIOS
 from ptycho_callbacks.cli import replay_main
 from ptycho_callbacks.record import RunRecord
-from ptycho_callbacks.sim.model import build_model
 from ptycho_callbacks.suite import Probe, default_callbacks
+
+pytestmark = pytest.mark.keras
 
 BATCH = 4
 DEAD_SAMPLE = 2  # in the first batch (shuffle=False)
 LOG_OF_POISSON_NLL = {"stage": "loss", "layer": "pred_intensity", "op": "Log", "loss": "negloglik",
                       "samples": [DEAD_SAMPLE]}
-
-
-def _model(data, scenario):
-    keras.utils.set_random_seed(0)
-    return build_model(N=16, gridsize=2, n_filters=4, probe=data.probe, intensity_scale=data.intensity_scale,
-                       **SCENARIOS[scenario])
+SEED = 0
+"""Keras's random seed before each stand-in model (`make_model`) is built."""
 
 
 def _fit(model, data, callbacks, dead_sample=DEAD_SAMPLE):
@@ -49,10 +46,11 @@ def _probe(data):
             data.model_targets()["pred_intensity"][:BATCH])
 
 
-def test_guard_saves_the_failing_step_and_names_the_log_of_the_poisson_nll(small_data, tmp_path, capsys):
+def test_guard_saves_the_failing_step_and_names_the_log_of_the_poisson_nll(make_model, small_data, tmp_path,
+                                                                           capsys):
     run_dir = str(tmp_path / "run")
     guard = NaNGuard(log_dir=run_dir, forensics=True, verbose=0)
-    _fit(_model(small_data, "nan_poisson"), small_data, [guard])
+    _fit(make_model(SEED, **SCENARIOS["nan_poisson"]), small_data, [guard])
     (event,) = guard.record.nan_events
     assert (event["epoch"], event["batch"]) == (0, 0)
     folder = os.path.join(run_dir, "nan_forensics")
@@ -65,9 +63,10 @@ def test_guard_saves_the_failing_step_and_names_the_log_of_the_poisson_nll(small
     assert _answer(json.loads(capsys.readouterr().out)) == _answer(guard.record.forensics)
 
 
-def test_suite_records_the_forensics_and_physics_health_in_record_and_report(small_data, tmp_path, capsys):
+def test_suite_records_the_forensics_and_physics_health_in_record_and_report(make_model, small_data, tmp_path,
+                                                                             capsys):
     run_dir = str(tmp_path / "run")
-    model = _model(small_data, "nan_poisson")
+    model = make_model(SEED, **SCENARIOS["nan_poisson"])
     probe, counts = _probe(small_data)
     _fit(model, small_data, default_callbacks(model, run_dir, probe=Probe(probe, counts=counts), verbose=0))
     record = RunRecord.load(os.path.join(run_dir, "record.json"))
@@ -84,9 +83,9 @@ def test_suite_records_the_forensics_and_physics_health_in_record_and_report(sma
     assert _answer(json.loads(capsys.readouterr().out)) == _answer(record.forensics)
 
 
-def test_a_finite_run_writes_no_forensics(small_data, tmp_path):
+def test_a_finite_run_writes_no_forensics(make_model, small_data, tmp_path):
     run_dir = str(tmp_path / "run")
-    model = _model(small_data, "stable")
+    model = make_model(SEED, **SCENARIOS["stable"])
     _fit(model, small_data, default_callbacks(model, run_dir, verbose=0), dead_sample=None)
     assert not os.path.exists(os.path.join(run_dir, "nan_forensics"))
     record = RunRecord.load(os.path.join(run_dir, "record.json"))

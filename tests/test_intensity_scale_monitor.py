@@ -5,15 +5,17 @@ import pytest
 
 from ptycho_callbacks._keras import IS_LEGACY, keras
 from ptycho_callbacks.callbacks.intensity_scale_monitor import IntensityScaleMonitor
-from ptycho_callbacks.sim.model import build_model
 
 import tensorboard_events
 
+pytestmark = pytest.mark.keras
 
-def _fit(data, monitor, style="keras", epochs=2, **kwargs):
-    keras.utils.set_random_seed(2)
-    model = build_model(N=16, gridsize=2, n_filters=4, probe=data.probe, learning_rate=1e-2,
-                        intensity_scale=data.intensity_scale, scaler_style=style, **kwargs)
+SEED = 2
+"""Keras's random seed before each stand-in model (`make_model`) is built."""
+
+
+def _fit(make_model, data, monitor, style="keras", epochs=2, **kwargs):
+    model = make_model(SEED, learning_rate=1e-2, scaler_style=style, **kwargs)
     model.fit(data.model_inputs(), data.model_targets(), batch_size=8, epochs=epochs, verbose=0,
               shuffle=False, callbacks=[monitor])
     return model
@@ -24,9 +26,9 @@ def _codes(record):
 
 
 @pytest.mark.parametrize("style", ["keras", "ptychopinn"])
-def test_log_scale_findings_for_both_scaler_styles(small_data, tmp_path, style):
+def test_log_scale_findings_for_both_scaler_styles(make_model, small_data, tmp_path, style):
     monitor = IntensityScaleMonitor(log_dir=str(tmp_path), verbose=0)
-    model = _fit(small_data, monitor, style)
+    model = _fit(make_model, small_data, monitor, style)
     state = monitor.record.log_scale
     variable = model.get_layer("intensity_scaler").w
     assert state["found"] and state["shared"] is True and state["declared_trainable"] is True
@@ -47,7 +49,7 @@ def test_log_scale_findings_for_both_scaler_styles(small_data, tmp_path, style):
                                np.exp(state["history"]) / small_data.intensity_scale, rtol=1e-5)
 
 
-def test_batch_values_taken_from_the_nan_guard_are_those_of_each_step(small_data, tmp_path):
+def test_batch_values_taken_from_the_nan_guard_are_those_of_each_step(make_model, small_data, tmp_path):
     class Truth(keras.callbacks.Callback):
         """log_scale as each batch leaves it, read after every callback of the suite."""
 
@@ -60,9 +62,7 @@ def test_batch_values_taken_from_the_nan_guard_are_those_of_each_step(small_data
 
     from ptycho_callbacks import default_callbacks
 
-    keras.utils.set_random_seed(2)
-    model = build_model(N=16, gridsize=2, n_filters=4, probe=small_data.probe, learning_rate=1e-2,
-                        intensity_scale=small_data.intensity_scale)
+    model = make_model(SEED, learning_rate=1e-2)
     run = str(tmp_path / "suite")
     truth = Truth()
     model.fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8, epochs=2, verbose=0,
@@ -73,9 +73,9 @@ def test_batch_values_taken_from_the_nan_guard_are_those_of_each_step(small_data
     np.testing.assert_allclose([v for _, v in written], truth.values, rtol=1e-7)
 
 
-def test_drift_from_the_configured_scale_is_reported_once(small_data):
+def test_drift_from_the_configured_scale_is_reported_once(make_model, small_data):
     monitor = IntensityScaleMonitor(configured_scale=2 * small_data.intensity_scale, verbose=0)
-    _fit(small_data, monitor, epochs=2)
+    _fit(make_model, small_data, monitor, epochs=2)
     assert _codes(monitor.record).count("log_scale_drift") == 1
     message = next(f["message"] for f in monitor.record.findings if f["code"] == "log_scale_drift")
     drift = math.exp(monitor.record.log_scale["history"][0]) / (2 * small_data.intensity_scale) - 1
@@ -83,9 +83,9 @@ def test_drift_from_the_configured_scale_is_reported_once(small_data):
     assert "at the end of epoch 0" in message and "step 2" in message  # 16 samples, batches of 8
 
 
-def test_a_finding_is_printed_as_one_line_saying_when_and_where_to_look(small_data, capsys):
+def test_a_finding_is_printed_as_one_line_saying_when_and_where_to_look(make_model, small_data, capsys):
     monitor = IntensityScaleMonitor(configured_scale=2 * small_data.intensity_scale)
-    _fit(small_data, monitor, epochs=2)
+    _fit(make_model, small_data, monitor, epochs=2)
     printed = capsys.readouterr().out.splitlines()
     drift = [line for line in printed if "drifted" in line]
     assert len(drift) == 1
@@ -93,22 +93,22 @@ def test_a_finding_is_printed_as_one_line_saying_when_and_where_to_look(small_da
     assert "at the end of epoch 0" in drift[0] and drift[0].endswith("See TensorBoard scale/epoch/ratio_to_configured.")
 
 
-def test_scale_applied_twice_is_detected(small_data):
+def test_scale_applied_twice_is_detected(make_model, small_data):
     already_divided = {"input": small_data.container_X[:4],  # X where s * X belongs
                        "input_positions": small_data.positions[:4]}
     monitor = IntensityScaleMonitor(probe_inputs=already_divided, verbose=0)
-    _fit(small_data, monitor, epochs=1)
+    _fit(make_model, small_data, monitor, epochs=1)
     assert "log_scale_double_applied" in _codes(monitor.record)
 
     correct = {k: v[:4] for k, v in small_data.model_inputs().items()}
     monitor = IntensityScaleMonitor(probe_inputs=correct, verbose=0)
-    _fit(small_data, monitor, epochs=1)
+    _fit(make_model, small_data, monitor, epochs=1)
     assert not {"log_scale_double_applied", "log_scale_not_applied"} & set(_codes(monitor.record))
 
 
-def test_frozen_scale_that_does_not_move_is_not_a_warning(small_data):
+def test_frozen_scale_that_does_not_move_is_not_a_warning(make_model, small_data):
     monitor = IntensityScaleMonitor(verbose=0)
-    _fit(small_data, monitor, epochs=1, scale_trainable=False)
+    _fit(make_model, small_data, monitor, epochs=1, scale_trainable=False)
     assert monitor.record.log_scale["declared_trainable"] is False
     assert monitor.record.log_scale["moved"] is False
     assert not any(f["level"] == "warning" for f in monitor.record.findings)

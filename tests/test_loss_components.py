@@ -6,18 +6,16 @@ from ptycho_callbacks._keras import keras
 from ptycho_callbacks.callbacks.loss_components import LossComponents
 from ptycho_callbacks.nan.guard import NaNGuard
 from ptycho_callbacks.callbacks.loss_discovery import compiled_loss_weights
-from ptycho_callbacks.sim.model import build_model, negloglik, realspace_loss
+from ptycho_callbacks.sim.model import negloglik, realspace_loss
 
 import tensorboard_events
 
+pytestmark = pytest.mark.keras
+
 WEIGHTS = (0.5, 1.0, 2.0)
 NAMES = ("trimmed_obj_loss", "intensity_scaler_inv_loss", "pred_intensity_loss")
-
-
-def _model(data, **kwargs):
-    keras.utils.set_random_seed(1)
-    return build_model(N=16, gridsize=2, n_filters=4, probe=data.probe,
-                       intensity_scale=data.intensity_scale, loss_weights=WEIGHTS, **kwargs)
+SEED = 1
+"""Keras's random seed before each stand-in model (`make_model`) is built."""
 
 
 class HandComputedLosses(keras.callbacks.Callback):
@@ -39,13 +37,13 @@ class HandComputedLosses(keras.callbacks.Callback):
         self.expected.append(values)
 
 
-def test_discovers_the_compiled_components_and_weights(small_data):
-    assert compiled_loss_weights(_model(small_data)) == dict(zip(NAMES, WEIGHTS))
+def test_discovers_the_compiled_components_and_weights(make_model):
+    assert compiled_loss_weights(make_model(SEED, loss_weights=WEIGHTS)) == dict(zip(NAMES, WEIGHTS))
 
 
-def test_per_batch_values_are_the_losses_of_that_batch(small_data, tmp_path):
+def test_per_batch_values_are_the_losses_of_that_batch(make_model, small_data, tmp_path):
     inputs, targets = small_data.model_inputs(), small_data.model_targets()
-    model = _model(small_data)
+    model = make_model(SEED, loss_weights=WEIGHTS)
     hand = HandComputedLosses(inputs, targets, batch_size=5)  # 16 groups: batches of 5, 5, 5 and 1
     components = LossComponents(log_dir=str(tmp_path))
     model.fit(inputs, targets, batch_size=5, epochs=2, shuffle=False, verbose=0,
@@ -72,10 +70,10 @@ def test_per_batch_values_are_the_losses_of_that_batch(small_data, tmp_path):
 
 
 @pytest.mark.parametrize("order", ["guard first", "guard last"])
-def test_values_shared_with_the_guard_are_still_those_of_each_batch(small_data, order):
+def test_values_shared_with_the_guard_are_still_those_of_each_batch(make_model, small_data, order):
     """The guard's check reads the trackers once per batch for both callbacks, whichever comes first."""
     inputs, targets = small_data.model_inputs(), small_data.model_targets()
-    model = _model(small_data)
+    model = make_model(SEED, loss_weights=WEIGHTS)
     hand = HandComputedLosses(inputs, targets, batch_size=5)
     components, guard = LossComponents(), NaNGuard(verbose=0)
     ours = [guard, components] if order == "guard first" else [components, guard]
@@ -90,9 +88,9 @@ def test_values_shared_with_the_guard_are_still_those_of_each_batch(small_data, 
     assert set(guard._last_finite["train"]) == {"loss"} | set(NAMES) | {"log_scale"}
 
 
-def test_epoch_values_for_training_and_validation(small_data, tmp_path):
+def test_epoch_values_for_training_and_validation(make_model, small_data, tmp_path):
     inputs, targets = small_data.model_inputs(), small_data.model_targets()
-    model = _model(small_data)
+    model = make_model(SEED, loss_weights=WEIGHTS)
     history = model.fit(inputs, targets, batch_size=4, epochs=2, verbose=0, validation_split=0.25,
                         callbacks=[LossComponents(update_freq="epoch", log_dir=str(tmp_path))])
     train = tensorboard_events.scalars(str(tmp_path), "train")
@@ -106,10 +104,10 @@ def test_epoch_values_for_training_and_validation(small_data, tmp_path):
                                    history.history[f"val_{name}"], rtol=1e-6)
 
 
-def test_components_share_one_custom_scalars_chart(tmp_path, small_data):
+def test_components_share_one_custom_scalars_chart(make_model, tmp_path, small_data):
     from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 
-    model = _model(small_data)
+    model = make_model(SEED, loss_weights=WEIGHTS)
     model.fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8, epochs=1, verbose=0,
               callbacks=[LossComponents(log_dir=str(tmp_path))])
     accumulator = tensorboard_events.load(str(tmp_path))

@@ -2,7 +2,11 @@
 
 import math
 
+import pytest
+
 from ptycho_callbacks.nan import events
+
+pytestmark = pytest.mark.core
 
 
 def test_components_come_first_then_the_total_then_log_scale_then_the_weights():

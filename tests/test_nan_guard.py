@@ -18,10 +18,11 @@ from ptycho_callbacks.callbacks.scale_discovery import find_log_scale
 from ptycho_callbacks.nan.guard import NaNGuard, NonFiniteTrainingError
 from ptycho_callbacks.record import RunRecord
 from ptycho_callbacks.run import Run
-from ptycho_callbacks.sim.model import build_model
 
 import tensorboard_events
 from model_state import optimizer_variables, watched_variables
+
+pytestmark = pytest.mark.keras
 
 BATCH = 4
 BATCHES_PER_EPOCH = 4  # 16 samples
@@ -38,13 +39,12 @@ def model_pool(small_data):
 
 
 @pytest.fixture
-def fresh_model(model_pool, small_data):
+def fresh_model(model_pool, make_model):
     """fresh_model(style) -> a compiled model at its initial weights with a zeroed optimizer."""
 
     def make(style="keras"):
         if style not in model_pool:
-            model = build_model(N=16, gridsize=2, n_filters=4, probe=small_data.probe,
-                                intensity_scale=small_data.intensity_scale, scaler_style=style)
+            model = make_model(scaler_style=style)
             model_pool[style] = (model, [np.array(v.numpy()) for v in watched_variables(model)])
         model, initial = model_pool[style]
         for variable, value in zip(watched_variables(model), initial):

@@ -12,6 +12,8 @@ from ptycho_callbacks import physics
 from ptycho_callbacks.record import RunRecord
 from ptycho_callbacks.render import render_report
 
+pytestmark = pytest.mark.core
+
 
 def patterns(sums, n=4):
     """(1, n, n, len(sums)) counts: pattern k is uniform with total sums[k]."""

@@ -9,18 +9,15 @@ import pytest
 from ptycho_callbacks._keras import keras
 from ptycho_callbacks.callbacks.physics_health import PhysicsHealth
 from ptycho_callbacks.record import RunRecord
-from ptycho_callbacks.sim.model import build_model
 from ptycho_callbacks.suite import Probe, default_callbacks
 
 import tensorboard_events
 
+pytestmark = pytest.mark.keras
+
 PROBE = 4
-
-
-def _model(data, **kwargs):
-    keras.utils.set_random_seed(0)
-    return build_model(N=16, gridsize=2, n_filters=4, probe=data.probe, intensity_scale=data.intensity_scale,
-                       **kwargs)
+SEED = 0
+"""Keras's random seed before each stand-in model (`make_model`) is built."""
 
 
 def _probe(data):
@@ -28,8 +25,8 @@ def _probe(data):
     return inputs, data.model_targets()["pred_intensity"][:PROBE]
 
 
-def test_logs_every_measure_at_train_begin_and_each_epoch(small_data, tmp_path):
-    model = _model(small_data)
+def test_logs_every_measure_at_train_begin_and_each_epoch(make_model, small_data, tmp_path):
+    model = make_model(SEED)
     inputs, counts = _probe(small_data)
     health = PhysicsHealth(inputs, counts, log_dir=str(tmp_path))
     model.fit(small_data.model_inputs(), small_data.model_targets(), batch_size=4, epochs=2,
@@ -57,8 +54,8 @@ def test_logs_every_measure_at_train_begin_and_each_epoch(small_data, tmp_path):
     assert RunRecord.load(tmp_path / "record.json").physics == record.physics
 
 
-def test_a_dead_relu_head_shows_in_every_measure(small_data):
-    model = _model(small_data, amplitude_activation="relu")
+def test_a_dead_relu_head_shows_in_every_measure(make_model, small_data):
+    model = make_model(SEED, amplitude_activation="relu")
     head = model.get_layer("amp_head")
     head.kernel.assign(np.zeros(head.kernel.shape, np.float32))
     head.bias.assign(np.full(head.bias.shape, -1.0, np.float32))
@@ -73,8 +70,8 @@ def test_a_dead_relu_head_shows_in_every_measure(small_data):
     assert evaluation["saturation_fraction"]["high"] is None  # ReLU: bounded below only
 
 
-def test_every_n_epochs_the_last_epoch_at_train_end_and_a_resumed_fit(small_data):
-    model = _model(small_data)
+def test_every_n_epochs_the_last_epoch_at_train_end_and_a_resumed_fit(make_model, small_data):
+    model = make_model(SEED)
     health = PhysicsHealth(*_probe(small_data), every_n_epochs=2)
     fit = dict(batch_size=4, shuffle=False, verbose=0, callbacks=[health])
     model.fit(small_data.model_inputs(), small_data.model_targets(), epochs=3, **fit)
@@ -104,13 +101,13 @@ def test_saturation_without_amplitude_layer_or_known_activation_is_na(small_data
     assert "bounds of activation 'linear' unknown" in named.record.physics[0]["saturation_fraction"]["reason"]
 
 
-def test_bad_arguments_are_refused(small_data):
+def test_bad_arguments_are_refused(make_model, small_data):
     inputs, counts = _probe(small_data)
     with pytest.raises(ValueError, match="every_n_epochs"):
         PhysicsHealth(inputs, counts, every_n_epochs=0)
     with pytest.raises(ValueError, match="probe_counts"):
         PhysicsHealth(inputs, counts.astype(np.complex64))
-    model = _model(small_data)
+    model = make_model(SEED)
     for health, match in ((PhysicsHealth(inputs, counts, intensity_output="pred_intensty"), "no layer named"),
                           (PhysicsHealth(inputs, counts[:, :8]), "shape")):
         health.set_model(model)
@@ -118,8 +115,8 @@ def test_bad_arguments_are_refused(small_data):
             health.on_train_begin()
 
 
-def test_default_callbacks_add_it_only_with_probe_inputs_and_counts(small_data, tmp_path):
-    model = _model(small_data)
+def test_default_callbacks_add_it_only_with_probe_inputs_and_counts(make_model, small_data, tmp_path):
+    model = make_model(SEED)
     inputs, counts = _probe(small_data)
     with_counts = default_callbacks(model, str(tmp_path / "a"), probe=Probe(inputs, counts=counts))
     assert [type(c).__name__ for c in with_counts].count("PhysicsHealth") == 1

@@ -9,6 +9,7 @@ import math
 import re
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -16,6 +17,8 @@ from hypothesis.extra import numpy as hnp
 from ptycho_callbacks import stats
 from ptycho_callbacks.record import STATUSES, RunRecord
 from ptycho_callbacks.render import render_report
+
+pytestmark = pytest.mark.core
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

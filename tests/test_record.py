@@ -15,6 +15,8 @@ from ptycho_callbacks.record import (
     atomic_write_text,
 )
 
+pytestmark = pytest.mark.core
+
 
 def _reject_constant(name):
     raise AssertionError(f"bare {name} in JSON output")

@@ -12,6 +12,8 @@ from ptycho_callbacks.record import SCHEMA_VERSION, RunRecord
 from ptycho_callbacks.cli import report_main
 from ptycho_callbacks.render import DEFAULT_SPEC_REFS, fmt, fmt_measured, render_report
 
+pytestmark = pytest.mark.core
+
 SCENARIO_HEADERS = [
     "## Scenario: {name}",
     "### Loss Composition",

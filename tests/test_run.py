@@ -13,16 +13,13 @@ from ptycho_callbacks._keras import keras
 from ptycho_callbacks.callbacks.intensity_scale_monitor import IntensityScaleMonitor
 from ptycho_callbacks.callbacks.loss_components import LossComponents
 from ptycho_callbacks.callbacks.summary_report import SummaryReport
-from ptycho_callbacks.sim.model import build_model
 
 import tensorboard_events
 
+pytestmark = pytest.mark.keras
+
 PROBE = 4
-
-
-def _model(data):
-    keras.utils.set_random_seed(11)
-    return build_model(N=16, gridsize=2, n_filters=4, probe=data.probe, intensity_scale=data.intensity_scale)
+SEED = 11
 
 
 def _suite_and_keras(model, data, run_dir, tmp_path):
@@ -63,10 +60,10 @@ ORDERS = {
 }
 
 
-def test_the_order_of_the_callbacks_never_changes_the_record_or_the_report(small_data, tmp_path):
+def test_the_order_of_the_callbacks_never_changes_the_record_or_the_report(make_model, small_data, tmp_path):
     outcomes = {}
     for name, order in ORDERS.items():
-        model = _model(small_data)
+        model = make_model(SEED)
         run_dir = str(tmp_path / name.replace(" ", "_"))
         ours, theirs = _suite_and_keras(model, small_data, run_dir, tmp_path)
         model.fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8, epochs=2, shuffle=False,
@@ -82,11 +79,11 @@ def test_the_order_of_the_callbacks_never_changes_the_record_or_the_report(small
         assert report == first_report, f"order {name!r} changed the report"
 
 
-def test_the_run_closes_when_the_last_of_its_callbacks_ends(small_data, tmp_path):
+def test_the_run_closes_when_the_last_of_its_callbacks_ends(make_model, small_data, tmp_path):
     run = Run(tmp_path / "run", scenario="closing")
     monitor, components, report = IntensityScaleMonitor(run=run, verbose=0), LossComponents(run=run), \
         SummaryReport(run=run)
-    model = _model(small_data)
+    model = make_model(SEED)
     for callback in (report, monitor, components):
         callback.set_model(model)
     for callback in (report, monitor, components):
@@ -101,9 +98,9 @@ def test_the_run_closes_when_the_last_of_its_callbacks_ends(small_data, tmp_path
     assert "report/summary" in tensorboard_events.texts(str(tmp_path / "run"))
 
 
-def test_callbacks_alone_on_one_directory_share_one_run_and_one_event_file(small_data, tmp_path):
+def test_callbacks_alone_on_one_directory_share_one_run_and_one_event_file(make_model, small_data, tmp_path):
     run_dir = str(tmp_path / "alone")
-    model = _model(small_data)
+    model = make_model(SEED)
     callbacks = [LossComponents(log_dir=run_dir), IntensityScaleMonitor(log_dir=run_dir, verbose=0),
                  SummaryReport(run_dir)]
     model.fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8, epochs=1, verbose=0,
@@ -128,16 +125,16 @@ def test_a_run_and_a_log_dir_together_are_refused(tmp_path):
     ({"StageStatistics": {"truth": np.ones(2)}}, "the suite sets 'truth' from its 'probe' parameter"),
     ({"SummaryReport": "title"}, "must be a dict"),
 ])
-def test_options_that_reach_no_argument_are_refused(small_data, tmp_path, options, message):
+def test_options_that_reach_no_argument_are_refused(make_model, small_data, tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
-        default_callbacks(_model(small_data), str(tmp_path / "run"), options=options)
+        default_callbacks(make_model(SEED), str(tmp_path / "run"), options=options)
 
 
-def test_options_reach_every_callback_of_the_suite(small_data, tmp_path):
+def test_options_reach_every_callback_of_the_suite(make_model, small_data, tmp_path):
     inputs = {key: value[:PROBE] for key, value in small_data.model_inputs().items()}
     probe = Probe(inputs, truth=small_data.truth_object[:PROBE],
                   counts=small_data.model_targets()["pred_intensity"][:PROBE])
-    suite = default_callbacks(_model(small_data), str(tmp_path / "run"), probe=probe, verbose=0, options={
+    suite = default_callbacks(make_model(SEED), str(tmp_path / "run"), probe=probe, verbose=0, options={
         "NaNGuard": {"on_nan": "raise", "restore_weights": False},
         "IntensityScaleMonitor": {"drift_tolerance": 0.5},
         "LossComponents": {"update_freq": 3},
@@ -152,4 +149,4 @@ def test_options_reach_every_callback_of_the_suite(small_data, tmp_path):
     assert by_name["StageStatistics"].every_n_epochs == 4 and by_name["PhysicsHealth"].every_n_epochs == 2
     assert by_name["SummaryReport"].title == "Sweep"
     with pytest.raises(ValueError, match="Probe"):
-        default_callbacks(_model(small_data), str(tmp_path / "other"), probe=inputs)
+        default_callbacks(make_model(SEED), str(tmp_path / "other"), probe=inputs)

@@ -7,6 +7,8 @@ import pytest
 from ptycho_callbacks.record import RunRecord
 from ptycho_callbacks.run_dir import resolve_run_dir
 
+pytestmark = pytest.mark.core
+
 
 def _hold_run(directory, files=("record.json", "report.md")):
     directory.mkdir(parents=True, exist_ok=True)

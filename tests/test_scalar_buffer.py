@@ -10,6 +10,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from ptycho_callbacks.callbacks.scalar_buffer import ScalarBuffer
 
+pytestmark = pytest.mark.keras
+
 
 def _scalars(log_dir):
     """{tag: [(step, value)]} as TensorBoard's own reader sees it, with the plugin each tag is filed under."""

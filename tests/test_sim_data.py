@@ -3,6 +3,8 @@ import pytest
 
 from ptycho_callbacks.sim.data import simulate
 
+pytestmark = pytest.mark.core
+
 
 def test_stages_have_documented_shapes(small_data):
     d = small_data

@@ -3,14 +3,13 @@ import tempfile
 import numpy as np
 import pytest
 
-from ptycho_callbacks._keras import IS_LEGACY, keras
+from ptycho_callbacks._keras import IS_LEGACY
 from ptycho_callbacks.sim.model import build_model
 
+pytestmark = pytest.mark.keras
 
-def _model(data, **kwargs):
-    keras.utils.set_random_seed(0)
-    return build_model(N=16, gridsize=2, n_filters=4, probe=data.probe,
-                       intensity_scale=data.intensity_scale, **kwargs)
+SEED = 0
+"""Keras's random seed before each stand-in model (`make_model`) is built."""
 
 
 def _log_scale(model):
@@ -18,8 +17,8 @@ def _log_scale(model):
 
 
 @pytest.mark.parametrize("style", ["keras", "ptychopinn"])
-def test_model_has_ptychopinn_interface(small_data, style):
-    model = _model(small_data, scaler_style=style)
+def test_model_has_ptychopinn_interface(make_model, small_data, style):
+    model = make_model(SEED, scaler_style=style)
     assert [t.name.split(":")[0] for t in model.inputs] == ["input", "input_positions"]
     assert list(model.output_names) == ["trimmed_obj", "intensity_scaler_inv", "pred_intensity"]
     scaler, inverse = model.get_layer("intensity_scaler"), model.get_layer("intensity_scaler_inv")
@@ -32,8 +31,8 @@ def test_model_has_ptychopinn_interface(small_data, style):
 
 
 @pytest.mark.parametrize("style", ["keras", "ptychopinn"])
-def test_training_lowers_the_loss(small_data, style):
-    model = _model(small_data, scaler_style=style)
+def test_training_lowers_the_loss(make_model, small_data, style):
+    model = make_model(SEED, scaler_style=style)
     history = model.fit(small_data.model_inputs(), small_data.model_targets(), batch_size=3,
                         epochs=4, shuffle=False, verbose=0)
     losses = history.history["loss"]
@@ -42,26 +41,26 @@ def test_training_lowers_the_loss(small_data, style):
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
-def _trained_log_scale_delta(data, style, trainable=True):
-    model = _model(data, scaler_style=style, scale_trainable=trainable, learning_rate=1e-2)
+def _trained_log_scale_delta(make_model, data, style, trainable=True):
+    model = make_model(SEED, scaler_style=style, scale_trainable=trainable, learning_rate=1e-2)
     before = _log_scale(model)
     model.fit(data.model_inputs(), data.model_targets(), batch_size=3, epochs=1, verbose=0)
     return abs(_log_scale(model) - before)
 
 
-def test_keras_native_log_scale_trains(small_data):
-    assert _trained_log_scale_delta(small_data, "keras") > 1e-4
-    assert _trained_log_scale_delta(small_data, "keras", trainable=False) == 0.0
+def test_keras_native_log_scale_trains(make_model, small_data):
+    assert _trained_log_scale_delta(make_model, small_data, "keras") > 1e-4
+    assert _trained_log_scale_delta(make_model, small_data, "keras", trainable=False) == 0.0
 
 
-def test_ptychopinn_style_log_scale_is_only_trained_by_keras_2(small_data):
+def test_ptychopinn_style_log_scale_is_only_trained_by_keras_2(make_model, small_data):
     """The fact a scale monitor must detect: under Keras 3 the plain tf.Variable
     says trainable=True, is missing from trainable_variables and never moves."""
-    model = _model(small_data, scaler_style="ptychopinn")
+    model = make_model(SEED, scaler_style="ptychopinn")
     variable = model.get_layer("intensity_scaler").w
     tracked = any(v is variable or getattr(v, "value", None) is variable
                   for v in model.trainable_variables)
-    moved = _trained_log_scale_delta(small_data, "ptychopinn") > 1e-4
+    moved = _trained_log_scale_delta(make_model, small_data, "ptychopinn") > 1e-4
     assert variable.trainable
     if IS_LEGACY:
         assert tracked and moved
@@ -79,8 +78,8 @@ def test_nan_scenario_goes_non_finite_within_its_first_epochs():
     assert not np.all(np.isfinite(losses))
 
 
-def test_bad_model_parameters_are_refused(small_data):
+def test_bad_model_parameters_are_refused(make_model):
     with pytest.raises(ValueError, match="scaler_style"):
-        _model(small_data, scaler_style="other")
+        make_model(SEED, scaler_style="other")
     with pytest.raises(ValueError, match="gridsize"):
         build_model(N=16, gridsize=3)

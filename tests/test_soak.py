@@ -17,12 +17,15 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from tensorboard.util import tensor_util
 
 from ptycho_callbacks.record import RunRecord
 
 import tensorboard_events
 from small_data import simulate_small_data
+
+pytestmark = pytest.mark.slow
 
 EPOCHS = 300
 WARMUP = 50

@@ -11,22 +11,18 @@ from tensorboard.util import tensor_util
 from ptycho_callbacks._keras import keras
 from ptycho_callbacks.callbacks.stage_statistics import StageStatistics
 from ptycho_callbacks.record import RunRecord
-from ptycho_callbacks.sim.model import build_model
 
 import tensorboard_events
 
+pytestmark = pytest.mark.keras
+
 PROBE = 4  # samples in the probe batch
+SEED = 0
+"""Keras's random seed before each stand-in model (`make_model`) is built. The models run eagerly
+(`run_eagerly=True`): two tiny batches per epoch, tracing would cost more than it saves."""
 
 
 # ------------------------------------------------------------------ helpers
-def _model(data):
-    keras.utils.set_random_seed(0)
-    model = build_model(N=16, gridsize=2, n_filters=4, probe=data.probe,
-                        intensity_scale=data.intensity_scale)
-    model.run_eagerly = True  # two tiny batches per epoch: tracing would cost more than it saves
-    return model
-
-
 def _probe(data):
     return {key: value[:PROBE] for key, value in data.model_inputs().items()}
 
@@ -55,10 +51,10 @@ def _layer_values(model, layer_name, inputs):
 
 
 # ------------------------------------------------------------------ array stages
-def test_array_stages_are_logged_and_recorded_like_numpy(small_data, tmp_path):
+def test_array_stages_are_logged_and_recorded_like_numpy(make_model, small_data, tmp_path):
     data = small_data
     callback = StageStatistics(data.stages(), log_dir=str(tmp_path))
-    _fit(_model(data), data, callback, epochs=1)
+    _fit(make_model(SEED, run_eagerly=True), data, callback, epochs=1)
     events = tensorboard_events.load(str(tmp_path))
 
     for name, label, source, array in data.stages():
@@ -112,9 +108,9 @@ def test_tuple_specs_of_two_items_and_dict_specs_mix(tmp_path):
 
 
 # ------------------------------------------------------------------ layer and fn stages
-def test_layer_stages_are_evaluated_on_the_probe_batch(small_data, tmp_path):
+def test_layer_stages_are_evaluated_on_the_probe_batch(make_model, small_data, tmp_path):
     data = small_data
-    model = _model(data)
+    model = make_model(SEED, run_eagerly=True)
     probe = _probe(data)
     before_amp = _layer_values(model, "pred_amplitude", probe)
     before_obj = _layer_values(model, "trimmed_obj", probe)
@@ -153,7 +149,7 @@ def test_layer_stages_are_evaluated_on_the_probe_batch(small_data, tmp_path):
                                   rel=1e-5)
 
 
-def test_fn_stage_is_called_at_each_evaluation(small_data, tmp_path):
+def test_fn_stage_is_called_at_each_evaluation(make_model, small_data, tmp_path):
     data = small_data
     calls = []
 
@@ -161,7 +157,7 @@ def test_fn_stage_is_called_at_each_evaluation(small_data, tmp_path):
         calls.append(1)
         return np.exp(np.asarray(model.get_layer("intensity_scaler").w)).reshape(1)
 
-    model = _model(data)
+    model = make_model(SEED, run_eagerly=True)
     callback = StageStatistics([{"name": "scale", "fn": scale}], log_dir=str(tmp_path))
     _fit(model, data, callback, epochs=2)
     assert len(calls) == 3  # train begin + 2 epochs
@@ -171,28 +167,28 @@ def test_fn_stage_is_called_at_each_evaluation(small_data, tmp_path):
 
 
 # ------------------------------------------------------------------ steps
-def test_every_n_epochs_logs_at_start_multiples_and_end(small_data, tmp_path):
+def test_every_n_epochs_logs_at_start_multiples_and_end(make_model, small_data, tmp_path):
     data = small_data
     stages = [{"name": "prediction", "layer": "pred_amplitude"}]
     callback = StageStatistics(stages, probe_inputs=_probe(data), every_n_epochs=2, log_dir=str(tmp_path))
-    _fit(_model(data), data, callback, epochs=3)
+    _fit(make_model(SEED, run_eagerly=True), data, callback, epochs=3)
     events = tensorboard_events.load(str(tmp_path))
     for tag in ("stages/prediction/mean", "stages/prediction/nan_count", "stages/prediction"):
         assert [e.step for e in events.Tensors(tag)] == [0, 2, 3], tag
 
 
-def test_resumed_fit_counts_steps_from_initial_epoch(small_data, tmp_path):
+def test_resumed_fit_counts_steps_from_initial_epoch(make_model, small_data, tmp_path):
     data = small_data
     callback = StageStatistics([{"name": "prediction", "layer": "pred_amplitude"}],
                                probe_inputs=_probe(data), log_dir=str(tmp_path))
-    _fit(_model(data), data, callback, epochs=4, initial_epoch=2)
+    _fit(make_model(SEED, run_eagerly=True), data, callback, epochs=4, initial_epoch=2)
     assert [s for s, _ in _series(tensorboard_events.load(str(tmp_path)), "stages/prediction/mean")] == [2, 3, 4]
 
 
 # ------------------------------------------------------------------ ground truth
-def test_truth_gives_bias_statistics_scalars_and_images(small_data, tmp_path):
+def test_truth_gives_bias_statistics_scalars_and_images(make_model, small_data, tmp_path):
     data = small_data
-    model = _model(data)
+    model = make_model(SEED, run_eagerly=True)
     probe = _probe(data)
     truth = data.truth_object[:PROBE]
     callback = StageStatistics(data.stages(), probe_inputs=probe, truth=truth, max_images=2,
@@ -238,11 +234,11 @@ def test_truth_of_another_batch_size_is_refused_at_construction(small_data):
         StageStatistics([], probe_inputs=_probe(data), truth=data.truth_object[:PROBE - 1])
 
 
-def test_truth_of_the_wrong_shape_fails_at_train_begin(small_data):
+def test_truth_of_the_wrong_shape_fails_at_train_begin(make_model, small_data):
     data = small_data
     callback = StageStatistics([], probe_inputs=_probe(data), truth=data.truth_object[:PROBE, ..., :2])
     with pytest.raises(ValueError, match=r"\(4, 16, 16, 4\).*\(4, 16, 16, 2\)"):
-        _fit(_model(data), data, callback)
+        _fit(make_model(SEED, run_eagerly=True), data, callback)
 
 
 # ------------------------------------------------------------------ non-finite values
@@ -324,9 +320,9 @@ def test_bad_specs_are_refused_at_construction(stages, kwargs, message):
         StageStatistics(stages, **kwargs)
 
 
-def test_unknown_layer_fails_at_train_begin_naming_the_layers(small_data):
+def test_unknown_layer_fails_at_train_begin_naming_the_layers(make_model, small_data):
     data = small_data
-    model = _model(data)
+    model = make_model(SEED, run_eagerly=True)
     weights = [np.array(w) for w in model.get_weights()]
     callback = StageStatistics([{"name": "prediction", "layer": "pred_amplitud"}], probe_inputs=_probe(data))
     with pytest.raises(ValueError, match=r"stage 'prediction'.*no layer named 'pred_amplitud'; did you mean 'pred_amplitude'"):
@@ -336,11 +332,11 @@ def test_unknown_layer_fails_at_train_begin_naming_the_layers(small_data):
 
 
 # ------------------------------------------------------------------ record, config, no log_dir
-def test_without_log_dir_the_record_is_filled_and_nothing_written(small_data, tmp_path, monkeypatch):
+def test_without_log_dir_the_record_is_filled_and_nothing_written(make_model, small_data, tmp_path, monkeypatch):
     data = small_data
     monkeypatch.chdir(tmp_path)
     callback = StageStatistics(data.stages(), probe_inputs=_probe(data), truth=data.truth_object[:PROBE])
-    _fit(_model(data), data, callback, epochs=1)
+    _fit(make_model(SEED, run_eagerly=True), data, callback, epochs=1)
     assert os.listdir(tmp_path) == []
     assert len(callback.record.stages) == 4
     assert callback.record.prediction["amplitude_bias"]["count"] == data.truth_object[:PROBE].size
@@ -372,12 +368,12 @@ def _drive(callback, model, epochs=1):
     callback.on_train_end()
 
 
-def test_histograms_and_images_can_be_switched_off(small_data, tmp_path):
+def test_histograms_and_images_can_be_switched_off(make_model, small_data, tmp_path):
     data = small_data
     stages = [("container_X", data.container_X), {"name": "prediction", "layer": "pred_amplitude"}]
     callback = StageStatistics(stages, probe_inputs=_probe(data), truth=data.truth_object[:PROBE],
                                histograms=False, images=False, log_dir=str(tmp_path))
-    _drive(callback, _model(data))
+    _drive(callback, make_model(SEED, run_eagerly=True))
     tags = _tags(tensorboard_events.load(str(tmp_path)))
     assert {"stages/container_X/mean", "stages/prediction/mean", "bias/amplitude/mean"} <= tags
     assert not tags & {"stages/container_X", "stages/prediction", "images/amplitude", "images/phase"}
@@ -397,9 +393,9 @@ def test_huge_arrays_are_subsampled_for_the_histogram_only(tmp_path, monkeypatch
     assert _series(events, "stages/big/count")[0][1] == 100
 
 
-def test_unknown_prediction_output_fails_at_train_begin(small_data):
+def test_unknown_prediction_output_fails_at_train_begin(make_model, small_data):
     data = small_data
     callback = StageStatistics([], probe_inputs=_probe(data), truth=data.truth_object[:PROBE],
                                prediction_output="object")
     with pytest.raises(ValueError, match=r"prediction_output: .*no layer named 'object'.*available layer names"):
-        _drive(callback, _model(data))
+        _drive(callback, make_model(SEED, run_eagerly=True))

@@ -5,6 +5,8 @@ import pytest
 
 from ptycho_callbacks import stages
 
+pytestmark = pytest.mark.core
+
 
 def test_specs_as_dicts_and_tuples_keep_their_order_kind_and_label():
     parsed = stages.parse_stages([("raw", "Raw", "sim", np.ones(3)), ("grouped", np.ones(2)),

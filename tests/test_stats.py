@@ -10,6 +10,8 @@ from hypothesis.extra import numpy as hnp
 
 from ptycho_callbacks import stats
 
+pytestmark = pytest.mark.core
+
 
 # ------------------------------------------------------------------ array_stats
 def test_array_stats_counts_all_but_summarises_finite_values():

@@ -9,18 +9,17 @@ from ptycho_callbacks import (IntensityScaleMonitor, LossComponents, NaNGuard, S
                               SummaryReport, default_callbacks)
 from ptycho_callbacks._keras import keras
 from ptycho_callbacks.record import RunRecord
-from ptycho_callbacks.sim.model import build_model
 
 import tensorboard_events
 
+pytestmark = pytest.mark.keras
 
-def _model(data):
-    keras.utils.set_random_seed(5)
-    return build_model(N=16, gridsize=2, n_filters=4, probe=data.probe, intensity_scale=data.intensity_scale)
+SEED = 5
+"""Keras's random seed before each stand-in model (`make_model`) is built."""
 
 
-def test_default_callbacks_with_nothing_but_a_model(small_data, tmp_path):
-    model = _model(small_data)
+def test_default_callbacks_with_nothing_but_a_model(make_model, small_data, tmp_path):
+    model = make_model(SEED)
     run = str(tmp_path / "plain")
     suite = default_callbacks(model, run, verbose=0)
     assert [type(c).__name__ for c in suite] == ["NaNGuard", "IntensityScaleMonitor", "LossComponents",
@@ -36,8 +35,8 @@ def test_default_callbacks_with_nothing_but_a_model(small_data, tmp_path):
     assert "scale/epoch/log_scale" in tags and "loss/batch/loss" in tags
 
 
-def test_next_to_keras_own_callbacks(small_data, tmp_path):
-    model = _model(small_data)
+def test_next_to_keras_own_callbacks(make_model, small_data, tmp_path):
+    model = make_model(SEED)
     run = str(tmp_path / "mixed")
     ours = [NaNGuard(log_dir=run, verbose=0), IntensityScaleMonitor(log_dir=run, verbose=0),
             LossComponents(log_dir=run),
@@ -74,10 +73,10 @@ def test_single_output_model_logs_the_total_only(tmp_path):
     assert components.record.batch_history["loss"][0] == pytest.approx(first_batch_loss, rel=1e-5)
 
 
-def test_a_directory_holding_a_run_gets_a_new_run_alongside(small_data, tmp_path, capsys):
+def test_a_directory_holding_a_run_gets_a_new_run_alongside(make_model, small_data, tmp_path, capsys):
     run = str(tmp_path / "run")
     for _ in range(2):
-        model = _model(small_data)
+        model = make_model(SEED)
         model.fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8, epochs=1, verbose=0,
                   callbacks=default_callbacks(model, run, verbose=1))
     first, second = (RunRecord.load(os.path.join(path, "record.json")) for path in (run, run + "-2"))
@@ -85,6 +84,6 @@ def test_a_directory_holding_a_run_gets_a_new_run_alongside(small_data, tmp_path
     assert os.path.exists(os.path.join(run + "-2", "report.md"))
     assert f"this run writes to {run}-2" in capsys.readouterr().out
 
-    model = _model(small_data)
+    model = make_model(SEED)
     suite = default_callbacks(model, run, verbose=0, overwrite=True)
     assert {callback.log_dir for callback in suite} == {run}

@@ -8,14 +8,13 @@ from ptycho_callbacks._keras import keras
 from ptycho_callbacks.callbacks import summary_report
 from ptycho_callbacks.callbacks.summary_report import SummaryReport
 from ptycho_callbacks.record import RunRecord
-from ptycho_callbacks.sim.model import build_model
 
 import tensorboard_events
 
+pytestmark = pytest.mark.keras
 
-def _model(data):
-    keras.utils.set_random_seed(4)
-    return build_model(N=16, gridsize=2, n_filters=4, probe=data.probe, intensity_scale=data.intensity_scale)
+SEED = 4
+"""Keras's random seed before each stand-in model (`make_model`) is built."""
 
 
 class RecordOnDisk(keras.callbacks.Callback):
@@ -59,13 +58,13 @@ def slow_epochs(monkeypatch):
     return EpochTime(clock, 10.0)
 
 
-def test_record_after_every_epoch_and_report_at_the_end(small_data, tmp_path, slow_epochs):
+def test_record_after_every_epoch_and_report_at_the_end(make_model, small_data, tmp_path, slow_epochs):
     run = str(tmp_path / "gs2")
     report = SummaryReport(run, config={"nphotons": 1e6, "N": 16, "gridsize": 2,
                                         "e_batch_intensity": small_data.e_batch_intensity})
     watcher = RecordOnDisk(os.path.join(run, "record.json"))
-    history = _model(small_data).fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8,
-                                     epochs=3, verbose=0, callbacks=[slow_epochs, report, watcher])
+    history = make_model(SEED).fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8,
+                                   epochs=3, verbose=0, callbacks=[slow_epochs, report, watcher])
     assert watcher.seen == [0, 1, 2]
 
     with open(os.path.join(run, "record.json")) as f:
@@ -89,15 +88,15 @@ def test_record_after_every_epoch_and_report_at_the_end(small_data, tmp_path, sl
     assert len(shown) == 1 and "## Scenario: gs2" in shown[0][1]
 
 
-def test_short_epochs_write_the_record_less_often_and_lose_nothing_at_the_end(small_data, tmp_path,
-                                                                             monkeypatch):
+def test_short_epochs_write_the_record_less_often_and_lose_nothing_at_the_end(make_model, small_data,
+                                                                             tmp_path, monkeypatch):
     clock = Clock(tick=0.001)  # each write takes 1 ms: one every 50 ms at most
     monkeypatch.setattr(summary_report, "monotonic", clock)
     run = str(tmp_path / "short")
     watcher = RecordOnDisk(os.path.join(run, "record.json"))
-    history = _model(small_data).fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8,
-                                     epochs=24, verbose=0,
-                                     callbacks=[EpochTime(clock, 0.01), SummaryReport(run), watcher])
+    history = make_model(SEED).fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8,
+                                   epochs=24, verbose=0,
+                                   callbacks=[EpochTime(clock, 0.01), SummaryReport(run), watcher])
     # Epochs of 10 ms and the clock's own reading (1 ms): the fifth epoch end after a write is the
     # first 50 ms after it, so every fifth epoch is on disk, starting from the write at train begin.
     assert watcher.seen == [0] * 5 + [5] * 5 + [10] * 5 + [15] * 5 + [20] * 4
@@ -106,7 +105,7 @@ def test_short_epochs_write_the_record_less_often_and_lose_nothing_at_the_end(sm
     np.testing.assert_allclose(record.history["loss"], history.history["loss"], rtol=1e-6)
 
 
-def test_a_run_that_dies_leaves_its_record(small_data, tmp_path, slow_epochs):
+def test_a_run_that_dies_leaves_its_record(make_model, small_data, tmp_path, slow_epochs):
     class Boom(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if epoch == 1:
@@ -114,8 +113,8 @@ def test_a_run_that_dies_leaves_its_record(small_data, tmp_path, slow_epochs):
 
     run = str(tmp_path / "dies")
     with pytest.raises(RuntimeError, match="user code failed"):
-        _model(small_data).fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8,
-                               epochs=4, verbose=0, callbacks=[slow_epochs, SummaryReport(run), Boom()])
+        make_model(SEED).fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8,
+                             epochs=4, verbose=0, callbacks=[slow_epochs, SummaryReport(run), Boom()])
     record = RunRecord.load(os.path.join(run, "record.json"))
     assert len(record.history["loss"]) == 2 and record.status == "running"
     assert not [name for name in os.listdir(run) if name.startswith(".") or name.endswith(".tmp")]

@@ -1,6 +1,7 @@
 """TensorBoard end to end: a real `tensorboard` serves the demo's output and is asked what a browser asks.
 
-The demo trains both scenarios once (the NaN scenario gives a NaN event);
+The demo trains both scenarios once for the session (the `demo` fixture of
+conftest.py, which test_demo.py reads too; the NaN scenario gives a NaN event);
 a TensorBoard server started on loopback reads the logs, and its HTTP data
 API must show every callback's scalars with the right number of points, the
 custom-scalars layout, the report and the NaN event as text, and the images.
@@ -16,15 +17,13 @@ import struct
 import subprocess
 import sys
 import time
-import types
 import urllib.error
 import urllib.parse
 import urllib.request
 
 import pytest
 
-from ptycho_callbacks.demo import DemoConfig, run_demo
-from ptycho_callbacks.record import RunRecord
+pytestmark = pytest.mark.keras
 
 STARTUP_TIMEOUT = 60.0
 SHUTDOWN_TIMEOUT = 15.0
@@ -32,7 +31,6 @@ SCENARIOS = ("stable", "nan_poisson")
 # The losses Keras logs for PtychoPINN's three outputs (trimmed_obj, intensity_scaler_inv, pred_intensity).
 COMPONENTS = ("trimmed_obj_loss", "intensity_scaler_inv_loss", "pred_intensity_loss")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PATCH = 32
 
 
 def run_of(scenario):
@@ -96,15 +94,6 @@ class TensorBoardServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self._stderr.close()
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("tensorboard_e2e"))
-    lines = []
-    histories = run_demo(out, DemoConfig(N=PATCH, n_scan=6, epochs=2), verbose=0, log=lines.append)
-    records = {name: RunRecord.load(os.path.join(out, name, "record.json")) for name in SCENARIOS}
-    return types.SimpleNamespace(out=out, histories=histories, records=records, lines=lines)
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +225,7 @@ def test_report_and_nan_event_are_in_the_text_dashboard(server, demo):
 
 
 def test_prediction_and_truth_images_are_served_as_png(server, demo):
-    histories = demo.histories
+    histories, patch = demo.histories, demo.config.N
     tags = server.get("/data/plugin/images/tags")[run_of("stable")]
     assert {"images/amplitude", "images/phase"} <= set(tags)
     samples = server.get("/data/plugin/images/images", run=run_of("stable"), tag="images/amplitude", sample=0)
@@ -244,7 +233,7 @@ def test_prediction_and_truth_images_are_served_as_png(server, demo):
     png = server.get_bytes("/data/plugin/images/individualImage?" + samples[-1]["query"])
     assert png.startswith(PNG_SIGNATURE)
     width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk
-    assert (width, height) == (2 * PATCH + 1, PATCH)  # prediction | gap | truth
+    assert (width, height) == (2 * patch + 1, patch)  # prediction | gap | truth
 
 
 def test_demo_says_where_to_point_tensorboard_before_training_and_where_the_nan_is(demo):
