@@ -179,6 +179,9 @@ def _replay_parser():
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of Markdown")
     parser.add_argument("--import", dest="modules", action="append", metavar="MODULE",
                         help="import MODULE first (registers the saved model's custom objects; repeatable)")
+    parser.add_argument("--unsafe", action="store_true",
+                        help="load the saved model even when that can run code from the folder (a model.keras "
+                             "that is not a Keras zip archive, Lambda layers): only for a folder you trust")
     return parser
 
 
@@ -210,12 +213,16 @@ def replay_main(argv):
         return status
     try:
         folder = capture.find_folder(args.run_dir)
-        result = replay_folder(folder, modules=args.modules)
+        result = replay_folder(folder, modules=args.modules, unsafe=args.unsafe)
         if args.write:
             run_dir = os.path.dirname(os.path.abspath(folder))
             result["written_to"] = _write_back(run_dir, result)
     except (capture.ForensicsError, OSError, RecordError, ImportError) as error:
         print(f"{parser.prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    except Exception as error:  # noqa: BLE001 - a folder from someone else may hold anything
+        print(f"{parser.prog}: error: {args.run_dir}: the saved step cannot be replayed ({type(error).__name__}: "
+              f"{' '.join(str(error).split())[:500]})", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(encode_nonfinite(to_builtin(result)), indent=2, allow_nan=False))

@@ -371,17 +371,30 @@ def read_manifest(folder):
     try:
         with open(path, encoding="utf-8") as handle:
             manifest = decode_nonfinite(json.load(handle))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ForensicsError(f"{path}: cannot read the manifest: {error}") from None
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: not UTF-8, not JSON
+        raise ForensicsError(f"{path}: cannot read the manifest: {type(error).__name__}: {error}") from None
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         raise ForensicsError(f"{path}: not a nan_forensics manifest of format version {FORMAT_VERSION}")
     return manifest
 
 
+def file_in_folder(folder, filename):
+    """The path of `filename` in `folder`; ForensicsError for a name that is not a plain file name there.
+
+    A manifest from someone else could name an absolute path or climb out
+    of the folder (`../model.keras`): nothing outside the folder is read.
+    """
+    if (not isinstance(filename, str) or filename in ("", ".", "..") or os.path.isabs(filename)
+            or os.path.basename(filename) != filename or (os.altsep and os.altsep in filename)):
+        raise ForensicsError(f"{folder}: the manifest names {filename!r}, which is not a file of the folder; "
+                             "nothing outside the folder is read")
+    return os.path.join(folder, filename)
+
+
 def _load_npz(folder, filename):
-    path = os.path.join(folder, filename)
+    path = file_in_folder(folder, filename)
     try:
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
     except (OSError, ValueError) as error:
         raise ForensicsError(f"{path}: cannot read it: {error}") from None

@@ -26,6 +26,7 @@ import importlib
 import os
 import re
 import sysconfig
+import zipfile
 
 import numpy as np
 import tensorflow as tf
@@ -34,6 +35,7 @@ from .._keras import keras
 from ..callbacks.loss_discovery import compiled_loss_weights, per_output
 from ..callbacks.scale_discovery import find_log_scale
 from ..callbacks.variables import assign_weights, current_weights, model_variables, tf_variable, variable_name
+from ..run_dir import FORENSICS_MODEL
 from . import capture
 
 MAX_GRADIENT_SAMPLES = 64
@@ -507,7 +509,25 @@ def _original_indices(result, kept):
         entry["samples"] = mapped(entry["samples"])
 
 
-def replay_folder(folder, model=None, modules=None):
+def load_saved_model(path, unsafe=False):
+    """The model saved in a forensics folder, loaded without running code from the file unless `unsafe`.
+
+    Safe, the file must be a Keras zip archive (the `.keras` format), loaded
+    with Keras's safe mode on: a `Lambda` layer's code is refused, not run.
+    A file named `model.keras` that is really HDF5 (or anything else) is
+    refused, since Keras would load HDF5 without safe mode.
+
+    Raises:
+        capture.ForensicsError: the file is not a Keras zip archive (and not `unsafe`).
+    """
+    if not unsafe and not zipfile.is_zipfile(path):
+        raise capture.ForensicsError(
+            f"{path}: not a Keras zip archive (.keras format); refused, because loading another format could "
+            "run code from the file. Replay with --unsafe only for a folder you trust")
+    return keras.models.load_model(path, safe_mode=not unsafe)
+
+
+def replay_folder(folder, model=None, modules=None, unsafe=False):
     """Loads a `nan_forensics/` folder (or the run directory holding it) and replays its step.
 
     Args:
@@ -517,6 +537,8 @@ def replay_folder(folder, model=None, modules=None):
             which holds those weights already.
         modules: modules to import first, so that the saved model's custom
             layers and losses are registered (the stand-in's are).
+        unsafe: load the saved model even when that can run code from the
+            file (`load_saved_model`); only for a folder you trust.
 
     Returns:
         `replay`'s dict with sample indices of the failing batch, plus
@@ -537,8 +559,14 @@ def replay_folder(folder, model=None, modules=None):
                 "pass the compiled model to replay_folder(folder, model=...)")
         recorded = [name for name in info.get("modules") or [] if isinstance(name, str)]
         _import_custom_objects(recorded, modules)
+        path = capture.file_in_folder(folder, info["file"])
+        if os.path.basename(path) != FORENSICS_MODEL:
+            raise capture.ForensicsError(f"{folder}: the manifest names the model {info['file']!r}; only "
+                                         f"{FORENSICS_MODEL} in the folder is loaded")
         try:
-            model = keras.models.load_model(os.path.join(folder, info["file"]))
+            model = load_saved_model(path, unsafe)
+        except capture.ForensicsError:
+            raise
         except Exception as error:  # noqa: BLE001 - loading user models fails in many ways
             named = f" (the run's model came from: {', '.join(recorded)})" if recorded else ""
             raise capture.ForensicsError(
