@@ -44,7 +44,7 @@ from .callbacks.probe_inputs import LayerProbe
 from .callbacks.scalar_buffer import ScalarBuffer
 from .callbacks.scale_discovery import ScaleVariable, find_log_scale
 from .record import RunRecord, utc_now_iso
-from .run_dir import tensorboard_dir
+from .run_dir import check_writable_dir, tensorboard_dir
 
 _ON_MODEL = "_ptycho_callbacks_runs"
 """Attribute of a model holding {log_dir: Run} of the callbacks built without a run, for one fit."""
@@ -66,18 +66,6 @@ def is_chief():
     if not kind or kind == "chief":
         return True
     return kind == "worker" and int(task.get("index", 0)) == 0 and "chief" not in (config.get("cluster") or {})
-
-
-def check_writable_dir(log_dir):
-    """Creates `log_dir` and proves it writable now, not hours into a training."""
-    try:
-        os.makedirs(log_dir, exist_ok=True)
-        probe = os.path.join(log_dir, f".write-test-{os.getpid()}")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as error:
-        raise OSError(f"log directory {log_dir!r} cannot be written: {error}") from error
 
 
 class Run:

@@ -3,6 +3,7 @@
 Every file and folder name of a run directory is defined here:
 
 ```text
+<run>/.ptycho-run          the claim: this directory is a run's (pid and time; `claim_run_dir`)
 <run>/record.json          the RunRecord (SummaryReport)
 <run>/report.md            the Markdown report (SummaryReport)
 <run>/ptycho/train/        our TensorBoard event files (validation: ptycho/validation/)
@@ -25,10 +26,12 @@ if note:
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import os
 from typing import NamedTuple
 
+CLAIM_FILE = ".ptycho-run"
 RECORD_FILE = "record.json"
 REPORT_FILE = "report.md"
 TENSORBOARD_FOLDER = "ptycho"
@@ -40,7 +43,7 @@ FORENSICS_WEIGHTS = "weights_before.npz"
 FORENSICS_OPTIMIZER = "optimizer_state.npz"
 FORENSICS_MODEL = "model.keras"
 
-RUN_FILES = (RECORD_FILE, REPORT_FILE)
+RUN_FILES = (RECORD_FILE, REPORT_FILE, CLAIM_FILE)
 """Files whose presence marks a directory as holding a run."""
 
 
@@ -112,3 +115,46 @@ def resolve_run_dir(log_dir: str | os.PathLike, overwrite: bool = False) -> RunD
         if _is_free(candidate):
             return RunDir(candidate, f"{requested} already holds a run ({held}); this run writes to "
                                      f"{candidate} (pass overwrite=True to replace the old run)")
+
+
+def check_writable_dir(log_dir):
+    """Creates `log_dir` and proves it writable now, not hours into a training."""
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+        probe = os.path.join(log_dir, f".write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        raise OSError(f"log directory {log_dir!r} cannot be written: {error}") from error
+
+
+def _claim(directory: str, exclusive: bool) -> bool:
+    """Creates `directory`'s claim file (only if none exists, when `exclusive`); False when another has it."""
+    check_writable_dir(directory)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    try:
+        fd = os.open(os.path.join(directory, CLAIM_FILE), flags, 0o666)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(f"pid {os.getpid()} at {datetime.datetime.now(datetime.timezone.utc).isoformat()}\n")
+    return True
+
+
+def claim_run_dir(log_dir: str | os.PathLike, overwrite: bool = False) -> RunDir:
+    """Like `resolve_run_dir`, but takes the directory atomically: two processes never get the same one.
+
+    The first free candidate is created with a claim file made with
+    `O_EXCL`; when another process claimed it in the meantime, the next
+    sibling is tried. With `overwrite`, `log_dir` is claimed whatever it holds.
+
+    Raises:
+        NotADirectoryError: `log_dir` exists and is not a directory.
+        OSError: the directory cannot be created or written.
+    """
+    while True:
+        chosen = resolve_run_dir(log_dir, overwrite=overwrite)
+        if _claim(chosen.path, exclusive=not overwrite):
+            return chosen
+

@@ -5,7 +5,7 @@ import inspect
 import os
 from typing import Any
 
-from .run_dir import resolve_run_dir
+from .run_dir import claim_run_dir, resolve_run_dir
 
 SET_BY_THE_SUITE = {"run": "the suite's run", "log_dir": "log_dir", "stages": "stages",
                     "probe_inputs": "probe", "truth": "probe", "probe_counts": "probe"}
@@ -93,7 +93,9 @@ def default_callbacks(model, log_dir, *, config=None, scenario=None, stages=None
             "IntensityScaleMonitor": {"log_scale_variable": v}}`.
         overwrite: write into `log_dir` even when it holds a run; by default
             a new run goes alongside, into `log_dir-2`, `log_dir-3`, ...
-            (`resolve_run_dir`; the callbacks' `log_dir` says where).
+            (`claim_run_dir`: the directory is claimed at once, so that two
+            processes started together get two; the callbacks' `log_dir`
+            says where).
         verbose: 1 prints one line per finding or event; given to every
             callback that takes it unless `options` says otherwise.
 
@@ -113,7 +115,7 @@ def default_callbacks(model, log_dir, *, config=None, scenario=None, stages=None
     >>> model.fit(x, y, epochs=50, callbacks=callbacks)
     """
     from .callbacks.fit_exceptions import finish_on_exception
-    from .run import Run
+    from .run import Run, is_chief
 
     if model is None:
         raise ValueError("default_callbacks needs the model it will watch")
@@ -123,7 +125,9 @@ def default_callbacks(model, log_dir, *, config=None, scenario=None, stages=None
     classes = _callback_classes()
     options = _checked_options(options, classes)
     name = scenario or os.path.basename(os.path.normpath(os.fspath(log_dir)))
-    log_dir, note = resolve_run_dir(log_dir, overwrite=overwrite)
+    # The chief claims the directory at once, so that two trainings started together never share one;
+    # the other workers of a multi-worker training write nothing.
+    log_dir, note = (claim_run_dir if is_chief() else resolve_run_dir)(log_dir, overwrite=overwrite)
     if note and verbose:
         print(f"ptycho_callbacks: {note}", flush=True)
     run = Run(log_dir, scenario=name, config=config)

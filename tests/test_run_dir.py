@@ -1,11 +1,13 @@
 """Tests of resolve_run_dir: a new run never lands on a directory that already holds one."""
 
+import multiprocessing
 import os
+import time
 
 import pytest
 
 from ptycho_callbacks.record import RunRecord
-from ptycho_callbacks.run_dir import resolve_run_dir
+from ptycho_callbacks.run_dir import CLAIM_FILE, claim_run_dir, resolve_run_dir
 
 pytestmark = pytest.mark.core
 
@@ -84,3 +86,30 @@ def test_a_file_where_the_directory_should_be_is_refused(tmp_path):
     target.write_text("not a directory")
     with pytest.raises(NotADirectoryError, match="exists and is not a directory"):
         resolve_run_dir(target)
+
+
+def _claim_in_a_process(args):
+    from ptycho_callbacks.run_dir import claim_run_dir
+
+    path, start = args
+    while time.time() < start:  # every process asks at the same moment
+        pass
+    return claim_run_dir(path).path
+
+
+def test_processes_starting_together_on_one_directory_get_one_each(tmp_path):
+    run = str(tmp_path / "gs2_base")
+    workers = 6
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        start = time.time() + 3.0
+        paths = pool.map(_claim_in_a_process, [(run, start)] * workers)
+    assert sorted(paths) == sorted([run] + [f"{run}-{n}" for n in range(2, workers + 1)])
+    assert all(os.path.exists(os.path.join(path, CLAIM_FILE)) for path in paths)
+
+
+def test_a_claimed_directory_counts_as_holding_a_run_and_overwrite_takes_it_anyway(tmp_path):
+    run = str(tmp_path / "a")
+    assert claim_run_dir(run) == (run, None)
+    again = claim_run_dir(run)
+    assert again.path == run + "-2" and ".ptycho-run" in again.note
+    assert claim_run_dir(run, overwrite=True).path == run

@@ -6,7 +6,8 @@ import warnings
 import numpy as np
 
 from .._keras import keras
-from ..run import Run, check_writable_dir, is_chief
+from ..run import Run, is_chief
+from ..run_dir import check_writable_dir
 from .variables import variable_value
 
 
