@@ -17,6 +17,25 @@ def _compiled_loss_container(model):
     return None
 
 
+def output_names(model):
+    """The names Keras gives the model's outputs, in order.
+
+    Keras 3's `Sequential` has no `output_names`: its outputs are named after
+    the layers that make them (for a `Sequential`, its last layer).
+    """
+    names = getattr(model, "output_names", None)
+    if names:
+        return list(names)
+    found = []
+    for tensor in getattr(model, "outputs", None) or []:
+        history = getattr(tensor, "_keras_history", None)
+        found.append(getattr(history[0], "name", None) if history else None)
+    if found and all(found):
+        return found
+    layers = getattr(model, "layers", None) or []
+    return [layers[-1].name] if layers else []
+
+
 def compiled_loss_weights(model):
     """Returns {logged component name: weight}, e.g. {"pred_intensity_loss": 1.0}.
 
@@ -24,17 +43,17 @@ def compiled_loss_weights(model):
     a single-output model logs only the total and has no components here.
     Outputs compiled without a loss are left out; a missing weight is 1.0.
     """
-    output_names = list(getattr(model, "output_names", None) or [])
-    if len(output_names) < 2:
+    names = output_names(model)
+    if len(names) < 2:
         return {}
     container = _compiled_loss_container(model)
     losses = getattr(container, "_user_losses", None)
     if losses is None:
         losses = getattr(model, "loss", None)
     weights = getattr(container, "_user_loss_weights", None)
-    has_loss = per_output(losses, output_names, default=True, present=lambda v: v is not None)
-    weight_of = per_output(weights, output_names, default=1.0)
-    return {f"{name}_loss": float(weight_of[name]) for name in output_names if has_loss[name]}
+    has_loss = per_output(losses, names, default=True, present=lambda v: v is not None)
+    weight_of = per_output(weights, names, default=1.0)
+    return {f"{name}_loss": float(weight_of[name]) for name in names if has_loss[name]}
 
 
 def per_output(spec, output_names, default, present=None):

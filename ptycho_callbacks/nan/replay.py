@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from .._keras import keras
-from ..callbacks.loss_discovery import compiled_loss_weights, per_output
+from ..callbacks.loss_discovery import compiled_loss_weights, output_names, per_output
 from ..callbacks.scale_discovery import find_log_scale
 from ..callbacks.variables import assign_weights, current_weights, model_variables, tf_variable, variable_name
 from ..run_dir import FORENSICS_MODEL
@@ -186,17 +186,17 @@ class _Component:
 
 
 def _components(model):
-    output_names = list(getattr(model, "output_names", None) or [])
+    names = output_names(model)
     spec = getattr(model, "loss", None)
-    if spec is None or not output_names:
+    if spec is None or not names:
         raise capture.ForensicsError(f"the model {model.name!r} is not compiled with a loss: nothing to replay")
     weights = compiled_loss_weights(model)
-    losses = per_output(spec, output_names, default=None)
+    losses = per_output(spec, names, default=None)
     components = []
-    for index, output in enumerate(output_names):
+    for index, output in enumerate(names):
         if losses[output] is None:
             continue
-        name = f"{output}_loss" if len(output_names) > 1 else "loss"
+        name = f"{output}_loss" if len(names) > 1 else "loss"
         components.append(_Component(index, output, name, losses[output], weights.get(name, 1.0)))
     return components
 
@@ -210,13 +210,22 @@ def _targets(y, output_names):
 
 
 # ------------------------------------------------------------------- replay
+def _sample_weights(sample_weight, output_names):
+    """The sample weights of each output: Keras gives one array to every output, or one per output."""
+    if sample_weight is None:
+        return [None] * len(output_names)
+    if isinstance(sample_weight, (dict, list, tuple)):
+        return _targets(sample_weight, output_names)
+    return [sample_weight] * len(output_names)
+
+
 class _Replay:
     """One replay of a training step on one batch (the model's weights already set)."""
 
     def __init__(self, model, x, y, sample_weight):
         self.model, self.x, self.sample_weight = model, x, sample_weight
         self.size = capture.batch_size((x,))
-        self.output_names = list(model.output_names)
+        self.output_names = output_names(model)
         self.y = _targets(y, self.output_names)
         self.components = _components(model)
         self.trainable = list(model.trainable_variables)
@@ -242,16 +251,20 @@ class _Replay:
             layer_outputs = {layer.name: value for layer, value in zip(self.sweep_layers, values)}
         if all(name in layer_outputs for name in self.output_names):
             return [layer_outputs[name] for name in self.output_names], layer_outputs
-        return _as_list(self.model(x, training=True)), layer_outputs
+        outputs = self.model(x, training=True)
+        if isinstance(outputs, dict):  # a model returning {output name: tensor}
+            return [outputs[name] for name in self.output_names], layer_outputs
+        return _as_list(outputs), layer_outputs
 
     def _losses(self, outputs, y, sample_weight):
         """({component name: (per-element values, mean)}, weighted total plus regularization)."""
         losses, terms = {}, []
+        weights = _sample_weights(sample_weight, self.output_names)
         for component in self.components:
             self.current = ("loss", component)
             if y[component.index] is None:
                 continue
-            values, mean = component.values(y[component.index], outputs[component.index], sample_weight)
+            values, mean = component.values(y[component.index], outputs[component.index], weights[component.index])
             losses[component.name] = (values, mean)
             terms.append(component.weight * mean)
         self.current = ("loss", None)

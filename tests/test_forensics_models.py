@@ -1,0 +1,59 @@
+"""Forensics for the models users fit: Sequential, dict outputs with sample weights, a size limit that cuts the batch."""
+
+import numpy as np
+import pytest
+
+from ptycho_callbacks import NaNGuard
+from ptycho_callbacks._keras import keras
+from ptycho_callbacks.cli import replay_main
+from ptycho_callbacks.nan.capture import read_manifest
+from ptycho_callbacks.nan.replay import replay_folder
+
+pytestmark = pytest.mark.keras
+
+NAN_SAMPLE = 19  # batch 2 (of 8), sample 3
+
+
+def _sequential():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="hidden"), keras.layers.Dense(1, name="out")])
+    model.compile(optimizer="sgd", loss="mse")
+    return model, None
+
+
+def _two_outputs():
+    inputs = keras.Input((3,), name="x")
+    hidden = keras.layers.Dense(4, name="hidden")(inputs)
+    model = keras.Model(inputs, {"a": keras.layers.Dense(1, name="a")(hidden),
+                                 "b": keras.layers.Dense(2, name="b")(hidden)})
+    model.compile(optimizer="sgd", loss={"a": "mse", "b": "mae"}, loss_weights={"a": 1.0, "b": 0.5})
+    return model, "a"
+
+
+@pytest.mark.parametrize("build", [_sequential, _two_outputs], ids=["sequential", "dict_outputs"])
+@pytest.mark.parametrize("max_bytes", [None, 20_000], ids=["whole", "cut"])
+def test_the_failing_sample_is_found_live_and_offline(build, max_bytes, tmp_path, capsys):
+    keras.utils.set_random_seed(3)
+    model, output = build()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 3)).astype("float32")
+    targets = np.zeros((32, 1), "float32")
+    targets[NAN_SAMPLE] = np.nan
+    y = targets if output is None else {"a": targets, "b": np.zeros((32, 2), "float32")}
+    weights = rng.uniform(0.5, 1.5, size=(32,)).astype("float32")
+    options = {} if max_bytes is None else {"forensics_max_bytes": max_bytes}
+    guard = NaNGuard(log_dir=tmp_path, verbose=0, **options)
+    model.fit(x, y, sample_weight=weights, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[guard])
+
+    assert [f["code"] for f in guard.record.findings] == [], guard.record.findings
+    forensics = guard.record.forensics
+    assert forensics["stage"] == "loss" and forensics["samples"] == [NAN_SAMPLE % 8]
+    assert forensics["layer"] == ("out" if output is None else "a")
+    manifest = read_manifest(forensics["folder"])
+    if max_bytes is not None:
+        assert manifest["batch"]["samples"] == [NAN_SAMPLE % 8], "the batch keeps the sample that matters"
+    if manifest["model"]["file"]:
+        capsys.readouterr()
+        assert replay_main([str(tmp_path), "--json"]) == 0
+        assert f'"samples": [\n    {NAN_SAMPLE % 8}\n  ]' in capsys.readouterr().out
+    else:  # the size limit dropped the model: the live one replays the saved batch
+        assert replay_folder(forensics["folder"], model=model)["samples"] == [NAN_SAMPLE % 8]
