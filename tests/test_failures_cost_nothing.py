@@ -77,3 +77,19 @@ def test_a_logged_value_that_is_not_one_number_is_left_out_with_one_warning(tmp_
     assert "per_output_norms" not in record.history and "note" not in record.history
     messages = [str(w.message) for w in caught if "is not one number" in str(w.message)]
     assert len([m for m in messages if "'per_output_norms'" in m and "SummaryReport" in m]) == 1, messages
+
+
+def test_after_a_nan_an_optimizer_with_moving_averages_leaves_the_last_finite_weights(tmp_path):
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2, use_ema=True), loss="mse")
+    x, y = _data()
+    x, y = np.concatenate([x, x]), np.concatenate([y, y])
+    y[25] = np.nan  # epoch 0, batch 6 of 8
+    guard = NaNGuard(log_dir=tmp_path, verbose=0)
+    model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[guard])
+    assert guard.record.nan_events[0]["step"] == 7 and guard.record.nan_events[0]["weights_restored"]
+    assert all(np.all(np.isfinite(np.asarray(weight))) for weight in model.get_weights()), \
+        "Keras wrote the non-finite moving averages over the restored weights"
+    finding = next(f for f in guard.record.findings if f["code"] == "weights_restored_after_averaging")
+    assert "Restored the weights after step 6, the last finite step again" in finding["message"]

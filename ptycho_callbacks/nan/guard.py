@@ -292,8 +292,27 @@ class NaNGuard(RecordingCallback):
             self.run.end(self)
 
     def on_train_end(self, logs=None):
+        self._restore_over_the_averages()
         self._end_fit()
         super().on_train_end(logs)
+
+    def _restore_over_the_averages(self):
+        """Puts the last finite weights back again when the end of fit wrote non-finite ones over them.
+
+        An optimizer with `use_ema=True` writes its moving averages over the
+        weights when fit ends, before `on_train_end`; the failing step made
+        those averages non-finite, and the optimizer's state is not rolled back.
+        """
+        if self.event is None or not self.event.get("weights_restored"):
+            return
+        if all(np.all(np.isfinite(variable.numpy())) for _, variable in self._variables):
+            return
+        self._step_guard.restore()
+        restored = events.restore_note(self._step_guard.snapshot_step_value(), self._fit_start_step, True).strip()
+        self.announce("warning", "weights_restored_after_averaging",
+                      "the optimizer's moving averages (use_ema) were non-finite after the NaN step and Keras wrote "
+                      f"them over the weights at the end of fit (step {self.global_step}). {restored[:-1]} again, "
+                      "without averaging.", "the NaN event; re-compile before training on")
 
     def on_fit_exception(self, error):
         self._end_fit()
