@@ -3,7 +3,7 @@
 Every file and folder name of a run directory is defined here:
 
 ```text
-<run>/.ptycho-run          the claim: this directory is a run's (pid and time; `claim_run_dir`)
+<run>/ptycho_run.claim     the claim: this directory is a run's (pid and time; `claim_run_dir`)
 <run>/record.json          the RunRecord (SummaryReport)
 <run>/report.md            the Markdown report (SummaryReport)
 <run>/ptycho/train/        our TensorBoard event files (validation: ptycho/validation/)
@@ -31,7 +31,7 @@ import itertools
 import os
 from typing import NamedTuple
 
-CLAIM_FILE = ".ptycho-run"
+CLAIM_FILE = "ptycho_run.claim"
 RECORD_FILE = "record.json"
 REPORT_FILE = "report.md"
 TENSORBOARD_FOLDER = "ptycho"

@@ -111,5 +111,5 @@ def test_a_claimed_directory_counts_as_holding_a_run_and_overwrite_takes_it_anyw
     run = str(tmp_path / "a")
     assert claim_run_dir(run) == (run, None)
     again = claim_run_dir(run)
-    assert again.path == run + "-2" and ".ptycho-run" in again.note
+    assert again.path == run + "-2" and "ptycho_run.claim" in again.note
     assert claim_run_dir(run, overwrite=True).path == run
