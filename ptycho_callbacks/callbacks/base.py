@@ -39,8 +39,9 @@ class RecordingCallback(keras.callbacks.Callback):
 
     Callbacks built by `default_callbacks` share one run; a callback used
     alone makes its own, and callbacks used alone on the same model and
-    `log_dir` share one (`Run.shared`). `global_step` is the optimizer's step
-    count after the batch just done (exact with `steps_per_execution > 1`).
+    `log_dir` share one (`Run.shared`). `global_step` counts the train steps
+    done, the batch just done included, on from the optimizer's step count at
+    train begin (exact with `steps_per_execution > 1`).
 
     Subclasses do their own work in a hook first and call the base's hook
     last in `on_train_end` (it may close the run).

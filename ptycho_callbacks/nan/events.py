@@ -4,9 +4,12 @@ Pure Python: `NaNGuard` gathers the values on the device and hands them here
 to be built into the event of `RunRecord.nan_events` and its message.
 
 Conventions of an event: `epoch` and `batch` are 0-based, as Keras passes
-them to callbacks (the progress bar shows them 1-based); `step` is the
-optimizer's step count after the failing step (`optimizer.iterations`,
-1-based), the step our other callbacks use on TensorBoard's x axis.
+them to callbacks (the progress bar shows them 1-based); `step` counts the
+train steps, the failing one included (1-based), on from the optimizer's
+step count at train begin: the step our other callbacks use on
+TensorBoard's x axis. The guard counts them itself, since
+`optimizer.iterations` stands still on the steps a loss-scale optimizer
+skips and between the updates of gradient accumulation.
 """
 
 import math

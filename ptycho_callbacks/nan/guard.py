@@ -41,9 +41,11 @@ class NaNGuard(RecordingCallback):
     restore weights: the training batches before them were finite.
 
     Conventions of an event: `epoch` and `batch` are 0-based, as Keras passes
-    them to callbacks (the progress bar shows them 1-based); `step` is the
-    optimizer's step count after the failing step (`optimizer.iterations`,
-    1-based), the step our other callbacks use on TensorBoard's x axis.
+    them to callbacks (the progress bar shows them 1-based); `step` counts the
+    train steps, the failing one included (1-based), on from the optimizer's
+    step count at train begin (see `nan.events`): the step our other
+    callbacks use on TensorBoard's x axis, exact also under mixed precision
+    and gradient accumulation.
 
     Where: the guard wraps the model's `train_step` for the duration of the
     fit (`StepGuard`), so the check runs inside every step: with

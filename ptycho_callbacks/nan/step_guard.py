@@ -6,10 +6,10 @@ Keras hands callbacks one log per call of its train function, and with
 hook therefore cannot say WHICH step went bad. `StepGuard` wraps the model's
 `train_step`: after each step it checks the step's losses (and the weights)
 with `tf.math.is_finite` (which, unlike `tf.debugging.check_numerics`, is
-honoured under XLA), and at the first failure it stores the optimizer step in
-a variable, freezes the snapshot of the weights the failing step started from
-(putting them back at once when asked), notes which variables were
-non-finite, and keeps the failing batch on the device. Until then a step
+honoured under XLA), and at the first failure it stores the step (counted by
+the guard itself) in a variable, freezes the snapshot of the weights the
+failing step started from (putting them back at once when asked), notes
+which variables were non-finite, and keeps the failing batch on the device. Until then a step
 costs a few reductions and, with a snapshot, one device-side copy of the
 weights, taken at the start of the step where it overlaps the forward pass
 (taken at the end, after the optimizer's update, it would hold up every
@@ -21,7 +21,6 @@ import contextlib
 import tensorflow as tf
 
 from ..callbacks.loss_discovery import is_loss_name
-from ..callbacks.variables import tf_variable
 
 FINITE, NAN, POS_INF, NEG_INF = 0, 1, 2, 3
 """Codes of `StepGuard.variable_kinds()`: what a variable held when the guard fired."""
@@ -123,7 +122,6 @@ class StepGuard:
         self._batch_structure = None
         self._captured = None
         self._fire_function = None
-        self._iterations = None
         strategy = getattr(model, "distribute_strategy", None)
         scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
         with scope:
@@ -134,6 +132,9 @@ class StepGuard:
             self.batch_captured = tf.Variable(False, trainable=False, name="nan_guard_batch_captured")
             self.snapshot_step = tf.Variable(tf.constant(0, tf.int64), trainable=False,
                                              name="nan_guard_snapshot_step")
+            # The guard counts steps itself: optimizer.iterations stands still on the steps a loss-scale
+            # optimizer skips (mixed precision) and between the updates of gradient accumulation.
+            self.steps = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="nan_guard_steps")
             self.shadows = [tf.Variable(v.read_value(), trainable=False, name=f"nan_guard_shadow_{i}")
                             for i, v in enumerate(self.variables)] if keep_snapshot else None
 
@@ -142,9 +143,10 @@ class StepGuard:
         return self._original_train_step is not None
 
     def reset(self, step=0):
-        """Arms the guard again and takes the current variables, at optimizer step `step`, as the snapshot."""
+        """Arms the guard again at step `step` (the fit's first step is `step + 1`) and snapshots the variables."""
         self.first_bad.assign(-1)
         self.snapshot_step.assign(step)
+        self.steps.assign(step)
         self.losses_failed.assign(False)
         self.batch_captured.assign(False)
         for shadow, variable in zip(self.shadows or [], self.variables):
@@ -206,7 +208,7 @@ class StepGuard:
         return self._verdict(losses_ok, snapshot=False)[0]
 
     def fire_now(self, losses_ok, step):
-        """Fires the guard at optimizer step `step` (after `must_fire` said so)."""
+        """Fires the guard at step `step` (after `must_fire` said so)."""
         if self._fire_function is None:
             def fire(losses_ok, step):
                 with tf.control_dependencies(self._fire(losses_ok, step)):
@@ -232,7 +234,6 @@ class StepGuard:
         self.uninstall()
         original = model.train_step
         self.captures_batch = self.capture_batch and not _uses_xla(model)  # XLA cannot resize a variable
-        self._iterations = tf_variable(model.optimizer.iterations)
 
         def guarded_train_step(data):
             self.before_step()
@@ -255,7 +256,7 @@ class StepGuard:
         Taken while the forward pass reads the same weights, it does not hold up the end of the step.
         """
         if self.shadows is not None:
-            self._save_snapshot(_all_finite(self.variables), self._iterations)
+            self._save_snapshot(_all_finite(self.variables), self.steps)
 
     def after_step(self, data, logs):
         """What the guarded train step adds to Keras's (inside its tf.function): the check, given the batch."""
@@ -263,7 +264,8 @@ class StepGuard:
         if self.captures_batch:
             flat = [tf.convert_to_tensor(t) for t in tf.nest.flatten(data)]
             self._prepare_capture(data, flat)
-        return self.check(_losses_finite(logs), self._iterations, snapshot=False, batch=flat)
+        step = self.steps.assign_add(1)
+        return self.check(_losses_finite(logs), step, snapshot=False, batch=flat)
 
     def uninstall(self):
         """Gives the model back its own `train_step` and Keras's own train function."""
@@ -301,7 +303,7 @@ class StepGuard:
         return None if self.shadows is None else [s.numpy() for s in self.shadows]
 
     def snapshot_step_value(self):
-        """The optimizer step after which the snapshot was taken."""
+        """The step after which the snapshot was taken."""
         return int(self.snapshot_step.numpy())
 
     def restore(self):
