@@ -32,9 +32,12 @@ run.record.status   # "completed"
 ```
 """
 
+import contextlib
 import json
 import math
 import os
+import re
+import warnings
 
 import tensorflow as tf
 
@@ -66,6 +69,14 @@ def is_chief():
     if not kind or kind == "chief":
         return True
     return kind == "worker" and int(task.get("index", 0)) == 0 and "chief" not in (config.get("cluster") or {})
+
+
+def _os_reason(error):
+    """What went wrong, in a line: an OSError's text, or the OS error TensorFlow wraps in its op's traceback."""
+    text = str(getattr(error, "message", None) or error)
+    found = re.search(r"(/[^\s;]+); ([^\n]+)", text)  # TensorFlow's "<file>; No space left on device"
+    line = f"{found.group(2)}: {found.group(1)}" if found else text.strip().splitlines()[0] if text.strip() else ""
+    return " ".join(line.split())[:300]
 
 
 class Run:
@@ -109,6 +120,7 @@ class Run:
         self._loss_weights = None
         self._charts = {}
         self._log_scale_read = (None, None)
+        self._lost = {}  # what could not be written (TensorBoard, record.json, report.md): the error
 
     # ------------------------------------------------------------ life cycle
 
@@ -166,6 +178,7 @@ class Run:
 
     def _close(self):
         closers, self._closers = self._closers, []
+        self.flush_scalars()
         if self.record.status == "running":
             self.record.status = "completed"
         self.record.ended_at = utc_now_iso()
@@ -175,9 +188,9 @@ class Run:
             for closer in closers:
                 closer()
         finally:
-            self.flush_scalars()
             for writer in self._writers.values():
-                writer.close()
+                with self.writing("TensorBoard data", self.log_dir):
+                    writer.close()
             self._writers = {}
             self._buffers = {}
             runs = vars(self.model).get(_ON_MODEL) if self.model is not None else None
@@ -237,16 +250,61 @@ class Run:
         if self._trackers is not None:
             self._trackers.reset()
 
+    # ------------------------------------------------------------ writing
+
+    @contextlib.contextmanager
+    def writing(self, what, path):
+        """Runs the block that writes `what` to `path`; a failure to write costs a warning, never the training.
+
+        A full disk, a permission lost or a path gone: the first failure of
+        `what` ("TensorBoard data", "record.json", "report.md") prints one warning
+        naming the path and the error, becomes a finding of the record, and
+        `what` is not written again in this run (callers ask `lost`);
+        training goes on.
+        """
+        try:
+            yield
+        except (OSError, tf.errors.OpError) as error:
+            if what in self._lost:
+                return
+            reason = _os_reason(error)
+            self._lost[what] = reason
+            message = (f"could not write {what} to {path} ({type(error).__name__}: {reason}); nothing more of it "
+                       "is written in this run, training goes on")
+            warnings.warn(f"ptycho_callbacks: {message}", RuntimeWarning, stacklevel=3)
+            self.record.add_finding("warning", "logging_failed", message[0].upper() + message[1:] + ".")
+
+    def lost(self, what):
+        """True once writing `what` failed in this run (see `writing`)."""
+        return what in self._lost
+
     # ------------------------------------------------------------ TensorBoard
 
     def writer(self, name="train"):
-        """The summary writer of TensorBoard run `name` ("train" or "validation"), or None without log_dir."""
-        if self.log_dir is None:
+        """The summary writer of TensorBoard run `name` ("train" or "validation").
+
+        None without log_dir, and once writing TensorBoard data failed.
+        """
+        if self.log_dir is None or "TensorBoard data" in self._lost:
             return None
         writer = self._writers.get(name)
         if writer is None:
-            writer = self._writers[name] = tf.summary.create_file_writer(tensorboard_dir(self.log_dir, name))
+            with self.writing("TensorBoard data", self.log_dir):
+                writer = self._writers[name] = tf.summary.create_file_writer(tensorboard_dir(self.log_dir, name))
         return writer
+
+    @contextlib.contextmanager
+    def summaries(self, name="train", step=None):
+        """`with run.summaries("train", step) as writer:` the writer as default (None: write nothing).
+
+        A failure to write inside the block is handled by `writing`.
+        """
+        writer = self.writer(name)
+        if writer is None:
+            yield None
+            return
+        with self.writing("TensorBoard data", self.log_dir), writer.as_default(step=step):
+            yield writer
 
     def add_batch_scalars(self, step, values, name="train"):
         """Queues {tag: value} at `step`; the values of all callbacks at one step go out as one row.
@@ -254,11 +312,12 @@ class Run:
         Rows reach the event file in batches (`ScalarBuffer`): at the latest
         at each epoch end (`flush_scalars`) and when the run closes.
         """
-        if self.log_dir is None or not values:
+        if self.log_dir is None or not values or "TensorBoard data" in self._lost:
             return
         pending = self._pending.get(name)
         if pending is not None and pending[0] != step:
-            self._buffer(name).add(*pending)
+            with self.writing("TensorBoard data", self.log_dir):
+                self._buffer(name).add(*pending)
             pending = None
         if pending is None:
             pending = self._pending[name] = [step, {}]
@@ -272,17 +331,23 @@ class Run:
 
     def flush_scalars(self):
         """Writes every queued per-batch scalar now."""
-        for name, pending in list(self._pending.items()):
-            self._buffer(name).add(*pending)
-        self._pending = {}
-        for buffer in self._buffers.values():
-            buffer.flush()
+        pending, self._pending = self._pending, {}
+        if self.lost("TensorBoard data"):
+            return
+        with self.writing("TensorBoard data", self.log_dir):
+            for name, row in pending.items():
+                self._buffer(name).add(*row)
+            for buffer in self._buffers.values():
+                buffer.flush()
 
     def flush(self):
         """Writes the queued scalars and flushes every writer, keeping them open."""
         self.flush_scalars()
-        for writer in self._writers.values():
-            writer.flush()
+        if self.lost("TensorBoard data"):
+            return
+        with self.writing("TensorBoard data", self.log_dir):
+            for writer in self._writers.values():
+                writer.flush()
 
     def add_charts(self, category, charts):
         """Declares Custom Scalars charts [(title, tag regex)] under `ptycho-callbacks: <category>`."""
@@ -295,6 +360,7 @@ class Run:
         categories = [layout_pb2.Category(title=f"{CUSTOM_SCALARS_CATEGORY}: {category}", chart=[
             layout_pb2.Chart(title=title, multiline=layout_pb2.MultilineChartContent(tag=[regex]))
             for title, regex in charts]) for category, charts in sorted(self._charts.items())]
-        with self.writer().as_default():
-            tf.summary.experimental.write_raw_pb(
-                custom_scalar_summary.pb(layout_pb2.Layout(category=categories)).SerializeToString(), step=0)
+        with self.summaries("train") as writer:
+            if writer is not None:
+                tf.summary.experimental.write_raw_pb(
+                    custom_scalar_summary.pb(layout_pb2.Layout(category=categories)).SerializeToString(), step=0)

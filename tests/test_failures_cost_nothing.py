@@ -2,13 +2,14 @@
 
 import os
 import stat
+import subprocess
 import warnings
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from ptycho_callbacks import LossComponents, NaNGuard, NonFiniteTrainingError, SummaryReport
+from ptycho_callbacks import LossComponents, NaNGuard, NonFiniteTrainingError, SummaryReport, default_callbacks
 from ptycho_callbacks._keras import keras
 from ptycho_callbacks.record import RunRecord
 
@@ -93,3 +94,32 @@ def test_after_a_nan_an_optimizer_with_moving_averages_leaves_the_last_finite_we
         "Keras wrote the non-finite moving averages over the restored weights"
     finding = next(f for f in guard.record.findings if f["code"] == "weights_restored_after_averaging")
     assert "Restored the weights after step 6, the last finite step again" in finding["message"]
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 kB file system: the run fills it within the first epochs."""
+    mount_point = tmp_path / "small_disk"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], check=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_full_disk_costs_the_logs_not_the_training(full_disk):
+    model = _dense_model()
+    x = np.random.default_rng(0).normal(size=(2048, 3)).astype("float32")
+    callbacks = default_callbacks(model, str(full_disk / "run"), verbose=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(x, np.zeros((2048, 1), "float32"), batch_size=4, epochs=3, verbose=0,
+                            callbacks=callbacks)
+    assert len(history.history["loss"]) == 3, "the training stopped"
+    lost = [str(w.message) for w in caught if "could not write" in str(w.message)]
+    assert any("TensorBoard data" in m and "No space left on device" in m for m in lost), lost
+    assert len(lost) == len({m.split(" to ")[0] for m in lost}), f"one warning for each thing lost: {lost}"
+    record = callbacks[-1].record
+    assert record.status == "completed" and any(f["code"] == "logging_failed" for f in record.findings)
+    assert "train_step" not in vars(model)

@@ -213,10 +213,10 @@ class IntensityScaleMonitor(RecordingCallback):
                           f"{self.global_step}; "
                           f"tolerance {100 * self.drift_tolerance:.0f}%): predictions are rescaled by that factor.",
                           "TensorBoard scale/epoch/ratio_to_configured")
-        if self.log_dir is not None:
-            import tensorflow as tf
+        import tensorflow as tf
 
-            with self.writer().as_default(step=epoch + 1):  # epochs completed, as for all epoch series
+        with self.run.summaries("train", step=epoch + 1) as writer:  # epochs completed, as for all epoch series
+            if writer is not None:
                 tf.summary.scalar("scale/epoch/log_scale", summary_value(value))
                 tf.summary.scalar("scale/epoch/exp_log_scale", summary_value(_safe_exp(value)))
                 tf.summary.scalar("scale/epoch/configured_scale", summary_value(configured))

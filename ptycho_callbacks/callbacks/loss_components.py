@@ -96,7 +96,7 @@ class LossComponents(RecordingCallback):
         for run, values in (("train", train), ("validation", validation)):
             if not values:
                 continue
-            with self.writer(run).as_default(step=epoch + 1):  # epochs completed, as for all epoch series
+            with self.run.summaries(run, step=epoch + 1) as writer:  # epochs completed, as for all epoch series
                 for name, value in values.items():
-                    if name == TOTAL or name in weights:
+                    if writer is not None and (name == TOTAL or name in weights):
                         tf.summary.scalar(f"loss/epoch/{name}", summary_value(value))

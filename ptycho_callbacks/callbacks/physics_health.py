@@ -144,16 +144,14 @@ class PhysicsHealth(PeriodicCallback):
     def publish(self, evaluation, epoch):
         evaluation = {"epoch": int(epoch), **evaluation}
         self.record.physics.append(evaluation)
-        writer = self.writer()
-        if writer is None:
-            return
         budget = evaluation["photon_budget"]
         scalars = {f"physics/photon_budget/{key}": budget[key] for key in ("mean", "p05", "p95")}
         scalars["physics/nonpositive_fraction"] = evaluation["nonpositive_fraction"]["fraction"]
         scalars["physics/saturation_fraction"] = evaluation["saturation_fraction"]["fraction"]
-        with writer.as_default():
+        with self.run.summaries("train") as writer:
             for tag, value in scalars.items():
                 value = stats.finite_or_none(value)
-                if value is not None:
+                if writer is not None and value is not None:
                     tf.summary.scalar(tag, summary_value(value), step=epoch)
-        writer.flush()
+            if writer is not None:
+                writer.flush()

@@ -331,10 +331,9 @@ class StageStatistics(PeriodicCallback):
     # --- writing -----------------------------------------------------------
 
     def publish(self, result, step):
-        writer = self.writer()
-        if writer is None:
-            return
-        with writer.as_default():
+        with self.run.summaries("train") as writer:
+            if writer is None:
+                return
             for stage, stage_stats, hist in result["stages"]:
                 for key in _SCALAR_STATS:
                     _scalar(f"stages/{stage.name}/{key}", stage_stats.get(key), step)
@@ -355,7 +354,7 @@ class StageStatistics(PeriodicCallback):
             for kind, images in (result["images"] or {}).items():
                 if images is not None:
                     tf.summary.image(f"images/{kind}", images, step=step, max_outputs=self.max_images)
-        writer.flush()
+            writer.flush()
 
 
 def _scalar(tag, value, step):

@@ -104,9 +104,10 @@ class SummaryReport(RecordingCallback):
             self._save_record()
 
     def _save_record(self):
-        if self.log_dir is not None:  # None on a non-chief worker: the chief writes the run
+        if self.log_dir is not None and not self.run.lost("record.json"):  # no log_dir: a non-chief worker
             start = monotonic()
-            self.record.save(self.record_path)
+            with self.run.writing("record.json", self.record_path):
+                self.record.save(self.record_path)
             self._saved_at = monotonic()
             self._save_seconds = self._saved_at - start
 
@@ -135,8 +136,10 @@ class SummaryReport(RecordingCallback):
         self._save_record()
         report = render_report([self.record], title=self.title)
         if self.log_dir is not None:
-            atomic_write_text(self.report_path, report)
+            with self.run.writing("report.md", self.report_path):
+                atomic_write_text(self.report_path, report)
             import tensorflow as tf
 
-            with self.writer().as_default(step=self.global_step):
-                tf.summary.text("report/summary", report)
+            with self.run.summaries("train", step=self.global_step) as writer:
+                if writer is not None:
+                    tf.summary.text("report/summary", report)

@@ -440,11 +440,9 @@ class NaNGuard(RecordingCallback):
         return events.restore_note(self._step_guard.snapshot_step_value(), self._fit_start_step, optimizer_finite)
 
     def _write_tensorboard(self, event, message):
-        writer = self.writer("train")
-        if writer is None:
-            return
         markdown = message.replace("NaNGuard: ", f"**NaNGuard ({event['phase']})**: ", 1)
-        with writer.as_default(), tf.summary.record_if(True):
-            tf.summary.text("nan/event", markdown, step=event["step"])
-            tf.summary.scalar("nan/first_step", float(event["step"]), step=event["step"])
-        writer.flush()
+        with self.run.summaries("train") as writer, tf.summary.record_if(True):
+            if writer is not None:
+                tf.summary.text("nan/event", markdown, step=event["step"])
+                tf.summary.scalar("nan/first_step", float(event["step"]), step=event["step"])
+                writer.flush()
