@@ -42,6 +42,7 @@ import warnings
 import tensorflow as tf
 
 from .callbacks.batch_values import BatchValues
+from .callbacks.fit_exceptions import tell_fit_exception
 from .callbacks.loss_discovery import compiled_loss_weights
 from .callbacks.probe_inputs import LayerProbe
 from .callbacks.scalar_buffer import ScalarBuffer
@@ -121,6 +122,8 @@ class Run:
         self._charts = {}
         self._log_scale_read = (None, None)
         self._lost = {}  # what could not be written (TensorBoard, record.json, report.md): the error
+        self.aborted_by = None
+        """The exception that ended the last fit from inside a train step (`abort`), or None."""
 
     # ------------------------------------------------------------ life cycle
 
@@ -152,6 +155,15 @@ class Run:
             if not self._members:
                 self._close()
 
+    def abort(self, error):
+        """`fit` is being left by `error`, raised inside a train step: every member ends as if told so.
+
+        Keras calls no callback then; `finish_on_exception` tells ours when it
+        wraps `fit`, and skips those already told here.
+        """
+        self.aborted_by = error
+        tell_fit_exception(list(self._members), error)
+
     def has_member(self, callback):
         """True while `callback` has begun this fit and not ended it."""
         return callback in self._members
@@ -165,6 +177,7 @@ class Run:
         self._closers.append(closer)
 
     def _open(self):
+        self.aborted_by = None
         self._trackers = None
         self._scale = None
         self._loss_weights = None

@@ -123,3 +123,26 @@ def test_a_full_disk_costs_the_logs_not_the_training(full_disk):
     record = callbacks[-1].record
     assert record.status == "completed" and any(f["code"] == "logging_failed" for f in record.findings)
     assert "train_step" not in vars(model)
+
+
+def test_a_suite_built_inside_the_call_still_closes_when_a_step_raises(tmp_path):
+    """`model.fit(..., callbacks=default_callbacks(model, d))`: fit was looked up before the suite wrapped it."""
+    model = _dense_model()
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype("float32")
+
+    def broken_pipeline():
+        for index, sample in enumerate(x):
+            if index == 40:  # epoch 0, batch 10: the input pipeline breaks inside the train step
+                raise OSError("the data file went away")
+            yield sample, np.zeros(1, "float32")
+
+    spec = (tf.TensorSpec((3,), tf.float32), tf.TensorSpec((1,), tf.float32))
+    data = tf.data.Dataset.from_generator(broken_pipeline, output_signature=spec).batch(4)
+    run = tmp_path / "run"
+    with pytest.raises(Exception, match="the data file went away"):
+        model.fit(data, epochs=2, verbose=0, callbacks=default_callbacks(model, str(run), verbose=0))
+    record = RunRecord.load(run / "record.json")
+    assert record.status == "failed" and record.findings[-1]["code"] == "training_failed"
+    assert (run / "report.md").exists()
+    assert "train_step" not in vars(model), "the model kept the guard's wrapped step"
+    assert type(model.train_function).__name__ != "_ReportingFunction", "the model kept the guarded function"

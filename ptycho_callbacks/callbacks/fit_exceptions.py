@@ -19,6 +19,19 @@ def _callbacks_of(args, kwargs):
     return (args[_CALLBACKS_POSITION] or []) if len(args) > _CALLBACKS_POSITION else []
 
 
+def tell_fit_exception(callbacks, error):
+    """Calls `on_fit_exception(error)` of each of `callbacks` that has one; a failure there is a warning."""
+    for callback in callbacks:
+        handler = getattr(callback, "on_fit_exception", None)
+        if handler is None:
+            continue
+        try:
+            handler(error)
+        except Exception as failure:  # noqa: BLE001 - the user's exception matters more
+            warnings.warn(f"{type(callback).__name__} could not close its run after "
+                          f"{type(error).__name__}: {failure}", RuntimeWarning, stacklevel=3)
+
+
 def finish_on_exception(model):
     """Wraps `model.fit` so that our callbacks close their run when `fit` raises.
 
@@ -48,15 +61,9 @@ def finish_on_exception(model):
         try:
             return fit(*args, **kwargs)
         except BaseException as error:
-            for callback in _callbacks_of(args, kwargs):
-                handler = getattr(callback, "on_fit_exception", None)
-                if handler is None:
-                    continue
-                try:
-                    handler(error)
-                except Exception as failure:  # noqa: BLE001 - the user's exception matters more
-                    warnings.warn(f"{type(callback).__name__} could not close its run after "
-                                  f"{type(error).__name__}: {failure}", RuntimeWarning, stacklevel=2)
+            # A run the guard already closed from inside the failing step (`Run.abort`) is not told twice.
+            tell_fit_exception([callback for callback in _callbacks_of(args, kwargs)
+                                if getattr(getattr(callback, "run", None), "aborted_by", None) is not error], error)
             raise
 
     setattr(fit_finishing_on_exception, _MARK, True)

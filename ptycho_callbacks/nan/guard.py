@@ -165,6 +165,7 @@ class NaNGuard(RecordingCallback):
         self._step_guard = StepGuard.for_model(self.model, [v for _, v in variables], **self.step_guard_options())
         self._step_guard.reset(self.global_step)
         self._in_step = self._step_guard.install()
+        self._step_guard.on_error = self.run.abort
         self.run.step_guard = self._step_guard
 
     def _prepare_trackers(self):

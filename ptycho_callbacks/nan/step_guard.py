@@ -118,6 +118,9 @@ class StepGuard:
         self._original_train_step = None
         self._keras_function = None  # Keras's own train function, given back at uninstall
         self._guarded_function = None  # the guarded one, kept while Keras's stays the same
+        self._reporting_function = None  # the guarded one as Keras calls it: it reports what it raises
+        self.on_error = None
+        """Called with the exception when a call of the guarded train function raises (e.g. Ctrl-C in a step)."""
         self.captures_batch = False
         self._batch_structure = None
         self._captured = None
@@ -247,7 +250,8 @@ class StepGuard:
         if self._guarded_function is None or keras_function is None or keras_function is not self._keras_function:
             self._keras_function = keras_function
             self._guarded_function = fresh_train_function(model)
-        model.train_function = self._guarded_function
+            self._reporting_function = _ReportingFunction(self._guarded_function, self)
+        model.train_function = self._reporting_function
         return True
 
     def before_step(self):
@@ -310,3 +314,28 @@ class StepGuard:
         """Puts the snapshot back into the variables."""
         for shadow, variable in zip(self.shadows or [], self.variables):
             variable.assign(shadow)
+
+
+class _ReportingFunction:
+    """The guarded train function as Keras calls it: an exception from a step is told to the guard first.
+
+    Keras calls no callback when `fit` is left by an exception; a suite
+    built inside the call (`model.fit(..., callbacks=default_callbacks(...))`)
+    is not behind `finish_on_exception`. What raises inside a step (Ctrl-C
+    during the step, a broken input pipeline) still reaches `on_error`.
+    """
+
+    def __init__(self, function, guard):
+        self.function, self.guard = function, guard
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return self.function(*args, **kwargs)
+        except BaseException as error:
+            if self.guard.on_error is not None:
+                self.guard.on_error(error)
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.function, name)
+
