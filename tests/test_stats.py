@@ -480,3 +480,17 @@ def test_split_total_explains_the_total():
     assert residual == pytest.approx(1.0)
     _, shares, residual = stats.split_total({"loss": float("nan"), "a_loss": 1.0}, {"a_loss": 1.0})
     assert shares == {} and residual is None
+
+
+def test_scale_application_tells_once_from_twice_and_never():
+    N, scale = 16, 1000.0
+    rng = np.random.default_rng(1)
+    once = rng.normal(size=(4, N, N, 1))
+    once *= (N / 2) / np.sqrt(np.mean(np.sum(once ** 2, axis=(1, 2))))  # E[sum X^2] = (N/2)^2, as normalize_data
+    checked = stats.scale_application(once, scale)
+    assert checked["observed"] == pytest.approx((N / 2) ** 2) and checked["verdict"] is None
+    assert abs(checked["off_by"]) < 1e-9
+    assert stats.scale_application(once / scale, scale)["verdict"] == "divided_twice"
+    assert stats.scale_application(once * scale, scale)["verdict"] == "multiplied_twice"
+    assert stats.scale_application(once, 1.0)["off_by"] == 0.0
+    assert stats.scale_application(np.zeros((2, N, N)), scale) is None
