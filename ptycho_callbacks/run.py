@@ -270,7 +270,7 @@ class Run:
         """Runs the block that writes `what` to `path`; a failure to write costs a warning, never the training.
 
         A full disk, a permission lost or a path gone: the first failure of
-        `what` ("TensorBoard data", "record.json", "report.md") prints one warning
+        `what` (TensorBoard data, the record or the report file) prints one warning
         naming the path and the error, becomes a finding of the record, and
         `what` is not written again in this run (callers ask `lost`);
         training goes on.

@@ -5,7 +5,7 @@ from time import monotonic
 
 from ..record import atomic_write_text
 from ..render import render_report
-from ..run_dir import record_path, report_path
+from ..run_dir import RECORD_FILE, REPORT_FILE, record_path, report_path
 from .base import RecordingCallback, optimizer_step
 from .variables import variable_value
 
@@ -104,9 +104,9 @@ class SummaryReport(RecordingCallback):
             self._save_record()
 
     def _save_record(self):
-        if self.log_dir is not None and not self.run.lost("record.json"):  # no log_dir: a non-chief worker
+        if self.log_dir is not None and not self.run.lost(RECORD_FILE):  # no log_dir: a non-chief worker
             start = monotonic()
-            with self.run.writing("record.json", self.record_path):
+            with self.run.writing(RECORD_FILE, self.record_path):
                 self.record.save(self.record_path)
             self._saved_at = monotonic()
             self._save_seconds = self._saved_at - start
@@ -136,7 +136,7 @@ class SummaryReport(RecordingCallback):
         self._save_record()
         report = render_report([self.record], title=self.title)
         if self.log_dir is not None:
-            with self.run.writing("report.md", self.report_path):
+            with self.run.writing(REPORT_FILE, self.report_path):
                 atomic_write_text(self.report_path, report)
             import tensorflow as tf
 
