@@ -137,8 +137,8 @@ class Run:
             object.__setattr__(model, _ON_MODEL, runs)
         return runs.setdefault(run.log_dir, run)
 
-    def attach(self, callback, model):
-        """`callback` (in its `set_model`) joins the run of `model`'s next fit."""
+    def attach(self, model):
+        """From a callback's `set_model`: the run watches `model` in its next fit."""
         self.model = model
 
     def begin(self, callback):

@@ -92,7 +92,7 @@ class RecordingCallback(keras.callbacks.Callback):
         super().set_model(model)
         if self._own_run and not self.run.is_open:
             self._run = Run.shared(model, self.run)
-        self.run.attach(self, model)
+        self.run.attach(model)
 
     def announce(self, level, code, message, look_at):
         """Adds a finding to the record and, when verbose, prints it as one line that says where to look."""
