@@ -57,3 +57,21 @@ def test_the_failing_sample_is_found_live_and_offline(build, max_bytes, tmp_path
         assert f'"samples": [\n    {NAN_SAMPLE % 8}\n  ]' in capsys.readouterr().out
     else:  # the size limit dropped the model: the live one replays the saved batch
         assert replay_folder(forensics["folder"], model=model)["samples"] == [NAN_SAMPLE % 8]
+
+
+def test_class_weights_reach_the_replay_as_the_sample_weights_keras_made_of_them(tmp_path):
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3, name="logits")])
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(0).normal(size=(32, 3)).astype("float32")
+    x[NAN_SAMPLE] = np.nan
+    labels = np.arange(32) % 3
+    guard = NaNGuard(log_dir=tmp_path, verbose=0)
+    model.fit(x, labels, class_weight={0: 1.0, 1: 2.0, 2: 0.5}, batch_size=8, epochs=1, shuffle=False, verbose=0,
+              callbacks=[guard])
+    assert [f["code"] for f in guard.record.findings] == [], guard.record.findings
+    forensics = guard.record.forensics
+    assert forensics["stage"] == "forward" and forensics["layer"] == "logits"
+    assert forensics["samples"] == [NAN_SAMPLE % 8]
+    offline = replay_folder(forensics["folder"])
+    assert (offline["stage"], offline["layer"], offline["samples"]) == ("forward", "logits", [NAN_SAMPLE % 8])
