@@ -631,6 +631,8 @@ def forensics_lines(forensics: Mapping) -> list[str]:
     ]
     if forensics.get("loss"):
         lines.append(f"- Loss function: `{forensics['loss']}`")
+    if forensics.get("caveat"):
+        lines.append(f"- Caveat: {forensics['caveat']}")
     lines.append(f"- Samples involved: {samples} of {fmt(size, '%d', 'batch size not recorded')}" if samples
                  else f"- Samples involved: {NA} (no sample singled out)")
     lines += [line for line in (

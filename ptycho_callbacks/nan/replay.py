@@ -450,6 +450,17 @@ def _message(result):
     return " ".join(parts)
 
 
+def _own_train_step(model):
+    """The qualified name of a `train_step` the model's class defines over Keras's, or None."""
+    for cls in type(model).__mro__:
+        if "train_step" in vars(cls):
+            module = cls.__module__ or ""
+            if module.split(".")[0] in ("keras", "tf_keras"):
+                return None
+            return f"{cls.__name__}.train_step"
+    return None
+
+
 def replay(model, batch, weights=None, variables=None):
     """Replays one training step on `batch` to name what went non-finite first.
 
@@ -491,7 +502,12 @@ def replay(model, batch, weights=None, variables=None):
     try:
         if weights is not None:
             assign_weights(variables, weights)
-        return _Replay(model, x, y, sample_weight).run()
+        result = _Replay(model, x, y, sample_weight).run()
+        own_step = _own_train_step(model)
+        if own_step is not None:
+            result["caveat"] = (f"the model's train_step is its own ({own_step}): the replay ran Keras's step (the "
+                                "compiled losses on the model's outputs), not that one")
+        return result
     finally:
         assign_weights(variables, saved)
 
@@ -582,8 +598,10 @@ def replay_folder(folder, model=None, modules=None, unsafe=False):
             raise
         except Exception as error:  # noqa: BLE001 - loading user models fails in many ways
             named = f" (the run's model came from: {', '.join(recorded)})" if recorded else ""
+            reason = " ".join(str(error).split())
+            reason = reason[:reason.index("Full object config")].rstrip() if "Full object config" in reason else reason
             raise capture.ForensicsError(
-                f"{folder}: the saved model cannot be loaded ({type(error).__name__}: {error}); import the "
+                f"{folder}: the saved model cannot be loaded ({type(error).__name__}: {reason[:400]}); import the "
                 f"module defining its custom layers and losses (--import MODULE){named} or pass the model") from None
     else:
         weights = capture.read_weights(folder, manifest)
