@@ -56,6 +56,9 @@ _ON_MODEL = "_ptycho_callbacks_runs"
 CUSTOM_SCALARS_CATEGORY = "ptycho-callbacks"
 """Prefix of our Custom Scalars categories."""
 
+TENSORBOARD_DATA = "TensorBoard data"
+"""What `Run.writing` calls the event files when writing them fails."""
+
 
 def is_chief():
     """True unless this process is a non-chief task of a multi-worker training.
@@ -202,7 +205,7 @@ class Run:
                 closer()
         finally:
             for writer in self._writers.values():
-                with self.writing("TensorBoard data", self.log_dir):
+                with self.writing(TENSORBOARD_DATA, self.log_dir):
                     writer.close()
             self._writers = {}
             self._buffers = {}
@@ -298,11 +301,11 @@ class Run:
 
         None without log_dir, and once writing TensorBoard data failed.
         """
-        if self.log_dir is None or "TensorBoard data" in self._lost:
+        if self.log_dir is None or TENSORBOARD_DATA in self._lost:
             return None
         writer = self._writers.get(name)
         if writer is None:
-            with self.writing("TensorBoard data", self.log_dir):
+            with self.writing(TENSORBOARD_DATA, self.log_dir):
                 writer = self._writers[name] = tf.summary.create_file_writer(tensorboard_dir(self.log_dir, name))
         return writer
 
@@ -316,7 +319,7 @@ class Run:
         if writer is None:
             yield None
             return
-        with self.writing("TensorBoard data", self.log_dir), writer.as_default(step=step):
+        with self.writing(TENSORBOARD_DATA, self.log_dir), writer.as_default(step=step):
             yield writer
 
     def add_batch_scalars(self, step, values, name="train"):
@@ -325,11 +328,11 @@ class Run:
         Rows reach the event file in batches (`ScalarBuffer`): at the latest
         at each epoch end (`flush_scalars`) and when the run closes.
         """
-        if self.log_dir is None or not values or "TensorBoard data" in self._lost:
+        if self.log_dir is None or not values or TENSORBOARD_DATA in self._lost:
             return
         pending = self._pending.get(name)
         if pending is not None and pending[0] != step:
-            with self.writing("TensorBoard data", self.log_dir):
+            with self.writing(TENSORBOARD_DATA, self.log_dir):
                 self._buffer(name).add(*pending)
             pending = None
         if pending is None:
@@ -345,9 +348,9 @@ class Run:
     def flush_scalars(self):
         """Writes every queued per-batch scalar now."""
         pending, self._pending = self._pending, {}
-        if self.lost("TensorBoard data"):
+        if self.lost(TENSORBOARD_DATA):
             return
-        with self.writing("TensorBoard data", self.log_dir):
+        with self.writing(TENSORBOARD_DATA, self.log_dir):
             for name, row in pending.items():
                 self._buffer(name).add(*row)
             for buffer in self._buffers.values():
@@ -356,9 +359,9 @@ class Run:
     def flush(self):
         """Writes the queued scalars and flushes every writer, keeping them open."""
         self.flush_scalars()
-        if self.lost("TensorBoard data"):
+        if self.lost(TENSORBOARD_DATA):
             return
-        with self.writing("TensorBoard data", self.log_dir):
+        with self.writing(TENSORBOARD_DATA, self.log_dir):
             for writer in self._writers.values():
                 writer.flush()
 
