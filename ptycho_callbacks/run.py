@@ -16,6 +16,12 @@ never matters:
   the last member ends, the run closes: the closers run (the report), the
   per-batch scalars are written, the writers closed.
 
+A fit left by an exception that nothing told us about (raised by another
+callback's hook when `fit` is not wrapped by `finish_on_exception`) leaves
+its run open; the run is closed, with what is known of the cause, when the
+next fit of the model attaches a callback or, at the latest, when the
+process exits.
+
 A run's record, writers, tracker reader, `log_scale`, loss weights, step
 guard and probe sub-model (`LayerProbe`) are its own; no module keeps any.
 
@@ -32,11 +38,13 @@ run.record.status   # "completed"
 ```
 """
 
+import atexit
 import contextlib
 import json
 import math
 import os
 import re
+import sys
 import warnings
 
 import tensorflow as tf
@@ -52,6 +60,9 @@ from .run_dir import check_writable_dir, tensorboard_dir
 
 _ON_MODEL = "_ptycho_callbacks_runs"
 """Attribute of a model holding {log_dir: Run} of the callbacks built without a run, for one fit."""
+
+_OPEN_ON_MODEL = "_ptycho_callbacks_open_runs"
+"""Attribute of a model holding the runs that have begun a fit of it and not closed yet."""
 
 CUSTOM_SCALARS_CATEGORY = "ptycho-callbacks"
 """Prefix of our Custom Scalars categories."""
@@ -81,6 +92,10 @@ def _os_reason(error):
     found = re.search(r"(/[^\s;]+); ([^\n]+)", text)  # TensorFlow's "<file>; No space left on device"
     line = f"{found.group(2)}: {found.group(1)}" if found else text.strip().splitlines()[0] if text.strip() else ""
     return " ".join(line.split())[:300]
+
+
+class FitEndedUnseen(RuntimeError):
+    """Stands for the unknown exception that left a fit without telling our callbacks."""
 
 
 class Run:
@@ -141,7 +156,16 @@ class Run:
         return runs.setdefault(run.log_dir, run)
 
     def attach(self, model):
-        """From a callback's `set_model`: the run watches `model` in its next fit."""
+        """From a callback's `set_model`: the run watches `model` in its next fit.
+
+        Keras attaches every callback of a fit before any begins, so a run
+        of this model still open here belongs to an earlier fit that was left
+        by an exception nobody told us about: it is closed first.
+        """
+        for stale in list(vars(model).get(_OPEN_ON_MODEL, ())):
+            stale.abort(FitEndedUnseen("fit ended by an exception our callbacks were not told about (raised "
+                                       "outside the train step, e.g. by another callback); noticed when the "
+                                       "model's next fit began"))
         self.model = model
 
     def begin(self, callback):
@@ -180,6 +204,13 @@ class Run:
         self._closers.append(closer)
 
     def _open(self):
+        if self.model is not None:
+            open_runs = vars(self.model).get(_OPEN_ON_MODEL)
+            if open_runs is None:
+                open_runs = []
+                object.__setattr__(self.model, _OPEN_ON_MODEL, open_runs)
+            open_runs.append(self)
+        atexit.register(self._close_at_exit)
         self.aborted_by = None
         self._trackers = None
         self._scale = None
@@ -209,9 +240,25 @@ class Run:
                     writer.close()
             self._writers = {}
             self._buffers = {}
-            runs = vars(self.model).get(_ON_MODEL) if self.model is not None else None
+            atexit.unregister(self._close_at_exit)
+            model_attributes = vars(self.model) if self.model is not None else {}
+            if self in model_attributes.get(_OPEN_ON_MODEL, ()):
+                model_attributes[_OPEN_ON_MODEL].remove(self)
+            runs = model_attributes.get(_ON_MODEL)
             if runs is not None and runs.get(self.log_dir) is self:
                 del runs[self.log_dir]
+
+    def _close_at_exit(self):
+        """The process exits with this run open: it closes with the exception that ended the program, if any."""
+        error = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+        if not isinstance(error, BaseException):
+            error = FitEndedUnseen("the process exited during fit, after an exception our callbacks were not "
+                                   "told about")
+        try:
+            self.abort(error)
+        except Exception as failure:  # noqa: BLE001 - nothing may fail at exit
+            warnings.warn(f"ptycho_callbacks could not close the run {self.log_dir!r} at exit: {failure}",
+                          RuntimeWarning, stacklevel=1)
 
     # ------------------------------------------------------------ what the model holds
 

@@ -3,6 +3,7 @@
 import os
 import stat
 import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -146,3 +147,60 @@ def test_a_suite_built_inside_the_call_still_closes_when_a_step_raises(tmp_path)
     assert (run / "report.md").exists()
     assert "train_step" not in vars(model), "the model kept the guard's wrapped step"
     assert type(model.train_function).__name__ != "_ReportingFunction", "the model kept the guarded function"
+
+
+class _RaiseInHook(keras.callbacks.Callback):
+    """Another callback of the user's, whose batch hook raises `error` at epoch 0, batch 5."""
+
+    def __init__(self, error):
+        super().__init__()
+        self.error = error
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 5:
+            raise self.error
+
+
+def test_a_suite_built_inside_the_call_closes_at_the_next_fit_when_another_callback_raised(tmp_path):
+    """Nothing tells our callbacks about an exception from another callback's hook when fit is not wrapped."""
+    model = _dense_model()
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype("float32")
+    y = np.zeros((64, 1), "float32")
+    first, second = tmp_path / "first", tmp_path / "second"
+    with pytest.raises(RuntimeError, match="a user's callback broke"):
+        model.fit(x, y, batch_size=4, epochs=2, verbose=0,
+                  callbacks=default_callbacks(model, str(first), verbose=0)
+                  + [_RaiseInHook(RuntimeError("a user's callback broke"))])
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=default_callbacks(model, str(second), verbose=0))
+    record = RunRecord.load(first / "record.json")
+    assert record.status == "failed", record.status
+    assert "not told about" in record.findings[-1]["message"] and record.findings[-1]["step"] == 6
+    assert (first / "report.md").exists()
+    assert RunRecord.load(second / "record.json").status == "completed"
+    assert "train_step" not in vars(model) and not vars(model).get("_ptycho_callbacks_open_runs")
+
+
+def test_a_suite_built_inside_the_call_closes_at_exit_after_ctrl_c_in_another_callback(tmp_path):
+    script = f"""
+import numpy as np
+from ptycho_callbacks import default_callbacks
+from ptycho_callbacks._keras import keras
+
+class CtrlC(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 5:
+            raise KeyboardInterrupt
+
+inputs = keras.Input((3,))
+model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+model.compile(optimizer="sgd", loss="mse")
+x = np.random.default_rng(0).normal(size=(64, 3)).astype("float32")
+model.fit(x, np.zeros((64, 1), "float32"), batch_size=4, epochs=2, verbose=0,
+          callbacks=default_callbacks(model, {str(tmp_path / 'run')!r}, verbose=0) + [CtrlC()])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert "KeyboardInterrupt" in done.stderr and done.returncode != 0, done.stderr[-2000:]
+    record = RunRecord.load(tmp_path / "run" / "record.json")
+    assert record.status == "interrupted", (record.status, done.stderr[-2000:])
+    assert record.findings[-1]["code"] == "training_interrupted" and record.findings[-1]["step"] == 6
+    assert (tmp_path / "run" / "report.md").exists()
