@@ -6,12 +6,26 @@ variable, a CNN with amplitude and phase heads, probe illumination and a
 far-field FFT, the outputs `trimmed_obj`, `intensity_scaler_inv` and
 `pred_intensity`, and the three weighted losses (real space, MAE, Poisson NLL).
 
-Its layers, `RealspaceLoss` and `negloglik` are registered for saving
-(package `ptycho_callbacks`): `model.save("m.keras")` and
-`keras.models.load_model("m.keras")` work under both Keras versions once this
-module is imported. A loaded model's two scaler layers each hold their own
-copy of `log_scale` (equal to the saved value): one variable cannot be shared
-across a save.
+And it has the traits of PtychoPINN's own code that broke tools before:
+
+- `log_scale` is a plain `tf.Variable` made WITHOUT a name and held by both
+  scaler layers as their attribute `w`; the probe of `ProbeIllumination` is
+  another unnamed `tf.Variable`. Both are called `Variable`. Keras 3 tracks
+  neither (so it never trains `log_scale`), tf_keras tracks both.
+- Its layers read the global configuration (`sim.params.cfg`, like
+  `ptycho.params.cfg`) when constructed: a saved model cannot be loaded in a
+  fresh process until that configuration is set up again (`params.setup`).
+- Its loss functions (`RealspaceLoss`, `negloglik`) are not registered with
+  Keras: a saved model's compile configuration names functions Keras cannot
+  find in a fresh process.
+- `negloglik` drops the constant of the Poisson likelihood
+  (`compute_full_loss=False`): the total loss is large and negative.
+
+Its layers are registered for saving (package `ptycho_callbacks`), as
+PtychoPINN registers its own. Unlike PtychoPINN, which keeps one `log_scale`
+for the whole process, each `build_model` makes a new one (so that models
+built one after the other, in tests, do not share it); a model loaded from a
+file shares the one of the last model built, as in PtychoPINN.
 """
 
 import math
@@ -20,72 +34,61 @@ import numpy as np
 import tensorflow as tf
 
 from .._keras import IS_LEGACY, keras
+from . import params
 
-SCALER_STYLES = ("keras", "ptychopinn")
+SCALER_STYLES = ("ptychopinn", "keras")
 
 
 SERIALIZATION_PACKAGE = "ptycho_callbacks"
-"""Package name under which the stand-in's layers, loss and `negloglik` are registered for saving."""
+"""Package name under which the stand-in's layers are registered for saving (its losses are not)."""
 
 serializable = keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 
+_shared = {}
+"""The `log_scale` variable the scaler layers of the "ptychopinn" style pick up, as PtychoPINN's module cache."""
 
-def _variable_style(variable):
-    """How a log_scale variable was made: "keras" (a weight Keras tracks) or "ptychopinn" (a plain `tf.Variable`).
 
-    Keras 3 does not track a plain `tf.Variable` attribute (so it is not saved
-    with the weights either); tf_keras tracks every `tf.Variable` attribute.
-    """
-    keras_variable = getattr(keras, "Variable", None)
-    if keras_variable is None or isinstance(variable, keras_variable):
-        return "keras"
-    return "ptychopinn"
+def _configured_log_scale():
+    return float(np.log(params.cfg["intensity_scale"]))
+
+
+def shared_log_scale():
+    """The unnamed `log_scale` variable made from `params.cfg` the first time a scaler layer asks for it."""
+    if "log_scale" not in _shared:
+        _shared["log_scale"] = tf.Variable(_configured_log_scale(), dtype=tf.float32,
+                                           trainable=bool(params.cfg["intensity_scale.trainable"]))
+    return _shared["log_scale"]
 
 
 class _LogScaleHolder(keras.layers.Layer):
     """A layer holding the intensity scaler's `log_scale` as its attribute `w`.
 
-    A saved and loaded model cannot share one variable between two layers:
-    each loaded scaler layer holds its own copy, equal to the saved value.
-
     Args:
-        log_scale: the variable to hold, or None to create one.
-        initial: the initial log_scale of a created variable.
-        scale_trainable: whether a created variable is trainable.
-        variable_style: how to create it: "keras" (`add_weight`) or
-            "ptychopinn" (a plain `tf.Variable`, untracked by Keras 3).
+        log_scale: the variable to hold, or None to take it as the style says.
+        variable_style: "ptychopinn" (the unnamed plain `tf.Variable` of
+            `shared_log_scale`, read from `params.cfg`) or "keras" (a weight
+            named `log_scale` made with `add_weight` from `params.cfg`).
     """
 
-    def __init__(self, log_scale=None, initial=0.0, scale_trainable=True, variable_style="keras", **kwargs):
+    def __init__(self, log_scale=None, variable_style="ptychopinn", **kwargs):
         super().__init__(**kwargs)
+        self.variable_style = variable_style
         if log_scale is not None:
             self.w = log_scale
         elif variable_style == "ptychopinn":
-            self.w = tf.Variable(initial, dtype=tf.float32, trainable=scale_trainable, name="log_scale")
+            self.w = shared_log_scale()
         else:
             self.w = self.add_weight(
-                name="log_scale", shape=(), initializer=keras.initializers.Constant(initial),
-                trainable=scale_trainable)
+                name="log_scale", shape=(), initializer=keras.initializers.Constant(_configured_log_scale()),
+                trainable=bool(params.cfg["intensity_scale.trainable"]))
 
     def get_config(self):
-        config = super().get_config()
-        # The current value: Keras 3 does not save an untracked variable with the weights.
-        config.update(initial=float(tf.convert_to_tensor(self.w)), scale_trainable=bool(self.w.trainable),
-                      variable_style=_variable_style(self.w))
-        return config
+        return {**super().get_config(), "variable_style": self.variable_style}
 
 
 @serializable
 class IntensityScaler(_LogScaleHolder):
-    """Divides the diffraction input by exp(log_scale).
-
-    Args:
-        log_scale: a `tf.Variable` to hold (PtychoPINN's style, kept as the
-            attribute `w`), or None to create a Keras weight named `log_scale`.
-        initial: the initial log_scale when the layer creates its own weight.
-        scale_trainable: whether that weight is trainable.
-        variable_style: "keras" or "ptychopinn", how a created weight is made.
-    """
+    """Divides the diffraction input by exp(log_scale) (args as `_LogScaleHolder`)."""
 
     def call(self, inputs):
         return inputs / tf.exp(tf.cast(self.w, inputs.dtype))
@@ -93,12 +96,10 @@ class IntensityScaler(_LogScaleHolder):
 
 @serializable
 class IntensityScaler_inv(_LogScaleHolder):  # noqa: N801 - PtychoPINN's class name
-    """Multiplies the predicted diffraction amplitude by exp(log_scale).
+    """Multiplies the predicted diffraction amplitude by exp(log_scale) (args as `_LogScaleHolder`).
 
-    Args:
-        log_scale: the variable shared with the `IntensityScaler` (None when
-            loaded from a saved model: the layer then holds its own copy).
-        initial, scale_trainable, variable_style: as for `IntensityScaler`.
+    Built with `log_scale=` the scaler's variable so that both hold one; a
+    loaded model's "keras"-style scalers each hold their own copy.
     """
 
     def call(self, inputs):
@@ -117,38 +118,38 @@ class CombineComplex(keras.layers.Layer):
 
 
 @serializable
-class FarFieldAmplitude(keras.layers.Layer):
-    """Illuminates each object patch with the probe and returns |FFT2| (orthonormal, centred).
+class ProbeIllumination(keras.layers.Layer):
+    """Multiplies each object patch by the probe, an unnamed plain `tf.Variable` of shape (1, N, N, 1).
 
-    Args:
-        probe: (N, N) complex array, the illumination.
+    The probe is read from `params.cfg["probe"]` when the layer is
+    constructed, trainable as `params.cfg["probe.trainable"]` says.
     """
 
-    def __init__(self, probe, **kwargs):
+    def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.probe = tf.constant(np.asarray(probe, dtype=np.complex64))
-
-    def get_config(self):
-        config = super().get_config()
-        probe = self.probe.numpy()
-        config.update(probe_real=probe.real.tolist(), probe_imag=probe.imag.tolist())
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        probe = np.asarray(config.pop("probe_real")) + 1j * np.asarray(config.pop("probe_imag"))
-        return cls(probe, **config)
+        probe = np.asarray(params.cfg["probe"], dtype=np.complex64)
+        self.w = tf.Variable(probe[None, :, :, None], trainable=bool(params.cfg["probe.trainable"]))
 
     def call(self, obj):
-        waves = tf.transpose(obj, (0, 3, 1, 2)) * self.probe
+        return obj * self.w
+
+    def compute_output_spec(self, obj):
+        return keras.KerasTensor(obj.shape, dtype="complex64")
+
+
+@serializable
+class FarFieldAmplitude(keras.layers.Layer):
+    """|FFT2| of each illuminated patch (orthonormal, centred)."""
+
+    def call(self, waves):
+        waves = tf.transpose(waves, (0, 3, 1, 2))
         n = tf.cast(tf.shape(waves)[-1], tf.float32)
         spectrum = tf.signal.fft2d(waves) / tf.complex(n, 0.0)
         spectrum = tf.signal.fftshift(spectrum, axes=(-2, -1))
         return tf.transpose(tf.abs(spectrum), (0, 2, 3, 1))
 
-    def compute_output_spec(self, obj):
-        return keras.KerasTensor(obj.shape, dtype="float32")
+    def compute_output_spec(self, waves):
+        return keras.KerasTensor(waves.shape, dtype="float32")
 
 
 @serializable
@@ -182,9 +183,8 @@ def _replica_share(loss):
     return loss if IS_LEGACY or replicas == 1 else loss / replicas
 
 
-@serializable
 class RealspaceLoss(keras.losses.Loss):
-    """`realspace_loss` averaged over the batch, on the complex object as it is.
+    """`realspace_loss` averaged over the batch, on the complex object as it is (not registered with Keras).
 
     Keras casts a loss's inputs to float, which drops the imaginary part of a
     complex object; this loss takes them as they come.
@@ -209,20 +209,25 @@ class RealspaceLoss(keras.losses.Loss):
         return {"name": self.name}
 
 
-@serializable
 def negloglik(y_true, y_pred):
-    """Poisson negative log-likelihood of counts y_true given intensities y_pred.
+    """Poisson negative log-likelihood of counts y_true given intensities y_pred, without its constant.
 
-    Like PtychoPINN's: NaN or infinite as soon as a predicted intensity is 0.
+    Like PtychoPINN's: NaN or infinite as soon as a predicted intensity is 0,
+    not registered with Keras, and large and negative at high photon counts.
     """
     return tf.reduce_mean(
         tf.nn.log_poisson_loss(y_true, tf.math.log(y_pred), compute_full_loss=False), axis=(1, 2, 3))
 
 
 def build_model(N=64, gridsize=2, n_filters=16, probe=None, intensity_scale=988.212,
-                scale_trainable=True, scaler_style="keras", loss_weights=(0.0, 1.0, 1.0),
+                scale_trainable=True, scaler_style="ptychopinn", loss_weights=(0.0, 1.0, 1.0),
                 amplitude_activation="sigmoid", learning_rate=1e-3, compile=True, seed=0):
     """Builds (and compiles) the stand-in PtychoPINN model.
+
+    Like PtychoPINN's `create_model_with_gridsize`, it writes its arguments
+    into the global configuration (`params.cfg`: N, gridsize,
+    intensity_scale, intensity_scale.trainable, probe and the loss weights)
+    and the layers read them from there.
 
     Args:
         N: patch size (16 to 64 in tests; any multiple of 4 works).
@@ -231,9 +236,9 @@ def build_model(N=64, gridsize=2, n_filters=16, probe=None, intensity_scale=988.
         probe: (N, N) complex illumination; a centred disk if None.
         intensity_scale: configured scale; log_scale starts at its log.
         scale_trainable: whether log_scale is declared trainable.
-        scaler_style: "keras" (log_scale made with `add_weight`) or
-            "ptychopinn" (a plain `tf.Variable` set as the layers' attribute `w`,
-            as PtychoPINN does; Keras 3 does not track nor train it).
+        scaler_style: "ptychopinn" (log_scale an unnamed plain `tf.Variable`
+            held as the layers' attribute `w`, as PtychoPINN does; Keras 3
+            does not track nor train it) or "keras" (made with `add_weight`).
         loss_weights: (realspace, MAE, Poisson NLL) weights.
         amplitude_activation: activation of the amplitude head.
         learning_rate: Adam's learning rate.
@@ -255,18 +260,17 @@ def build_model(N=64, gridsize=2, n_filters=16, probe=None, intensity_scale=988.
     if probe is None:
         from .data import disk_probe
         probe = disk_probe(N)
+    realspace_weight, mae_weight, nll_weight = loss_weights
+    params.cfg.update({"N": N, "gridsize": gridsize, "intensity_scale": float(intensity_scale),
+                       "intensity_scale.trainable": bool(scale_trainable), "probe": np.asarray(probe, np.complex64),
+                       "realspace_weight": realspace_weight, "mae_weight": mae_weight, "nll_weight": nll_weight})
+    _shared.clear()
     channels = gridsize ** 2
-    initial = float(np.log(intensity_scale))
     init = keras.initializers.GlorotUniform(seed=seed)
 
     diffraction = keras.Input((N, N, channels), name="input")
     positions = keras.Input((1, 2, channels), name="input_positions")
-    if scaler_style == "ptychopinn":
-        shared = tf.Variable(initial, dtype=tf.float32, trainable=scale_trainable, name="log_scale")
-        scaler = IntensityScaler(shared, name="intensity_scaler")
-    else:
-        scaler = IntensityScaler(None, initial, scale_trainable, name="intensity_scaler")
-        shared = scaler.w
+    scaler = IntensityScaler(variable_style=scaler_style, name="intensity_scaler")
     x = scaler(diffraction)
     # PtychoPINN uses the positions to place the patches; the stand-in folds
     # their (centred, zero-mean) offsets in as a per-channel bias of zero mean.
@@ -292,8 +296,11 @@ def build_model(N=64, gridsize=2, n_filters=16, probe=None, intensity_scale=988.
                                 name="phase_head")(d1)
     phase = PhaseActivation(name="phase")(phase)
     obj = CombineComplex(name="trimmed_obj")(amplitude, phase)
-    predicted = FarFieldAmplitude(probe, name="pred_amplitude")(obj)
-    predicted = IntensityScaler_inv(shared, name="intensity_scaler_inv")(predicted)
+    illuminated = ProbeIllumination(name="probe_illumination")(obj)
+    predicted = FarFieldAmplitude(name="pred_amplitude")(illuminated)
+    # PtychoPINN's name of the predicted amplitude in the units of the input, before the inverse scaler.
+    predicted = keras.layers.Activation("linear", name="pred_diff_channels")(predicted)
+    predicted = IntensityScaler_inv(scaler.w, scaler_style, name="intensity_scaler_inv")(predicted)
     intensity = Square(name="pred_intensity")(predicted)
 
     model = keras.Model([diffraction, positions], [obj, predicted, intensity], name="ptychopinn_standin")
