@@ -179,10 +179,29 @@ def _replay_parser():
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of Markdown")
     parser.add_argument("--import", dest="modules", action="append", metavar="MODULE",
                         help="import MODULE first (registers the saved model's custom objects; repeatable)")
+    parser.add_argument("--setup", metavar="MODULE:FUNCTION",
+                        help="import MODULE and call FUNCTION(config) with the run's recorded config before the "
+                             "model is loaded, to set up what its layers read when constructed (PtychoPINN's "
+                             "params.cfg; the bundled model's is ptycho_callbacks.sim.params:setup)")
     parser.add_argument("--unsafe", action="store_true",
                         help="load the saved model even when that can run code from the folder (a model.keras "
                              "that is not a Keras zip archive, Lambda layers): only for a folder you trust")
     return parser
+
+
+def _setup_function(spec):
+    """The function `MODULE:FUNCTION` names (the user's own choice, on the command line), imported."""
+    import importlib
+
+    module_name, _, function_name = (spec or "").partition(":")
+    if not module_name or not function_name:
+        raise ValueError(f"--setup {spec!r}: expected MODULE:FUNCTION, e.g. ptycho_callbacks.sim.params:setup")
+    function = importlib.import_module(module_name)
+    for part in function_name.split("."):
+        function = getattr(function, part, None)
+    if not callable(function):
+        raise ValueError(f"--setup {spec!r}: {module_name} has no function {function_name!r}")
+    return function
 
 
 def _write_back(run_dir, result):
@@ -212,12 +231,13 @@ def replay_main(argv):
     if args is None:
         return status
     try:
+        setup = _setup_function(args.setup) if args.setup else None
         folder = capture.find_folder(args.run_dir)
-        result = replay_folder(folder, modules=args.modules, unsafe=args.unsafe)
+        result = replay_folder(folder, modules=args.modules, unsafe=args.unsafe, setup=setup)
         if args.write:
             run_dir = os.path.dirname(os.path.abspath(folder))
             result["written_to"] = _write_back(run_dir, result)
-    except (capture.ForensicsError, OSError, RecordError, ImportError) as error:
+    except (capture.ForensicsError, OSError, RecordError, ImportError, ValueError) as error:
         print(f"{parser.prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     except Exception as error:  # noqa: BLE001 - a folder from someone else may hold anything

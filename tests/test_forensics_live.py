@@ -9,6 +9,8 @@ step and sample.
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -90,3 +92,38 @@ def test_a_finite_run_writes_no_forensics(make_model, small_data, tmp_path):
     assert not os.path.exists(os.path.join(run_dir, "nan_forensics"))
     record = RunRecord.load(os.path.join(run_dir, "record.json"))
     assert record.status == "completed" and record.forensics is None and not record.nan_events
+
+
+def _replay_in_a_fresh_process(run_dir, *options):
+    command = [sys.executable, "-m", "ptycho_callbacks.cli", "replay", run_dir, "--json", *options]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def test_a_fresh_process_replays_the_failing_step_of_a_model_with_global_state(make_model, small_data, tmp_path):
+    """PtychoPINN's traits: unnamed log_scale and probe, layers reading a global config, unregistered losses."""
+    run_dir = str(tmp_path / "run")
+    model = make_model(SEED, **SCENARIOS["nan_poisson"])
+    log_scale = model.get_layer("intensity_scaler").w
+    log_scale.assign(log_scale + 0.3)  # a value neither the config nor (under Keras 3) model.keras holds
+    config = dict(N=16, gridsize=2, intensity_scale=float(small_data.intensity_scale))
+    _fit(model, small_data, default_callbacks(model, run_dir, config=config, verbose=0))
+    record = RunRecord.load(os.path.join(run_dir, "record.json"))
+    assert not [f for f in record.findings if f["code"] == "nan_forensics_failed"], record.findings
+    live = record.forensics
+    assert _answer(live) == LOG_OF_POISSON_NLL
+
+    refused = _replay_in_a_fresh_process(run_dir)
+    assert refused.returncode == 2 and "--setup" in refused.stderr, refused.stderr[-1500:]
+
+    done = _replay_in_a_fresh_process(run_dir, "--setup", "ptycho_callbacks.sim.params:setup")
+    assert done.returncode == 0, done.stderr[-3000:]
+    offline = json.loads(done.stdout)
+    assert _answer(offline) == _answer(live)
+    assert set(offline["loss_components"]) == set(live["loss_components"]) == {
+        "trimmed_obj_loss", "intensity_scaler_inv_loss", "pred_intensity_loss"}
+    for name, entry in live["loss_components"].items():
+        if entry["value"] is None:
+            assert offline["loss_components"][name]["value"] is None, name
+        else:
+            assert offline["loss_components"][name]["value"] == pytest.approx(entry["value"], rel=1e-5), name
+        assert offline["loss_components"][name]["samples"] == entry["samples"], name

@@ -69,3 +69,43 @@ def per_output(spec, output_names, default, present=None):
     if present is not None:
         return {name: present(values.get(name)) for name in output_names}
     return {name: default if values.get(name) is None else values[name] for name in output_names}
+
+
+def loss_origins(model):
+    """{output name: where its compiled loss comes from}, as JSON, for rebuilding the compile elsewhere.
+
+    A loss Keras knows by a string is `{"keras": "mean_absolute_error"}`, one
+    of Keras's `Loss` classes `{"keras": <its Keras serialization>}`; a
+    function is `{"module": ..., "qualname": ...}`; another `Loss` instance
+    is its class's module and qualname with `"instance": true` and its config.
+    Outputs without a loss are left out. A loss function need not be
+    registered with Keras (PtychoPINN's are not): the module that defines it
+    is imported by whoever rebuilds the compile, never by this record.
+    """
+    names = output_names(model)
+    container = _compiled_loss_container(model)
+    losses = getattr(container, "_user_losses", None)
+    if losses is None:
+        losses = getattr(model, "loss", None)
+    origins = {}
+    for name, loss in per_output(losses, names, default=None).items():
+        if loss is None:
+            continue
+        if isinstance(loss, str):
+            origins[name] = {"keras": loss}
+            continue
+        is_function = callable(loss) and hasattr(loss, "__qualname__")
+        owner = loss if is_function else type(loss)
+        if not is_function and owner.__module__.split(".")[0] in ("keras", "tf_keras"):
+            from .._keras import keras
+
+            origins[name] = {"keras": keras.losses.serialize(loss)}
+            continue
+        origin = {"module": owner.__module__, "qualname": owner.__qualname__, "instance": not is_function}
+        if not is_function and hasattr(loss, "get_config"):
+            try:
+                origin["config"] = loss.get_config()
+            except (NotImplementedError, TypeError):
+                origin["config"] = None
+        origins[name] = origin
+    return origins

@@ -27,7 +27,8 @@ import tensorflow as tf
 
 from .._keras import IS_LEGACY, keras
 from ..callbacks.scale_discovery import find_log_scale
-from ..callbacks.variables import assign_weights, current_weights, model_variables
+from ..callbacks.loss_discovery import compiled_loss_weights, loss_origins
+from ..callbacks.variables import assign_weights, current_weights, model_variables, same_variable_names
 from ..record import atomic_write_text, decode_nonfinite, encode_nonfinite, to_builtin, umask_mode
 from ..run_dir import (FORENSICS_BATCH as BATCH_FILE, FORENSICS_FOLDER as FOLDER, FORENSICS_MANIFEST as MANIFEST,
                        FORENSICS_MODEL as MODEL_FILE, FORENSICS_OPTIMIZER as OPTIMIZER_FILE,
@@ -200,7 +201,7 @@ def _weights_entry(weights):
 
 
 def write_forensics(run_dir, model, batch, weights_before, optimizer_state, event, max_bytes=256 * 2**20,
-                    involved_samples=None, variables=None):
+                    involved_samples=None, variables=None, config=None):
     """Writes `<run_dir>/nan_forensics/` for the failing step, once and atomically.
 
     Args:
@@ -210,8 +211,9 @@ def write_forensics(run_dir, model, batch, weights_before, optimizer_state, even
         batch: the failing step's batch as numpy, the way Keras fed
             `train_step`: `(x, y, sample_weight)` or shorter, x a dict or list
             of inputs, y a list, dict or array; None if it was not captured.
-        weights_before: `[(variable name, array)]` of the model's variables
-            before the failing step (names as `variable_name` gives them).
+        weights_before: `[(path, array)]` of the model's variables before
+            the failing step (paths as `model_variables` gives them; the
+            manifest keeps every name of each, `same_variable_names`).
         optimizer_state: `[(name, array)]` of the optimizer's variables after
             the step, or None.
         event: the guard's event dict (JSON-safe), stored in the manifest.
@@ -225,6 +227,8 @@ def write_forensics(run_dir, model, batch, weights_before, optimizer_state, even
             `samples`), kept with the flagged ones when the batch is cut.
         variables: `model_variables(model, log_scale)`, the variables
             `weights_before` names; found here if None.
+        config: the run's configuration (`RunRecord.config`), kept in the
+            manifest for setting up a fresh process (`replay --setup`).
 
     Returns:
         The folder's path. If it exists already nothing is written.
@@ -248,6 +252,11 @@ def write_forensics(run_dir, model, batch, weights_before, optimizer_state, even
             variables = model_variables(model, find_log_scale(model).variable)
         manifest = _build(tmp, model, batch, weights_before, optimizer_state, event, max_bytes, involved_samples,
                           variables)
+        manifest["config"] = dict(config or {})
+        manifest["losses"] = {"origins": loss_origins(model), "weights": compiled_loss_weights(model)}
+        if manifest["weights_before"]:
+            names = same_variable_names(model, variables)
+            manifest["weights_before"]["aliases"] = {name: names.get(name, [name]) for name, _ in weights_before}
         text = json.dumps(encode_nonfinite(to_builtin(manifest, "manifest")), indent=2, allow_nan=False)
         atomic_write_text(os.path.join(tmp, MANIFEST), text + "\n")
         try:
@@ -420,3 +429,12 @@ def read_weights(folder, manifest):
         return None
     arrays = _load_npz(folder, info["file"])
     return [(name, arrays[f"{index:04d}"]) for index, name in enumerate(info["names"])]
+
+
+def read_weight_names(manifest):
+    """{path: [every name of that variable]} recorded beside the weights ({} when the manifest has none)."""
+    aliases = (manifest.get("weights_before") or {}).get("aliases")
+    if not isinstance(aliases, dict):
+        return {}
+    return {name: [alias for alias in names if isinstance(alias, str)]
+            for name, names in aliases.items() if isinstance(name, str) and isinstance(names, list)}

@@ -101,7 +101,9 @@ def build_event(epoch, batch, step, phase, values, last_finite, nonfinite_variab
 
     Returns:
         {"epoch", "batch", "step", "phase", "components" (in `order`),
-        "values", "last_finite", "weights_restored" (False), "nonfinite_weights"}.
+        "values", "last_finite", "weights_restored" (False),
+        "restored_after_step" (None: the guard sets it when it restores weights
+        other than those of train begin), "nonfinite_weights"}.
     """
     values = dict(values)
     extra = {}
@@ -123,6 +125,7 @@ def build_event(epoch, batch, step, phase, values, last_finite, nonfinite_variab
         "values": {name: extra[name] if name in extra else values[name] for name in components},
         "last_finite": {name: last_finite.get(name) for name in names if name != WEIGHTS},
         "weights_restored": False,
+        "restored_after_step": None,
         "nonfinite_weights": [name for name, _, _ in nonfinite_variables],
     }
 

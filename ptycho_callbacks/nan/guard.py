@@ -138,7 +138,8 @@ class NaNGuard(RecordingCallback):
         self._stop_at_epoch_end = False
         self._loss_state = None  # positions of the loss trackers in the run's tracker state
         self._last_finite = {"train": {}, "val": {}}
-        self._variables = None  # [(name, tf.Variable)] watched: weights and log_scale
+        self._variables = None  # [(path, tf.Variable)] watched: the floating-point ones of _all_variables
+        self._all_variables = None  # [(path, tf.Variable)] the model computes with (`model_variables`)
         self._log_scale = None
         self._step_guard = None
         self._train_check = None
@@ -159,7 +160,8 @@ class NaNGuard(RecordingCallback):
         """
         log_scale = self.run.log_scale.variable
         self._log_scale = None if log_scale is None else tf_variable(log_scale)
-        variables = [(name, variable) for name, variable in model_variables(self.model, log_scale)
+        self._all_variables = model_variables(self.model, log_scale)
+        variables = [(name, variable) for name, variable in self._all_variables
                      if tf.as_dtype(variable.dtype).is_floating]
         self._variables = variables
         self._step_guard = StepGuard.for_model(self.model, [v for _, v in variables], **self.step_guard_options())
@@ -399,7 +401,10 @@ class NaNGuard(RecordingCallback):
         from .replay import replay
 
         guard = self._step_guard
-        before = list(zip([name for name, _ in self._variables], guard.snapshot()))
+        # The snapshot holds the floating-point variables; the others (a complex probe) are as they are.
+        snapshot = {id(variable): value for (_, variable), value in zip(self._variables, guard.snapshot() or [])}
+        before = [(name, snapshot[id(variable)] if id(variable) in snapshot else variable.numpy())
+                  for name, variable in self._all_variables]
         batch = guard.captured_batch()
         try:
             if batch is None:
@@ -411,10 +416,10 @@ class NaNGuard(RecordingCallback):
                     reason = "the non-finite value appeared between steps (assigned outside the train step)"
                 result = {"stage": "n/a", "reason": reason}
             else:
-                result = replay(self.model, batch, weights=before, variables=self._variables)
+                result = replay(self.model, batch, weights=before, variables=self._all_variables)
             folder = write_forensics(self.log_dir, self.model, batch, before, self._optimizer_state(), event,
                                      max_bytes=self.forensics_max_bytes, involved_samples=result.get("samples"),
-                                     variables=self._variables)
+                                     variables=self._all_variables, config=self.record.config)
             result["folder"] = folder
         except Exception as error:  # noqa: BLE001 - reported, never raised into the training
             self.record.add_finding("warning", "nan_forensics_failed",
@@ -436,9 +441,11 @@ class NaNGuard(RecordingCallback):
             return " No weights were restored: no snapshot exists (the model had no weights at train begin)."
         self._step_guard.restore()
         event["weights_restored"] = True
+        snapshot_step = self._step_guard.snapshot_step_value()
+        event["restored_after_step"] = snapshot_step if snapshot_step > self._fit_start_step else None
         optimizer_finite = all(np.all(np.isfinite(value)) for _, value in self._optimizer_state()
                                if np.issubdtype(value.dtype, np.floating))
-        return events.restore_note(self._step_guard.snapshot_step_value(), self._fit_start_step, optimizer_finite)
+        return events.restore_note(snapshot_step, self._fit_start_step, optimizer_finite)
 
     def _write_tensorboard(self, event, message):
         markdown = message.replace("NaNGuard: ", f"**NaNGuard ({event['phase']})**: ", 1)

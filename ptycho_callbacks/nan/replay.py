@@ -25,6 +25,7 @@ import contextlib
 import importlib
 import os
 import re
+import sys
 import sysconfig
 import zipfile
 
@@ -34,7 +35,8 @@ import tensorflow as tf
 from .._keras import keras
 from ..callbacks.loss_discovery import compiled_loss_weights, output_names, per_output
 from ..callbacks.scale_discovery import find_log_scale
-from ..callbacks.variables import assign_weights, current_weights, model_variables, tf_variable, variable_name
+from ..callbacks.variables import (assign_weights, current_weights, model_variables, same_variable_names, tf_variable,
+                                   variable_name)
 from ..run_dir import FORENSICS_MODEL
 from . import capture
 
@@ -538,7 +540,7 @@ def _original_indices(result, kept):
         entry["samples"] = mapped(entry["samples"])
 
 
-def load_saved_model(path, unsafe=False):
+def load_saved_model(path, unsafe=False, compile=True):
     """The model saved in a forensics folder, loaded without running code from the file unless `unsafe`.
 
     Safe, the file must be a Keras zip archive (the `.keras` format), loaded
@@ -553,21 +555,99 @@ def load_saved_model(path, unsafe=False):
         raise capture.ForensicsError(
             f"{path}: not a Keras zip archive (.keras format); refused, because loading another format could "
             "run code from the file. Replay with --unsafe only for a folder you trust")
-    return keras.models.load_model(path, safe_mode=not unsafe)
+    return keras.models.load_model(path, safe_mode=not unsafe, compile=compile)
 
 
-def replay_folder(folder, model=None, modules=None, unsafe=False):
+def _resolve_loss(output, origin, folder):
+    """The loss function or `Loss` of one output as the manifest records it (`loss_origins`).
+
+    A module is only looked up, never imported here: the modules the user
+    named (`--import`, `--setup`) and this package's are imported already.
+    """
+    if not isinstance(origin, dict):
+        raise capture.ForensicsError(f"{folder}: the manifest's loss of output {output!r} is malformed")
+    if isinstance(origin.get("keras"), str):
+        return origin["keras"]
+    if isinstance(origin.get("keras"), dict):  # one of Keras's Loss classes, by its serialization
+        class_name = origin["keras"].get("class_name")
+        if not isinstance(class_name, str) or not isinstance(getattr(keras.losses, class_name, None), type):
+            raise capture.ForensicsError(f"{folder}: the loss of output {output!r} names {class_name!r}, "
+                                         "which is not one of Keras's losses")
+        return keras.losses.deserialize(origin["keras"])
+    module_name, qualname = origin.get("module"), origin.get("qualname")
+    if not isinstance(module_name, str) or not isinstance(qualname, str):
+        raise capture.ForensicsError(f"{folder}: the manifest's loss of output {output!r} is malformed")
+    found = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if found is None or "<locals>" in qualname:
+        raise capture.ForensicsError(
+            f"{folder}: the loss of output {output!r} is {module_name}.{qualname}, which is not loaded: "
+            f"pass --import {module_name} (or --setup with a function of a module that imports it), or pass "
+            "the compiled model")
+    if origin.get("instance"):
+        config = origin.get("config")
+        try:
+            return found(**config) if isinstance(config, dict) else found()
+        except TypeError:  # a config its own constructor does not take
+            return found()
+    return found
+
+
+def _compile_from_manifest(model, manifest, folder):
+    """Compiles a model loaded without its compile config with the losses and weights the manifest records."""
+    losses = manifest.get("losses") or {}
+    origins, weights = losses.get("origins") or {}, losses.get("weights") or {}
+    names = output_names(model)
+    if not origins:
+        raise capture.ForensicsError(f"{folder}: the manifest records no loss: pass the compiled model")
+    if not set(origins) & set(names) and len(origins) == len(names):
+        # A revived subclassed model names its outputs anew: the outputs are matched by position.
+        origins = dict(zip(names, origins.values()))
+        weights = {f"{name}_loss": weight for name, weight in zip(names, weights.values())}
+    loss = {name: _resolve_loss(name, origins[name], folder) for name in names if name in origins}
+    if not loss:
+        raise capture.ForensicsError(f"{folder}: the manifest's losses are for outputs {sorted(origins)}, the "
+                                     f"model's outputs are {names}: pass the compiled model")
+    loss_weights = {name: float(weights.get(f"{name}_loss", 1.0)) for name in loss}
+    if len(names) == 1:
+        model.compile(loss=next(iter(loss.values())))
+    else:
+        model.compile(loss=[loss.get(name) for name in names],
+                      loss_weights=[loss_weights.get(name, 0.0) for name in names])
+    return model
+
+
+def _names_of_both(recorded, model, variables):
+    """The names of each variable in the run's model and in this one, joined by path."""
+    names = {path: list(aliases) for path, aliases in same_variable_names(model, variables).items()}
+    for path, aliases in recorded.items():
+        names[path] = list(dict.fromkeys(names.get(path, []) + aliases))
+    return names
+
+
+def replay_folder(folder, model=None, modules=None, unsafe=False, setup=None):
     """Loads a `nan_forensics/` folder (or the run directory holding it) and replays its step.
+
+    The replay runs with the weights saved before the failing step, every
+    variable included (also those Keras does not save with the model, such
+    as PtychoPINN's `log_scale` under Keras 3), matched by their paths and,
+    where a loaded model holds two copies of a variable the run shared, put
+    into both.
 
     Args:
         folder: the folder, or the run directory holding it.
-        model: the compiled model to replay with (its weights are set from
-            `weights_before.npz`); None loads the folder's `model.keras`,
-            which holds those weights already.
+        model: the compiled model to replay with; None loads the folder's
+            `model.keras` (without its compile config: it is compiled with
+            the losses and weights the manifest records, from modules
+            already imported).
         modules: modules to import first, so that the saved model's custom
-            layers and losses are registered (the stand-in's are).
+            layers and losses are registered and found.
         unsafe: load the saved model even when that can run code from the
             file (`load_saved_model`); only for a folder you trust.
+        setup: called with the run's recorded config (a dict) before the
+            model is loaded, to set up what its layers read when constructed
+            (e.g. PtychoPINN's `params.cfg`).
 
     Returns:
         `replay`'s dict with sample indices of the failing batch, plus
@@ -579,21 +659,25 @@ def replay_folder(folder, model=None, modules=None, unsafe=False):
     folder = capture.find_folder(folder)
     manifest = capture.read_manifest(folder)
     batch = capture.read_batch(folder, manifest)
-    weights = None
+    weights = capture.read_weights(folder, manifest)
+    info = manifest.get("model") or {}
+    recorded = [name for name in info.get("modules") or [] if isinstance(name, str)]
+    _import_custom_objects(recorded, modules)
+    if setup is not None:
+        config = manifest.get("config")
+        setup(dict(config) if isinstance(config, dict) else {})
     if model is None:
-        info = manifest.get("model") or {}
         if not info.get("file"):
             raise capture.ForensicsError(
                 f"{folder}: no saved model ({info.get('reason') or 'no reason recorded'}); "
                 "pass the compiled model to replay_folder(folder, model=...)")
-        recorded = [name for name in info.get("modules") or [] if isinstance(name, str)]
-        _import_custom_objects(recorded, modules)
         path = capture.file_in_folder(folder, info["file"])
         if os.path.basename(path) != FORENSICS_MODEL:
             raise capture.ForensicsError(f"{folder}: the manifest names the model {info['file']!r}; only "
                                          f"{FORENSICS_MODEL} in the folder is loaded")
+        compile_here = bool((manifest.get("losses") or {}).get("origins"))
         try:
-            model = load_saved_model(path, unsafe)
+            model = load_saved_model(path, unsafe, compile=not compile_here)
         except capture.ForensicsError:
             raise
         except Exception as error:  # noqa: BLE001 - loading user models fails in many ways
@@ -602,12 +686,23 @@ def replay_folder(folder, model=None, modules=None, unsafe=False):
             reason = reason[:reason.index("Full object config")].rstrip() if "Full object config" in reason else reason
             raise capture.ForensicsError(
                 f"{folder}: the saved model cannot be loaded ({type(error).__name__}: {reason[:400]}); import the "
-                f"module defining its custom layers and losses (--import MODULE){named} or pass the model") from None
-    else:
-        weights = capture.read_weights(folder, manifest)
-        if weights is None:
-            raise capture.ForensicsError(f"{folder}: the weights before the failing step were not saved")
-    result = replay(model, batch, weights)
+                f"module defining its custom layers (--import MODULE){named}, set up what its layers read when "
+                "constructed (--setup MODULE:FUNCTION), or pass the model") from None
+        if compile_here:
+            _compile_from_manifest(model, manifest, folder)
+    elif weights is None:
+        raise capture.ForensicsError(f"{folder}: the weights before the failing step were not saved")
+    variables = model_variables(model, find_log_scale(model).variable)
+    if weights is not None:
+        names = _names_of_both(capture.read_weight_names(manifest), model, variables)
+        current = current_weights(variables)
+        try:
+            assign_weights(variables, weights, names)
+        except ValueError as error:
+            raise capture.ForensicsError(f"{folder}: the saved weights do not fit the model: {error}") from None
+        weights = current_weights(variables)
+        assign_weights(variables, current)
+    result = replay(model, batch, weights, variables)
     _original_indices(result, manifest["batch"]["samples"])
     result.update(folder=os.path.abspath(folder), event=manifest.get("event"), dropped=manifest.get("dropped"))
     return result
