@@ -62,7 +62,7 @@ def test_batch_values_taken_from_the_nan_guard_are_those_of_each_step(make_model
 
     from ptycho_callbacks import default_callbacks
 
-    model = make_model(SEED, learning_rate=1e-2)
+    model = make_model(SEED, learning_rate=1e-2, scaler_style="keras")  # a log_scale Keras 3 trains too
     run = str(tmp_path / "suite")
     truth = Truth()
     model.fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8, epochs=2, verbose=0,
@@ -129,3 +129,27 @@ def test_bad_arguments_are_refused():
         IntensityScaleMonitor(configured_scale=-1)
     with pytest.raises(ValueError, match="update_freq"):
         IntensityScaleMonitor(update_freq="sometimes")
+
+
+def test_after_a_nan_rollback_the_scale_findings_say_only_what_was_measured(make_model, small_data, tmp_path):
+    """Keras 3 never trains PtychoPINN's log_scale: it did not come back after a rollback, it never left."""
+    from ptycho_callbacks import default_callbacks
+
+    model = make_model(SEED, scaler_style="ptychopinn", learning_rate=1e-2)
+    targets = {key: np.array(value) for key, value in small_data.model_targets().items()}
+    targets["pred_intensity"][6] = np.nan  # batch 1
+    callbacks = default_callbacks(model, str(tmp_path / "run"), verbose=0)
+    model.fit(small_data.model_inputs(), targets, batch_size=4, epochs=1, shuffle=False, verbose=0,
+              callbacks=callbacks)
+    record = callbacks[-1].record
+    (event,) = record.nan_events
+    assert event["weights_restored"] and event["step"] == 2 and event["restored_after_step"] == 1
+    scale = [f for f in record.findings if f["code"].startswith("log_scale")]
+    assert not any("NaN guard" in f["message"] and "train begin" in f["message"] for f in scale), scale
+    tracked = record.log_scale["in_trainable_variables"]
+    assert tracked == IS_LEGACY  # tf_keras tracks a plain tf.Variable attribute, Keras 3 does not
+    after_restore = [f for f in scale if f["code"] == "log_scale_at_initial_after_restore"]
+    if tracked and not record.log_scale["moved"]:
+        assert after_restore and "the weights after step 1" in after_restore[0]["message"]
+    else:
+        assert not after_restore, after_restore

@@ -112,12 +112,18 @@ def test_a_run_that_dies_leaves_its_record(make_model, small_data, tmp_path, slo
                 raise RuntimeError("user code failed")
 
     run = str(tmp_path / "dies")
+    model = make_model(SEED)
     with pytest.raises(RuntimeError, match="user code failed"):
-        make_model(SEED).fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8,
-                             epochs=4, verbose=0, callbacks=[slow_epochs, SummaryReport(run), Boom()])
+        model.fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8,
+                  epochs=4, verbose=0, callbacks=[slow_epochs, SummaryReport(run), Boom()])
     record = RunRecord.load(os.path.join(run, "record.json"))
     assert len(record.history["loss"]) == 2 and record.status == "running"
     assert not [name for name in os.listdir(run) if name.startswith(".") or name.endswith(".tmp")]
+    # Nothing told the callback (fit was not wrapped): the model's next fit closes the run.
+    model.fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8, epochs=1, verbose=0,
+              callbacks=[SummaryReport(str(tmp_path / "next"))])
+    assert RunRecord.load(os.path.join(run, "record.json")).status == "failed"
+    assert os.path.exists(os.path.join(run, "report.md"))
 
 
 def test_needs_a_directory():

@@ -227,12 +227,17 @@ class IntensityScaleMonitor(RecordingCallback):
         if self._variable is not None:
             state["final"] = self._value()
             state["moved"] = state["final"] != state["initial"]
-            restored = any(event.get("weights_restored") for event in self.record.nan_events)
-            if restored and not state["moved"]:
-                self.announce("info", "log_scale_restored",
-                              f"log_scale is back at its initial value at train end (step {self.global_step}): the "
-                              "NaN guard restored the weights of train begin after the NaN.", _STATE_SECTION)
-            elif state["declared_trainable"] and state["in_trainable_variables"] and not state["moved"]:
+            restore = next((event for event in self.record.nan_events if event.get("weights_restored")), None)
+            trained = state["declared_trainable"] and state["in_trainable_variables"]
+            if restore is not None and not state["moved"]:
+                # Only what was measured: an untracked log_scale never moved and has its own finding.
+                if trained:
+                    after = restore.get("restored_after_step")
+                    what = f"the weights after step {after}" if after is not None else "the weights of train begin"
+                    self.announce("info", "log_scale_at_initial_after_restore",
+                                  f"log_scale is at its initial value at train end (step {self.global_step}); the "
+                                  f"NaN guard had put back {what}.", _STATE_SECTION)
+            elif trained and not state["moved"]:
                 self.announce("warning", "log_scale_not_moved",
                               f"log_scale is trainable and tracked but had not moved at train end (step "
                               f"{self.global_step}, {len(state['history'])} epoch(s)): zero gradient, or a "
