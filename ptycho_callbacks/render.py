@@ -244,28 +244,23 @@ def _loss_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
     ]
     rows = []
     for c in composition["components"]:
-        if c["share"] is not None:
-            share = fmt(100.0 * c["share"], "%.1f%%")
-        elif c["weight"] is None:
-            share = f"{NA} (weight unknown)"
-        elif c["final"] is None:
-            share = f"{NA} (value not finite)"
-        else:
-            share = f"{NA} (total not finite)"
-        rows.append([f"`{c['name']}`", fmt_measured(c["final_raw"]), fmt(c["weight"], reason="unknown"),
-                     fmt(c["weighted"]), share, "Yes" if c["has_nan"] else "No"])
+        share = fmt(100.0 * c["share"], "%.1f%%") if c["share"] is not None else f"{NA} ({c['share_reason']})"
+        rows.append([f"`{c['name']}`", fmt(c["first"], reason="not finite"), fmt_measured(c["final_raw"]),
+                     fmt(c["weight"], reason="unknown"), fmt(c["weighted"]),
+                     fmt(c["change"], reason="undefined"), share, "Yes" if c["has_nan"] else "No"])
     if rows:
-        lines += _table(["Loss Component", "Final Value", "Weight", "Weighted", "Contribution", "Has NaN"],
-                        "lrrrrl", rows) + [""]
+        lines += _table(["Loss Component", "First Value", "Final Value", "Weight", "Weighted", "Change (w·Δ)",
+                         "Share of movement", "Has NaN"], "lrrrrrrl", rows)
+        lines += ["", f"Share of movement = {stats.MOVEMENT_DEFINITION}; from the first to the last epoch "
+                      "(Keras's epoch values).", ""]
     else:
         lines += [f"- Loss components: {NA} (no `*_loss` history logged)", ""]
     dominant = composition["dominant"]
     if dominant:
-        lines.append(f"**Dominant loss term:** `{dominant['name']}`")
+        lines.append(f"**Dominant loss term** (moved the loss most): `{dominant['name']}`")
         if dominant["next"]:
-            ratio_reason = "next term is 0" if dominant["ratio_vs_next"] is None else None
-            lines.append(f"  - Dominance ratio vs next (`{dominant['next']}`): "
-                         f"{fmt(dominant['ratio_vs_next'], '%.1f×', reason=ratio_reason)}")
+            lines.append(f"  - Dominance ratio vs next (`{dominant['next']}`), of the weighted changes: "
+                         f"{fmt(dominant['ratio_vs_next'], '%.1f×', reason=dominant['ratio_reason'])}")
     else:
         lines.append(f"**Dominant loss term:** {NA} ({composition['dominant_reason']})")
     if composition["inactive"]:

@@ -138,15 +138,16 @@ def test_good_scenario_key_lines(report):
         "- normalize_data gain: 0.577",
         "- Prediction scale: best=ratio_mean value=2.000",
         "- Training NaNs: no",
-        # loss: weighted 6 + 1 + 0 of total 8 -> 75.0 %, 12.5 %, 0.0 %; residual 8 - 7 = 1
+        # loss: weighted changes since epoch 1: -1, -0.5, 0 -> shares 66.7 %, 33.3 %, 0.0 %; residual 8 - 7 = 1
         "- Epochs trained: 2",
         "- Total loss (final): 8.000 (min=8.000, max=10.000)",
         "- Learning rate: last=0.000500 (min=0.000500, max=0.001000)",
-        "| `pred_intensity_loss` | 6.000 | 1.000 | 6.000 | 75.0% | No |",
-        "| `intensity_scaler_inv_loss` | 1.000 | 1.000 | 1.000 | 12.5% | No |",
-        "| `trimmed_obj_loss` | 0.000 | 0.000 | 0.000 | 0.0% | No |",
-        "**Dominant loss term:** `pred_intensity_loss`",
-        "  - Dominance ratio vs next (`intensity_scaler_inv_loss`): 6.0×",
+        "| `pred_intensity_loss` | 7.000 | 6.000 | 1.000 | 6.000 | -1.000 | 66.7% | No |",
+        "| `intensity_scaler_inv_loss` | 1.500 | 1.000 | 1.000 | 1.000 | -0.500 | 33.3% | No |",
+        "| `trimmed_obj_loss` | 0.000 | 0.000 | 0.000 | 0.000 | 0.000 | 0.0% | No |",
+        f"Share of movement = {stats.MOVEMENT_DEFINITION}; from the first to the last epoch (Keras's epoch values).",
+        "**Dominant loss term** (moved the loss most): `pred_intensity_loss`",
+        "  - Dominance ratio vs next (`intensity_scaler_inv_loss`), of the weighted changes: 2.0×",
         "**Inactive components (≈0 or weight 0):** `trimmed_obj_loss`",
         f"  - Per `{DEFAULT_SPEC_REFS['loss']}`: `trimmed_obj_loss=0` indicates `realspace_weight=0` "
         "(TV/MAE disabled)",
@@ -219,8 +220,8 @@ def test_nan_scenario_key_lines(report):
         "| `pred_intensity_loss`=4.000, `loss`=5.000 | True | `dense/kernel` |",
         "- Total loss (final): n/a (final value NaN: training went non-finite) (min=5.000, max=5.000)",
         "- Learning rate: n/a (not logged)",
-        "| `pred_intensity_loss` | -Inf | n/a (unknown) | n/a | n/a (weight unknown) | Yes |",
-        "**Dominant loss term:** n/a (no finite weighted component)",
+        "| `pred_intensity_loss` | 4.000 | -Inf | n/a (unknown) | n/a | n/a (undefined) | n/a (weight unknown) | Yes |",
+        "**Dominant loss term:** n/a (no component with a known weight)",
         "| Dataset-derived scale | n/a (needs nphotons and E_batch) |",
         "| E_batch[Σ\\|Ψ\\|²] | n/a (not recorded) |",
         "⚠️ **No `log_scale` variable found**",
@@ -277,6 +278,38 @@ def test_leak_detector_catches_a_raw_nan():
     assert leaked_nonfinite_cells("| A |\n| --- |\n| -Inf |\n") == [("A", "-Inf")]
     assert leaked_nonfinite_cells("| Final Value |\n| ---: |\n| NaN |\n") == []
     assert leaked_nonfinite_cells("| A |\n| --- |\n| n/a (training went NaN) |\n") == []
+
+
+def test_loss_shares_of_a_negative_nll_are_of_its_movement():
+    """PtychoPINN's NLL drops a constant: the total is about -3.7e6 while the MAE is about 80."""
+    record = good_record()
+    record.config["loss_weights"] = {"trimmed_obj_loss": 1.0, "intensity_scaler_inv_loss": 1.0,
+                                     "pred_intensity_loss": 1.0}
+    record.history = {"trimmed_obj_loss": [0.9, 0.4], "intensity_scaler_inv_loss": [95.0, 60.0],
+                      "pred_intensity_loss": [-3.70e6, -3.7101e6], "loss": [-3.6999e6, -3.71004e6]}
+    text = render_report(record, generated_at="now")
+    section = text[text.index("### Loss Composition"):text.index("### Intensity Scale Comparison")]
+    shares = re.findall(r"\| (-?[\d.]+)% \| No \|", section)
+    assert len(shares) == 3 and all(float(share) >= 0 for share in shares), shares
+    assert "-0.0%" not in section
+    assert "**Dominant loss term** (moved the loss most): `pred_intensity_loss`" in section
+    # 10100 / 35 of the weighted changes, not 3.7101e6 / 60 of the values (which rests on the dropped constant).
+    assert "of the weighted changes: 288.6×" in section
+    record.history = {name: [v - 1e6 for v in values] if name in ("pred_intensity_loss", "loss") else values
+                      for name, values in record.history.items()}
+    shifted = render_report(record, generated_at="now")
+    shifted = shifted[shifted.index("### Loss Composition"):shifted.index("### Intensity Scale Comparison")]
+    assert re.findall(r"\| (-?[\d.]+)% \| No \|", shifted) == shares
+    assert "of the weighted changes: 288.6×" in shifted
+
+
+def test_loss_shares_need_two_epochs():
+    record = good_record()
+    record.history = {name: values[:1] for name, values in record.history.items()}
+    text = render_report(record, generated_at="now")
+    assert "| `pred_intensity_loss` | 7.000 | 7.000 | 1.000 | 7.000 | n/a (undefined) | n/a (needs two epochs) | No |" \
+        in text
+    assert "**Dominant loss term:** n/a (needs two epochs)" in text
 
 
 def test_nonfinite_stats_from_a_sloppy_callback_print_as_na():
