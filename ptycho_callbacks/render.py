@@ -4,11 +4,14 @@
 (`ptycho-callbacks report`, in `ptycho_callbacks.cli`). It uses numpy only
 (through `ptycho_callbacks.stats`).
 
-Formatting rule: every number goes through `fmt`; a value that is undefined
-(None, or non-finite where a number is meant) prints as `n/a` plus a short
-reason, never as a made-up number or as "nan"/"inf". The only exceptions are
-measured non-finite values (a loss that really was NaN), which `fmt_measured`
-prints as `NaN`, `+Inf` or `-Inf`.
+Formatting rule: every number goes through `fmt`, which keeps 4 significant
+digits at any magnitude (`significant`: fixed notation from 1e-3 to 1e5,
+scientific outside; exact zero prints as `0`), so no value that is not zero
+prints as `0.000`; counts print as integers (`"%d"`). A value that is
+undefined (None, or non-finite where a number is meant) prints as `n/a` plus
+a short reason, never as a made-up number or as "nan"/"inf". The only
+exceptions are measured non-finite values (a loss that really was NaN), which
+`fmt_measured` prints as `NaN`, `+Inf` or `-Inf`.
 """
 
 from __future__ import annotations
@@ -44,15 +47,40 @@ NA = "n/a"
 
 
 # ---------------------------------------------------------------- formatting
-def fmt(value: Any, spec: str = "%.3f", reason: str | None = None) -> str:
-    """`spec % value` for a finite number, else `n/a` (plus `(reason)` if given)."""
+SIGNIFICANT_DIGITS = 4
+"""Significant digits of every non-integer number in the report."""
+
+FIXED_EXPONENTS = (-3, 5)
+"""Numbers of magnitude 10^-3 <= |x| < 10^5 (after rounding) print in fixed notation, others in scientific."""
+
+
+def significant(number: float, digits: int = SIGNIFICANT_DIGITS) -> str:
+    """`number` with `digits` significant digits: `0.5770`, `988.2`, `2996`, `1.234e-05`, `-3.930e+06`.
+
+    Fixed notation for magnitudes 10^-3 <= |x| < 10^5 (`FIXED_EXPONENTS`;
+    a number of 10^4 or more shows all five integer digits), scientific
+    outside; exact zero (also -0.0) is `0`. A number that is not zero never
+    prints as zero.
+    """
+    if number == 0:
+        return "0"
+    scientific = f"{number:.{digits - 1}e}"
+    exponent = int(scientific.split("e")[1])  # after rounding: 999.99999 counts as 1.000e+03
+    if FIXED_EXPONENTS[0] <= exponent < FIXED_EXPONENTS[1]:
+        return f"{number:.{max(digits - 1 - exponent, 0)}f}"
+    return scientific
+
+
+def fmt(value: Any, spec: str | None = None, reason: str | None = None, suffix: str = "") -> str:
+    """A finite number as `significant(value)` (or `spec % value`, e.g. `"%d"` for counts) plus `suffix`;
+    anything else as `n/a` (plus `(reason)` if given)."""
     number = None if isinstance(value, bool) else stats.finite_or_none(value)
     if number is None:
         return NA if reason is None else f"{NA} ({reason})"
-    return spec % number
+    return (significant(number) if spec is None else spec % number) + suffix
 
 
-def fmt_measured(value: Any, spec: str = "%.3f", reason: str = "not logged") -> str:
+def fmt_measured(value: Any, spec: str | None = None, reason: str = "not logged") -> str:
     """Like `fmt`, but a measured non-finite value prints as `NaN`, `+Inf` or `-Inf`."""
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
@@ -232,7 +260,7 @@ def _loss_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
     else:
         total_final = fmt(total["final"])
     lr = composition["learning_rate"]
-    lr_line = (f"last={fmt(lr['last'], '%.6f')} (min={fmt(lr['min'], '%.6f')}, max={fmt(lr['max'], '%.6f')})"
+    lr_line = (f"last={fmt(lr['last'])} (min={fmt(lr['min'])}, max={fmt(lr['max'])})"
                if lr else f"{NA} (not logged)")
     lines = [
         "### Loss Composition", "", *_spec_line(refs["loss"]),
@@ -244,7 +272,7 @@ def _loss_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
     ]
     rows = []
     for c in composition["components"]:
-        share = fmt(100.0 * c["share"], "%.1f%%") if c["share"] is not None else f"{NA} ({c['share_reason']})"
+        share = fmt(100.0 * c["share"], suffix="%") if c["share"] is not None else f"{NA} ({c['share_reason']})"
         rows.append([f"`{c['name']}`", fmt(c["first"], reason="not finite"), fmt_measured(c["final_raw"]),
                      fmt(c["weight"], reason="unknown"), fmt(c["weighted"]),
                      fmt(c["change"], reason="undefined"), share, "Yes" if c["has_nan"] else "No"])
@@ -260,7 +288,7 @@ def _loss_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
         lines.append(f"**Dominant loss term** (moved the loss most): `{dominant['name']}`")
         if dominant["next"]:
             lines.append(f"  - Dominance ratio vs next (`{dominant['next']}`), of the weighted changes: "
-                         f"{fmt(dominant['ratio_vs_next'], '%.1f×', reason=dominant['ratio_reason'])}")
+                         f"{fmt(dominant['ratio_vs_next'], reason=dominant['ratio_reason'], suffix='×')}")
     else:
         lines.append(f"**Dominant loss term:** {NA} ({composition['dominant_reason']})")
     if composition["inactive"]:
@@ -281,14 +309,14 @@ def _intensity_scale_section(record: RunRecord, refs: Mapping[str, str]) -> list
         "2. **Closed-form fallback:** `s ≈ sqrt(nphotons) / (N/2)`",
         "",
         f"If the dataset-derived scale differs significantly from the fallback value "
-        f"({fmt(comparison['fallback'], '%.2f', 'needs nphotons and N')}), this indicates the actual "
+        f"({fmt(comparison['fallback'], reason='needs nphotons and N')}), this indicates the actual "
         "data statistics differ from the assumed model.",
         "",
     ]
     rows = [
         ["Dataset-derived scale", fmt(comparison["dataset"], reason="needs nphotons and E_batch")],
         ["Fallback scale", fmt(comparison["fallback"], reason="needs nphotons and N")],
-        ["nphotons", fmt(config.get("nphotons"), "%.0f", "not recorded")],
+        ["nphotons", fmt(config.get("nphotons"), reason="not recorded")],
         ["N (patch size)", fmt(config.get("N"), "%d", "not recorded")],
         ["E_batch[Σ\\|Ψ\\|²]", fmt(config.get("e_batch_intensity"), reason="not recorded")],
         ["Delta (dataset - fallback)", fmt(comparison["delta"], reason="undefined")],
@@ -300,7 +328,7 @@ def _intensity_scale_section(record: RunRecord, refs: Mapping[str, str]) -> list
         lines += [
             f"⚠️ **Dataset vs fallback scale mismatch:** ratio={fmt(comparison['ratio'])} indicates that "
             f"the actual mean intensity per sample ({fmt(config.get('e_batch_intensity'))}) differs from "
-            f"the assumed (N/2)² = {fmt(comparison['assumed_intensity'], '%g')}.",
+            f"the assumed (N/2)² = {fmt(comparison['assumed_intensity'])}.",
             f"   - {comparison['sentence']}",
         ]
     elif direction == "consistent":
@@ -532,12 +560,11 @@ def _failure_step(record: RunRecord) -> int | None:
 
 def _moved_line(entry: Mapping) -> str:
     label = _PHYSICS_LABELS[entry["measure"]]
-    spec = "%.3f" if entry["measure"] == "photon_budget" else "%.4f"
     if entry["moved"] is None:
-        values = f"{fmt(entry['last'], spec, 'no evaluation')}, moved: {NA} ({entry['reason']})"
+        values = f"{fmt(entry['last'], reason='no evaluation')}, moved: {NA} ({entry['reason']})"
     else:
         verdict = "⚠️ moved" if entry["moved"] else "steady"
-        values = f"{fmt(entry['first'], spec)} → {fmt(entry['last'], spec)}: {verdict}"
+        values = f"{fmt(entry['first'])} → {fmt(entry['last'])}: {verdict}"
     if entry["measure"] == "nonpositive_fraction" and (entry["last"] or 0) > 0:
         values += "; ⚠️ above 0: the Poisson NLL's log is -Inf at those pixels"
     return f"- {label}: {values}"
@@ -558,8 +585,8 @@ def _physics_section(record: RunRecord) -> list[str]:
         rows.append([
             fmt(evaluation.get("epoch"), "%d", "not recorded"), fmt(step, "%d", "not recorded"),
             *(fmt(budget.get(key), reason=budget.get("reason") or "not recorded") for key in ("mean", "p05", "p95")),
-            fmt(nonpositive.get("fraction"), "%.4f", nonpositive.get("reason") or "not recorded"),
-            fmt(saturation.get("fraction"), "%.4f", saturation.get("reason") or "not recorded"),
+            fmt(nonpositive.get("fraction"), reason=nonpositive.get("reason") or "not recorded"),
+            fmt(saturation.get("fraction"), reason=saturation.get("reason") or "not recorded"),
             "after the failure" if after else "",
         ])
     lines = [
@@ -645,14 +672,14 @@ def forensics_lines(forensics: Mapping) -> list[str]:
     components = forensics.get("loss_components") or {}
     if components:
         lines += [""] + _table(["Component", "Loss", "Weight", "Value", "Non-finite samples"], "llrrl", [
-            [f"`{name}`", f"`{c.get('loss')}`", fmt(c.get("weight"), "%g", "unknown"),
-             fmt(c.get("value"), "%.6g", "not finite"), str(c.get("samples") or "none")]
+            [f"`{name}`", f"`{c.get('loss')}`", fmt(c.get("weight"), reason="unknown"),
+             fmt(c.get("value"), reason="not finite"), str(c.get("samples") or "none")]
             for name, c in components.items()])
     norms = forensics.get("gradient_norms") or []
     if norms:
         lines += ["", "Gradient norms per layer at the failing step:", ""]
         lines += _table(["Layer", "Gradient norm"], "lr",
-                        [[f"`{n.get('layer')}`", fmt(n.get("norm"), "%.4g", "not finite")] for n in norms])
+                        [[f"`{n.get('layer')}`", fmt(n.get("norm"), reason="not finite")] for n in norms])
     return lines + [""]
 
 
