@@ -29,10 +29,10 @@ from ptycho_callbacks.record import (
     RunRecord,
 )
 
-_CORE_SPEC = "specs/spec-ptycho-core.md §Normalization Invariants"
-_WORKFLOW_SPEC = "specs/spec-ptycho-workflow.md §Loss and Optimization"
+_CORE_SPEC = "spec-ptycho-core.md §Normalization Invariants"
+_WORKFLOW_SPEC = "spec-ptycho-workflow.md §Loss and Optimization"
 
-DEFAULT_SPEC_REFS = {
+SPEC_FILES = {
     "report": _CORE_SPEC,
     "loss": _WORKFLOW_SPEC,
     "intensity_scale": _CORE_SPEC,
@@ -41,7 +41,26 @@ DEFAULT_SPEC_REFS = {
     "stage_ratios": _CORE_SPEC,
     "invariant": _CORE_SPEC,
 }
-"""Spec-reference texts per report section; override with `spec_refs=` or `config["spec_refs"]`."""
+"""The PtychoPINN specification (file and section) each report section cites, without the folder."""
+
+DEFAULT_SPEC_PREFIX = "docs/specs/"
+"""The folder of PtychoPINN's specifications in its repository (main branch); `spec_prefix=` changes it."""
+
+
+def spec_refs_for(prefix: str | None = None) -> dict:
+    """{report section: spec reference} with the specifications under `prefix` (default `docs/specs/`).
+
+    A prefix without a trailing "/" gets one; "" cites the bare file names.
+    """
+    prefix = DEFAULT_SPEC_PREFIX if prefix is None else str(prefix)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return {section: prefix + ref for section, ref in SPEC_FILES.items()}
+
+
+DEFAULT_SPEC_REFS = spec_refs_for()
+"""Spec-reference texts per report section; change the folder with `spec_prefix=`, any text with
+`spec_refs=` or a record's `config["spec_refs"]`."""
 
 NA = "n/a"
 
@@ -715,13 +734,14 @@ def _safe_record(record: RunRecord) -> RunRecord:
                                           for field in dataclasses.fields(record)})
 
 
-def render_scenario(record: RunRecord, spec_refs: Mapping[str, str] | None = None) -> str:
+def render_scenario(record: RunRecord, spec_refs: Mapping[str, str] | None = None,
+                    spec_prefix: str | None = None) -> str:
     """The per-scenario part of the report for one record (Markdown; its text escaped by `markdown_safe`)."""
-    return _scenario_markdown(_safe_record(record), markdown_safe(spec_refs))
+    return _scenario_markdown(_safe_record(record), markdown_safe(spec_refs), markdown_safe(spec_prefix))
 
 
-def _scenario_markdown(record: RunRecord, spec_refs: Mapping[str, str] | None) -> str:
-    refs = {**DEFAULT_SPEC_REFS, **(spec_refs or {}), **(record.config.get("spec_refs") or {})}
+def _scenario_markdown(record: RunRecord, spec_refs: Mapping[str, str] | None, spec_prefix: str | None = None) -> str:
+    refs = {**spec_refs_for(spec_prefix), **(spec_refs or {}), **(record.config.get("spec_refs") or {})}
     lines = [
         *_scenario_header(record),
         *_nan_event_section(record),
@@ -747,6 +767,7 @@ def render_report(
     title: str = "Intensity Bias Summary",
     generated_at: str | None = None,
     spec_refs: Mapping[str, str] | None = None,
+    spec_prefix: str | None = None,
 ) -> str:
     """Render one or many records as one Markdown report.
 
@@ -754,8 +775,12 @@ def render_report(
         records: A `RunRecord` or a sequence of them (one scenario each).
         title: The report's top-level heading.
         generated_at: Timestamp to print; defaults to now (UTC, ISO-8601).
-        spec_refs: Overrides of `DEFAULT_SPEC_REFS` for every scenario; a
-            record's `config["spec_refs"]` overrides these for that scenario.
+        spec_refs: Overrides of the spec references (`DEFAULT_SPEC_REFS`'s
+            keys, full texts) for every scenario; a record's
+            `config["spec_refs"]` overrides these for that scenario.
+        spec_prefix: The folder of the cited specifications (`SPEC_FILES`),
+            `docs/specs/` by default as in PtychoPINN's main branch; e.g.
+            `"specs/"` for a checkout that keeps them at the top.
 
     Returns:
         The Markdown text, ending with a newline.
@@ -763,8 +788,8 @@ def render_report(
     if isinstance(records, RunRecord):
         records = [records]
     records = [_safe_record(record) for record in records]
-    spec_refs, title = markdown_safe(spec_refs), markdown_safe(title)
-    refs = {**DEFAULT_SPEC_REFS, **(spec_refs or {})}
+    spec_refs, title, spec_prefix = markdown_safe(spec_refs), markdown_safe(title), markdown_safe(spec_prefix)
+    refs = {**spec_refs_for(spec_prefix), **(spec_refs or {})}
     generated_at = generated_at or datetime.datetime.now(datetime.timezone.utc).isoformat()
     lines = [
         f"# {title}", "", *_spec_line(refs["report"]),
@@ -774,5 +799,5 @@ def render_report(
         *_comparison_table(records),
         "",
     ]
-    sections = [_scenario_markdown(record, spec_refs) for record in records]
+    sections = [_scenario_markdown(record, spec_refs, spec_prefix) for record in records]
     return "\n".join(lines + sections) + "\n"

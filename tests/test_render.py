@@ -332,6 +332,24 @@ def test_spec_refs_are_configurable():
     assert DEFAULT_SPEC_REFS["loss"] not in text
 
 
+def test_specs_are_cited_under_docs_specs_by_default_and_the_folder_is_configurable():
+    """PtychoPINN's main branch keeps its specifications under docs/specs/."""
+    text = render_report(good_record(), generated_at="now")
+    cited = re.findall(r"`([^`]*spec-ptycho-[a-z]+\.md)", text)
+    assert cited and all(path.startswith("docs/specs/") for path in cited), set(cited)
+    assert "**Spec Reference:** `docs/specs/spec-ptycho-workflow.md §Loss and Optimization`" in text
+    for prefix in ("specs", "specs/"):
+        moved = render_report(good_record(), generated_at="now", spec_prefix=prefix)
+        assert {path for path in re.findall(r"`([^`]*spec-ptycho-[a-z]+\.md)", moved)} == \
+            {"specs/spec-ptycho-core.md", "specs/spec-ptycho-workflow.md"}
+    bare = render_report(good_record(), generated_at="now", spec_prefix="")
+    assert "**Spec Reference:** `spec-ptycho-core.md §Normalization Invariants`" in bare
+    # An explicit reference still wins over the folder.
+    record = good_record()
+    record.config["spec_refs"] = {"loss": "docs/losses.md §Weights"}
+    assert "`docs/losses.md §Weights`" in render_report(record, generated_at="now", spec_prefix="specs")
+
+
 def test_untrained_log_scale_is_reported():
     record = good_record()
     record.log_scale.update(in_trainable_variables=False, moved=False, final=record.log_scale["initial"])

@@ -8,6 +8,7 @@ from ptycho_callbacks._keras import keras
 from ptycho_callbacks.callbacks import summary_report
 from ptycho_callbacks.callbacks.summary_report import SummaryReport
 from ptycho_callbacks.record import RunRecord
+from ptycho_callbacks.render import fmt
 
 import tensorboard_events
 
@@ -61,7 +62,7 @@ def slow_epochs(monkeypatch):
 def test_record_after_every_epoch_and_report_at_the_end(make_model, small_data, tmp_path, slow_epochs):
     run = str(tmp_path / "gs2")
     report = SummaryReport(run, config={"nphotons": 1e6, "N": 16, "gridsize": 2,
-                                        "e_batch_intensity": small_data.e_batch_intensity})
+                                        "e_batch_intensity": small_data.e_batch_intensity}, spec_prefix="pinn/specs")
     watcher = RecordOnDisk(os.path.join(run, "record.json"))
     history = make_model(SEED).fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8,
                                    epochs=3, verbose=0, callbacks=[slow_epochs, report, watcher])
@@ -81,8 +82,9 @@ def test_record_after_every_epoch_and_report_at_the_end(make_model, small_data, 
                    "### Normalization Invariant Check", "### Amplitude Bias", "### Phase Bias"):
         assert header in text
     assert "- Epochs trained: 3" in text
-    assert f"- Total loss (final): {history.history['loss'][-1]:.3f}" in text
-    assert "| Fallback scale | 125.000 |" in text  # sqrt(1e6) / (16 / 2)
+    assert f"- Total loss (final): {fmt(history.history['loss'][-1])}" in text
+    assert "| Fallback scale | 125.0 |" in text  # sqrt(1e6) / (16 / 2)
+    assert "**Spec Reference:** `pinn/specs/spec-ptycho-core.md §Normalization Invariants`" in text
 
     shown = tensorboard_events.texts(run)["report/summary"]
     assert len(shown) == 1 and "## Scenario: gs2" in shown[0][1]
