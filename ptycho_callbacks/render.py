@@ -127,6 +127,30 @@ def _code_list(names: Iterable[str]) -> str:
     return ", ".join(f"`{name}`" for name in names)
 
 
+_README_STAGES = "README §Stages and the probe"
+
+HINTS = {
+    "stages": "pass `stages=[{\"name\": ..., \"array\" or \"layer\" or \"fn\": ...}, ...]` to `default_callbacks` "
+              f"({_README_STAGES})",
+    "input_stage": "pass the input stages too, e.g. `stages=[{\"name\": \"container_X\", \"array\": X}, ...]` to "
+                   f"`default_callbacks` ({_README_STAGES})",
+    "truth": f"pass `probe=Probe(inputs, truth=...)` to `default_callbacks` ({_README_STAGES})",
+    "counts": "pass `probe=Probe(inputs, counts=...)` (the measured intensities of the probe batch) to "
+              f"`default_callbacks` ({_README_STAGES})",
+    "scale_config": "pass `config={\"nphotons\": ..., \"N\": ..., \"e_batch_intensity\": ...}` to "
+                    "`default_callbacks` (PtychoPINN: from `params.cfg` and `calculate_intensity_scale`)",
+    "log_scale": "name it: pass `options={\"IntensityScaleMonitor\": {\"log_scale_variable\": v}}` to "
+                 "`default_callbacks` (or `log_scale_variable=v` to `IntensityScaleMonitor`)",
+}
+"""What to pass to get a report section that had no data, by what was missing."""
+
+
+def _missing(title: str, what: str, hint: str | None, covers: str | None = None) -> list[str]:
+    """A section without data, as one line: what is missing and what to pass to get it."""
+    covered = f" ({covers})" if covers else ""
+    return [f"**{title}**{covered}: {NA} ({what})" + (f": {hint}" if hint else ""), ""]
+
+
 # ------------------------------------------------------------- record views
 def _nan_metrics(record: RunRecord) -> list[str]:
     """Logged metrics with a non-finite value, plus components of NaN events."""
@@ -159,7 +183,7 @@ def _scale_summary(record: RunRecord) -> dict:
 def _prediction_summary(record: RunRecord, key: str) -> tuple[dict, str | None]:
     """(summary dict, reason it has no numbers) for `scaling`/`amplitude_bias`/`phase_bias`."""
     if not record.prediction:
-        return {}, "no ground truth registered"
+        return {}, "no ground truth given"
     summary = record.prediction.get(key) or {}
     if not summary:
         return {}, "not computed"
@@ -271,6 +295,8 @@ def _other_findings(record: RunRecord) -> list[str]:
 
 def _loss_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
     composition = stats.loss_composition(record.history, record.config.get("loss_weights"))
+    if composition["total"]["final_raw"] is None and not composition["components"]:
+        return _missing("Loss Composition", "no epoch ended: the losses are recorded at each epoch end", None)
     total = composition["total"]
     if total["final_raw"] is None:
         total_final = f"{NA} (no `loss` logged)"
@@ -320,6 +346,9 @@ def _loss_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
 
 def _intensity_scale_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
     config = record.config
+    if all(config.get(key) is None for key in ("nphotons", "N", "e_batch_intensity")):
+        return _missing("Intensity Scale Comparison", "no nphotons, N or e_batch_intensity recorded",
+                        HINTS["scale_config"])
     comparison = stats.compare_scales(config.get("nphotons"), config.get("N"), config.get("e_batch_intensity"))
     lines = [
         "### Intensity Scale Comparison", "", *_spec_line(refs["intensity_scale"]),
@@ -381,7 +410,18 @@ def _scaler_state_section(record: RunRecord, refs: Mapping[str, str]) -> list[st
     found = bool(log_scale.get("found"))
     state = stats.log_scale_state(log_scale.get("final"), config.get("intensity_scale"),
                                   log_scale.get("declared_trainable"), config.get("intensity_scale_trainable"))
-    missing = None if found else "no log_scale found"
+    findings = _findings_section([f for f in record.findings if str(f.get("code", "")).startswith("log_scale")])
+    note = [f"- Note: {log_scale['note']}"] if log_scale.get("note") else []
+    configured = (f"configured intensity_scale {fmt(state['configured_scale'], reason='not recorded')}, "
+                  f"trainable {fmt_flag(state['configured_trainable'], 'not recorded')}")
+    if "found" not in log_scale:  # no IntensityScaleMonitor watched this run
+        return [f"**IntensityScaler State**: {NA} (log_scale was not watched; {configured}): add "
+                "`IntensityScaleMonitor` (`default_callbacks` does)", *note, *findings, ""]
+    if not found:
+        how = f" ({log_scale['how_found']})" if log_scale.get("how_found") else ""
+        return [f"**IntensityScaler State:** ⚠️ **No `log_scale` variable found**{how}: the trained scale cannot "
+                f"be reported; {configured}. {HINTS['log_scale'][0].upper()}{HINTS['log_scale'][1:]}.",
+                *note, *findings, ""]
     lines = [
         "### IntensityScaler State", "", *_spec_line(refs["scaler_state"]),
         "Per the architecture, `IntensityScaler` and `IntensityScaler_inv` layers use a shared "
@@ -392,39 +432,41 @@ def _scaler_state_section(record: RunRecord, refs: Mapping[str, str]) -> list[st
     ]
     name = log_scale.get("variable_name")
     rows = [
-        ["variable", f"`{name}`" if name else f"{NA} ({missing or 'unnamed'})"],
-        ["log_scale initial (raw)", fmt(log_scale.get("initial"), reason=missing or "not recorded")],
-        ["log_scale (raw)", fmt(state["raw"], reason=missing or "not recorded")],
-        ["exp(log_scale)", fmt(state["exp"], reason=missing or "not recorded")],
-        ["trainable (declared)", fmt_flag(state["trainable"], missing or "unknown")],
-        ["in model.trainable_variables", fmt_flag(log_scale.get("in_trainable_variables"), missing or "unknown")],
-        ["moved during training", fmt_flag(log_scale.get("moved"), missing or "unknown")],
-        ["shared by both scaler layers", fmt_flag(log_scale.get("shared"), missing or "unknown")],
+        ["variable", f"`{name}`" if name else f"{NA} (unnamed)"],
+        ["log_scale initial (raw)", fmt(log_scale.get("initial"), reason="not recorded")],
+        ["log_scale (raw)", fmt(state["raw"], reason="not recorded")],
+        ["exp(log_scale)", fmt(state["exp"], reason="not recorded")],
+        ["trainable (declared)", fmt_flag(state["trainable"], "unknown")],
+        ["in model.trainable_variables", fmt_flag(log_scale.get("in_trainable_variables"), "unknown")],
+        ["moved during training", fmt_flag(log_scale.get("moved"), "unknown")],
+        ["shared by both scaler layers", fmt_flag(log_scale.get("shared"), "unknown")],
         ["config intensity_scale", fmt(state["configured_scale"], reason="not recorded")],
         ["config trainable", fmt_flag(state["configured_trainable"], "not recorded")],
         ["delta (exp - cfg)", fmt(state["delta"], reason="undefined")],
         ["ratio (exp / cfg)", fmt(state["ratio"], reason="undefined")],
     ]
     lines += _table(["Property", "Value"], "lr", rows) + [""]
-    if found:
-        lines.append(f"- Found via: {log_scale.get('how_found') or NA}")
-        lines.append(_log_scale_verdict(log_scale))
-    else:
-        how = f" ({log_scale['how_found']})" if log_scale.get("how_found") else ""
-        lines.append(f"⚠️ **No `log_scale` variable found**{how}: the trained scale cannot be reported. "
-                     "Name it explicitly: pass `log_scale_variable=...` to `IntensityScaleMonitor`.")
-    if log_scale.get("note"):
-        lines.append(f"- Note: {log_scale['note']}")
-    lines += _findings_section([f for f in record.findings if str(f.get("code", "")).startswith("log_scale")])
-    return lines + [""]
+    lines.append(f"- Found via: {log_scale.get('how_found') or NA}")
+    lines.append(_log_scale_verdict(log_scale))
+    return lines + note + findings + [""]
+
+
+def _canvas_line(record: RunRecord) -> list[str]:
+    canvas = record.config.get("canvas")
+    if not canvas:
+        return []
+    return [f"- Inference canvas: padded={fmt(canvas.get('padded'), '%d', 'not recorded')} "
+            f"required={fmt(canvas.get('required'), '%d', 'not recorded')} "
+            f"fits_canvas={fmt_flag(canvas.get('fits'), 'not recorded')}"]
 
 
 def _container_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
-    lines = ["### Training Container X Stats", ""]
     stage = _container_stage(record)
     if stage is None:
-        lines += [f"- {NA} (no input stage recorded)", ""]
+        lines = _missing("Training Container X Stats", "no input stage was given, only the model's",
+                         HINTS["input_stage"])[:-1]
     else:
+        lines = ["### Training Container X Stats", ""]
         s = stage.get("stats") or {}
         reason = "no finite value"
         rows = [
@@ -440,11 +482,7 @@ def _container_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
             ["inf_count", fmt(s.get("inf_count"), "%d", "not recorded")],
         ]
         lines += _table(["Metric", "Value"], "lr", rows) + [""]
-    canvas = record.config.get("canvas")
-    if canvas:
-        lines.append(f"- Inference canvas: padded={fmt(canvas.get('padded'), '%d', 'not recorded')} "
-                     f"required={fmt(canvas.get('required'), '%d', 'not recorded')} "
-                     f"fits_canvas={fmt_flag(canvas.get('fits'), 'not recorded')}")
+    lines += _canvas_line(record)
     means = _stage_means(record)
     drop = stats.largest_drop(means)
     if drop:
@@ -460,6 +498,15 @@ def _container_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
     return lines + [""]
 
 
+def _stage_group(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
+    """Container X, stage means and ratios, the invariant; one line when no stage was given."""
+    if not record.stages:
+        return [*_missing("Data-path stages", "no data-path stages were given", HINTS["stages"],
+                          "container X stats, stage means and ratios, normalization invariant, stage stats")[:-1],
+                *_canvas_line(record), ""]
+    return _container_section(record, refs) + _stage_sections(record, refs)
+
+
 def _stage_sections(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
     transitions = stats.stage_ratios(_stage_means(record))
     check = stats.invariant_check(transitions)
@@ -467,6 +514,9 @@ def _stage_sections(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
     lines += _table(["Stage", "Mean"], "lr",
                     [[_stage_label(s), fmt((s.get("stats") or {}).get("mean"), reason="no finite value")]
                      for s in record.stages]) + [""]
+    if not transitions:
+        return lines + _missing("Stage Ratios and Normalization Invariant", "one stage recorded: they need two",
+                                HINTS["stages"])
     lines += ["### Stage Ratios", "",
               f"Per `{refs['stage_ratios']}`: normalized→prediction and prediction→truth deltas indicate "
               "where amplitude collapses in the pipeline.", ""]
@@ -506,6 +556,15 @@ def _stage_sections(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
 
 def _mode_label(mode: str) -> str:
     return mode.replace("_", " ").capitalize()
+
+
+def _prediction_group(record: RunRecord) -> list[str]:
+    """Scaling, amplitude and phase bias against the truth; one line when no truth was given."""
+    if not record.prediction:
+        return _missing("Prediction ↔ Truth", "no ground truth was given", HINTS["truth"],
+                        "scaling, amplitude bias, phase bias")
+    return [*_scaling_section(record), *_bias_section(record, "amplitude_bias", "Amplitude Bias"),
+            *_bias_section(record, "phase_bias", "Phase Bias")]
 
 
 def _scaling_section(record: RunRecord) -> list[str]:
@@ -592,7 +651,8 @@ def _moved_line(entry: Mapping) -> str:
 def _physics_section(record: RunRecord) -> list[str]:
     """Physics health over the evaluations, and which measure moved before a failure."""
     if not record.physics:
-        return []
+        return _missing("Physics Health", "no probe batch with measured counts was given", HINTS["counts"],
+                        "photon budget, predicted intensities ≤ 0, saturation")
     failure = _failure_step(record)
     rows = []
     for evaluation in record.physics:
@@ -751,12 +811,9 @@ def _scenario_markdown(record: RunRecord, spec_refs: Mapping[str, str] | None, s
         *_physics_section(record),
         *_intensity_scale_section(record, refs),
         *_scaler_state_section(record, refs),
-        *_container_section(record, refs),
-        *_stage_sections(record, refs),
-        *_scaling_section(record),
-        *_bias_section(record, "amplitude_bias", "Amplitude Bias"),
-        *_bias_section(record, "phase_bias", "Phase Bias"),
-        *_stage_stats_section(record),
+        *_stage_group(record, refs),
+        *_prediction_group(record),
+        *(_stage_stats_section(record) if record.stages else []),
         "---",
     ]
     return "\n".join(lines)

@@ -18,7 +18,7 @@ SCENARIO_HEADERS = [
     "## Scenario: {name}",
     "### Loss Composition",
     "### Intensity Scale Comparison",
-    "### IntensityScaler State",
+    "IntensityScaler State",  # a heading, or one line when no log_scale was found
     "### Training Container X Stats",
     "### Stage Means",
     "### Stage Ratios",
@@ -82,6 +82,7 @@ def nan_record():
     nan_stage["stats"].update(mean=None, std=None, min=None, max=None, nan_count=8)
     return RunRecord(
         scenario="gs2_nan", status="stopped_nan",
+        log_scale={"found": False, "how_found": None},
         config={"nphotons": 1e9, "N": 64, "intensity_scale": 988.212},
         history={"loss": [5.0, math.nan], "pred_intensity_loss": [4.0, -math.inf], "val_loss": [math.nan]},
         nan_events=[{"epoch": 1, "batch": 2, "step": 6, "phase": "train",
@@ -225,8 +226,9 @@ def test_nan_scenario_key_lines(report):
         "| Dataset-derived scale | n/a (needs nphotons and E_batch) |",
         "| E_batch[Σ\\|Ψ\\|²] | n/a (not recorded) |",
         "⚠️ **No `log_scale` variable found**",
-        "pass `log_scale_variable=...` to `IntensityScaleMonitor`",
-        "| exp(log_scale) | n/a (no log_scale found) |",
+        "the trained scale cannot be reported; configured intensity_scale 988.2, trainable n/a (not recorded). "
+        "Name it: pass `options={\"IntensityScaleMonitor\": {\"log_scale_variable\": v}}` to `default_callbacks` "
+        "(or `log_scale_variable=v` to `IntensityScaleMonitor`).",
         "| stage | `raw_diffraction` |",
         "| Raw diffraction → Prediction | n/a (mean of prediction undefined) |",
         "**Full chain product (raw→truth):** n/a (undefined ratio:",
@@ -359,12 +361,46 @@ def test_untrained_log_scale_is_reported():
     assert "its value never moved" in render_report(record, generated_at="now")
 
 
-def test_record_without_truth_or_history():
+def test_sections_without_data_are_one_line_saying_what_to_pass():
+    """A bare record (no stages, no truth, no probe, no config) gives one line per missing part, no empty tables."""
     text = render_report(RunRecord(scenario="bare"), generated_at="now")
-    assert "### Prediction ↔ Truth Scaling\n* n/a (no ground truth registered)" in text
-    assert "- Total loss (final): n/a (no `loss` logged)" in text
-    assert "- **Largest drop:** n/a (fewer than two stages recorded)" in text
+    scenario = scenario_text(text, "bare")
+    assert [line for line in scenario.splitlines() if line.startswith("|")] == []  # no table at all
+    assert [line for line in scenario.splitlines() if line.startswith("###")] == []
+    expected = [
+        "**Loss Composition**: n/a (no epoch ended: the losses are recorded at each epoch end)",
+        "**Data-path stages** (container X stats, stage means and ratios, normalization invariant, stage stats): "
+        "n/a (no data-path stages were given): pass `stages=[{\"name\": ..., \"array\" or \"layer\" or \"fn\": ...}, "
+        "...]` to `default_callbacks` (README §Stages and the probe)",
+        "**Prediction ↔ Truth** (scaling, amplitude bias, phase bias): n/a (no ground truth was given): pass "
+        "`probe=Probe(inputs, truth=...)` to `default_callbacks` (README §Stages and the probe)",
+        "**Physics Health** (photon budget, predicted intensities ≤ 0, saturation): n/a (no probe batch with measured "
+        "counts was given): pass `probe=Probe(inputs, counts=...)` (the measured intensities of the probe batch) to "
+        "`default_callbacks` (README §Stages and the probe)",
+        "**Intensity Scale Comparison**: n/a (no nphotons, N or e_batch_intensity recorded): pass "
+        "`config={\"nphotons\": ..., \"N\": ..., \"e_batch_intensity\": ...}` to `default_callbacks`",
+        "**IntensityScaler State**: n/a (log_scale was not watched; configured intensity_scale n/a (not recorded), "
+        "trainable n/a (not recorded)): add `IntensityScaleMonitor` (`default_callbacks` does)",
+    ]
+    assert_lines_present(scenario, expected)
+    assert len(scenario.splitlines()) < 25
     assert leaked_nonfinite_cells(text) == []
+
+
+def test_a_probe_with_truth_but_no_input_stage_collapses_only_the_container_section():
+    record = good_record()
+    record.stages = [s for s in record.stages if s["name"] in ("prediction", "truth")]
+    text = scenario_text(render_report(record, generated_at="now"), "gs2_good")
+    assert ("**Training Container X Stats**: n/a (no input stage was given, only the model's): pass the input "
+            "stages too, e.g. `stages=[{\"name\": \"container_X\", \"array\": X}, ...]`") in text
+    assert "### Training Container X Stats" not in text
+    assert "| Prediction → Truth | 6.000 | 6.000 |" in text  # the stages that exist are still shown
+    assert "### Amplitude Bias" in text
+    one = good_record()
+    one.stages = one.stages[:1]
+    text = scenario_text(render_report(one, generated_at="now"), "gs2_good")
+    assert "**Stage Ratios and Normalization Invariant**: n/a (one stage recorded: they need two)" in text
+    assert "### Normalization Invariant Check" not in text
 
 
 @pytest.mark.parametrize("value, spec, reason, expected", [
