@@ -264,6 +264,15 @@ def _scenario_header(record: RunRecord) -> list[str]:
     ]
 
 
+STEP_WORDING = (
+    "Epoch and batch are indices from 0, as Keras passes them to callbacks (its progress bar counts from 1). "
+    "Step counts the train steps done, the failing one included, on from the optimizer's step count when the "
+    "fit began (0 for a fresh model): step 7 is the 7th step done, as on the x axis of the per-batch "
+    "TensorBoard series."
+)
+"""What the numbers of a NaN event count (`nan/events.py` keeps them so), said once under its table."""
+
+
 def _nan_event_section(record: RunRecord) -> list[str]:
     if not record.nan_events:
         return []
@@ -278,9 +287,9 @@ def _nan_event_section(record: RunRecord) -> list[str]:
         pairs(e.get("values"), measured=True), pairs(e.get("last_finite"), measured=False),
         fmt_flag(e.get("weights_restored")), _code_list(e.get("nonfinite_weights", [])) or "none",
     ] for e in record.nan_events]
-    headers = ["Epoch", "Batch", "Global step", "Phase", "First non-finite", "Values",
+    headers = ["Epoch (0-based)", "Batch (0-based)", "Step", "Phase", "First non-finite", "Values",
                "Last finite values", "Weights restored", "Non-finite weights"]
-    return ["### NaN Event", "", *_table(headers, "rrrllllll", rows), ""]
+    return ["### NaN Event", "", *_table(headers, "rrrllllll", rows), "", STEP_WORDING, ""]
 
 
 def _findings_section(findings: Sequence[Mapping]) -> list[str]:
@@ -673,14 +682,15 @@ def _physics_section(record: RunRecord) -> list[str]:
         "On the probe batch: the photon budget is Σ predicted intensity / Σ measured counts per pattern "
         "(1 when the model conserves photons); predicted intensities ≤ 0 make the Poisson NLL's log -Inf "
         "or NaN; a saturated amplitude head passes no gradient.", "",
-        *_table(["Epoch", "Step", "Budget mean", "Budget p05", "Budget p95", "I_pred ≤ 0", "Amp. saturation",
-                 "Note"], "rrrrrrrl", rows),
+        *_table(["Epochs completed", "Step (train steps done)", "Budget mean", "Budget p05", "Budget p95",
+                 "I_pred ≤ 0", "Amp. saturation", "Note"], "rrrrrrrl", rows),
         "",
     ]
     if failure is None:
         return lines
     moved = physics.moved_before(record.physics, failure)
-    lines += [f"**Early warnings before the failure (step {failure})**, first → last evaluation before it:", ""]
+    lines += [f"**Early warnings before the failure** (at step {failure}, the failing train step), first → last "
+              "evaluation before it:", ""]
     lines += [_moved_line(entry) for entry in moved] + [""]
     names = [_PHYSICS_LABELS[e["measure"]].split(" (")[0].lower() for e in moved if e["moved"]]
     if names:

@@ -162,7 +162,9 @@ def test_report_has_physics_table_and_which_measure_moved_before_the_failure():
     assert rows[3].endswith("| after the failure |") and "n/a (prediction not finite)" in rows[3]
     assert "nan" not in rows[3].replace("n/a (prediction not finite)", "").replace(
         "n/a (no finite predicted intensity)", "").lower()
-    assert "**Early warnings before the failure (step 10)**" in text
+    assert "**Early warnings before the failure** (at step 10, the failing train step)" in text
+    assert "| Epochs completed | Step (train steps done) | Budget mean |" in text
+    assert "(0-based; step" not in text
     assert "- Photon budget (mean Σ predicted / Σ measured): 1.000 → 0.5000: ⚠️ moved" in text
     assert ("- Fraction of predicted intensities ≤ 0: 0 → 0.005000: steady; ⚠️ above 0: the Poisson NLL's "
             "log is -Inf at those pixels") in text

@@ -127,6 +127,27 @@ def test_a_run_that_dies_leaves_its_record(make_model, small_data, tmp_path, slo
     assert not [name for name in os.listdir(run) if name.startswith(".") or name.endswith(".tmp")]
 
 
+def test_a_failed_fit_says_what_its_epoch_and_step_count(make_model, small_data, tmp_path):
+    from ptycho_callbacks.callbacks.fit_exceptions import finish_on_exception
+
+    class Boom(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("user code failed")
+
+    run = str(tmp_path / "fails")
+    model = make_model(SEED)
+    finish_on_exception(model)
+    with pytest.raises(RuntimeError, match="user code failed"):
+        model.fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8, epochs=4, verbose=0,
+                  callbacks=[SummaryReport(run), Boom()])
+    record = RunRecord.load(os.path.join(run, "record.json"))
+    (finding,) = [f for f in record.findings if f["code"] == "training_failed"]
+    # 16 samples in batches of 8: the second epoch (index 1) ends after 4 optimizer steps.
+    assert finding["message"].startswith("Training was failed in epoch 1 (index from 0) with 4 optimizer steps done "
+                                         "(`optimizer.iterations`) by RuntimeError: user code failed")
+
+
 def test_needs_a_directory():
     with pytest.raises(ValueError, match="log_dir"):
         SummaryReport(None)

@@ -131,7 +131,8 @@ class SummaryReport(RecordingCallback):
             step = optimizer_step(self.model)
             self.record.add_finding(
                 "warning", f"training_{status}",
-                f"Training was {status} at epoch {self.epoch}, step {step} by "
+                f"Training was {status} in epoch {self.epoch} (index from 0) with {step} optimizer steps done "
+                f"(`optimizer.iterations`) by "
                 f"{type(error).__name__}: {error}".rstrip(": ") + "; the record holds everything up to there.",
                 step=step)
             self.record.status = status
