@@ -267,8 +267,7 @@ def _scenario_header(record: RunRecord) -> list[str]:
 STEP_WORDING = (
     "Epoch and batch are indices from 0, as Keras passes them to callbacks (its progress bar counts from 1). "
     "Step counts the train steps done, the failing one included, on from the optimizer's step count when the "
-    "fit began (0 for a fresh model): step 7 is the 7th step done, as on the x axis of the per-batch "
-    "TensorBoard series."
+    "fit began (0 for a fresh model), as on the x axis of the per-batch TensorBoard series"
 )
 """What the numbers of a NaN event count (`nan/events.py` keeps them so), said once under its table."""
 
@@ -289,7 +288,9 @@ def _nan_event_section(record: RunRecord) -> list[str]:
     ] for e in record.nan_events]
     headers = ["Epoch (0-based)", "Batch (0-based)", "Step", "Phase", "First non-finite", "Values",
                "Last finite values", "Weights restored", "Non-finite weights"]
-    return ["### NaN Event", "", *_table(headers, "rrrllllll", rows), "", STEP_WORDING, ""]
+    step = record.nan_events[0].get("step")
+    example = f": step {step} means {step} steps done, the last of them the failing one" if isinstance(step, int) else ""
+    return ["### NaN Event", "", *_table(headers, "rrrllllll", rows), "", STEP_WORDING + example + ".", ""]
 
 
 def _findings_section(findings: Sequence[Mapping]) -> list[str]:

@@ -481,7 +481,7 @@ def movement_shares(
         result["reason"] = "no weighted loss component"
         return result
     if missing:
-        result["reason"] = f"{', '.join(missing)}: no finite weighted value to compare"
+        result["reason"] = f"{', '.join(missing)} not finite at the first or the last value"
         return result
     with np.errstate(all="ignore"):
         moved = finite_or_none(sum(abs(np.float64(c)) for c in changes.values()))

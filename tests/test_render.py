@@ -220,7 +220,8 @@ def test_nan_scenario_key_lines(report):
         "| Epoch (0-based) | Batch (0-based) | Step | Phase |",
         "Epoch and batch are indices from 0, as Keras passes them to callbacks (its progress bar counts from 1). "
         "Step counts the train steps done, the failing one included, on from the optimizer's step count when the "
-        "fit began (0 for a fresh model): step 7 is the 7th step done",
+        "fit began (0 for a fresh model), as on the x axis of the per-batch TensorBoard series: step 6 means 6 "
+        "steps done, the last of them the failing one.",
         "| 1 | 2 | 6 | train | `pred_intensity_loss`, `loss` | `pred_intensity_loss`=-Inf, `loss`=NaN "
         "| `pred_intensity_loss`=4.000, `loss`=5.000 | True | `dense/kernel` |",
         "- Total loss (final): n/a (final value NaN: training went non-finite) (min=5.000, max=5.000)",
