@@ -392,6 +392,17 @@ def test_sections_without_data_are_one_line_saying_what_to_pass():
     assert leaked_nonfinite_cells(text) == []
 
 
+def test_the_readme_has_the_section_the_hints_point_to():
+    import os
+
+    from ptycho_callbacks.render import HINTS
+
+    readme = open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md"), encoding="utf-8").read()
+    sections = {match for hint in HINTS.values() for match in re.findall(r"README §([^)]+)\)", hint)}
+    assert sections == {"Stages and the probe"}
+    assert all(f"\n### {section}\n" in readme for section in sections)
+
+
 def test_a_probe_with_truth_but_no_input_stage_collapses_only_the_container_section():
     record = good_record()
     record.stages = [s for s in record.stages if s["name"] in ("prediction", "truth")]
