@@ -145,6 +145,6 @@ def run_demo(out_dir, config=None, callbacks_factory=suite_callbacks, verbose=1,
         atomic_write_text(summary, render_report(records))
         log(f"report comparing the scenarios: {os.path.abspath(summary)}")
     log(f"TensorBoard: `{tensorboard}`, then open http://localhost:6006: Custom Scalars holds the loss "
-        "components and log_scale on shared charts; Scalars, Images and Text (the report, NaN events) "
+        "components (one chart each, and their shares of the loss's movement) and log_scale; Scalars, Images and Text (the report, NaN events) "
         "hold the rest")
     return histories

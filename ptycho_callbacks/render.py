@@ -4,11 +4,14 @@
 (`ptycho-callbacks report`, in `ptycho_callbacks.cli`). It uses numpy only
 (through `ptycho_callbacks.stats`).
 
-Formatting rule: every number goes through `fmt`; a value that is undefined
-(None, or non-finite where a number is meant) prints as `n/a` plus a short
-reason, never as a made-up number or as "nan"/"inf". The only exceptions are
-measured non-finite values (a loss that really was NaN), which `fmt_measured`
-prints as `NaN`, `+Inf` or `-Inf`.
+Formatting rule: every number goes through `fmt`, which keeps 4 significant
+digits at any magnitude (`significant`: fixed notation from 1e-3 to 1e5,
+scientific outside; exact zero prints as `0`), so no value that is not zero
+prints as `0.000`; counts print as integers (`"%d"`). A value that is
+undefined (None, or non-finite where a number is meant) prints as `n/a` plus
+a short reason, never as a made-up number or as "nan"/"inf". The only
+exceptions are measured non-finite values (a loss that really was NaN), which
+`fmt_measured` prints as `NaN`, `+Inf` or `-Inf`.
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ from ptycho_callbacks.record import (
     RunRecord,
 )
 
-_CORE_SPEC = "specs/spec-ptycho-core.md §Normalization Invariants"
-_WORKFLOW_SPEC = "specs/spec-ptycho-workflow.md §Loss and Optimization"
+_CORE_SPEC = "spec-ptycho-core.md §Normalization Invariants"
+_WORKFLOW_SPEC = "spec-ptycho-workflow.md §Loss and Optimization"
 
-DEFAULT_SPEC_REFS = {
+SPEC_FILES = {
     "report": _CORE_SPEC,
     "loss": _WORKFLOW_SPEC,
     "intensity_scale": _CORE_SPEC,
@@ -38,21 +41,65 @@ DEFAULT_SPEC_REFS = {
     "stage_ratios": _CORE_SPEC,
     "invariant": _CORE_SPEC,
 }
-"""Spec-reference texts per report section; override with `spec_refs=` or `config["spec_refs"]`."""
+"""The PtychoPINN specification (file and section) each report section cites, without the folder."""
+
+DEFAULT_SPEC_PREFIX = "docs/specs/"
+"""The folder of PtychoPINN's specifications in its repository (main branch); `spec_prefix=` changes it."""
+
+
+def spec_refs_for(prefix: str | None = None) -> dict:
+    """{report section: spec reference} with the specifications under `prefix` (default `docs/specs/`).
+
+    A prefix without a trailing "/" gets one; "" cites the bare file names.
+    """
+    prefix = DEFAULT_SPEC_PREFIX if prefix is None else str(prefix)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return {section: prefix + ref for section, ref in SPEC_FILES.items()}
+
+
+DEFAULT_SPEC_REFS = spec_refs_for()
+"""Spec-reference texts per report section; change the folder with `spec_prefix=`, any text with
+`spec_refs=` or a record's `config["spec_refs"]`."""
 
 NA = "n/a"
 
 
 # ---------------------------------------------------------------- formatting
-def fmt(value: Any, spec: str = "%.3f", reason: str | None = None) -> str:
-    """`spec % value` for a finite number, else `n/a` (plus `(reason)` if given)."""
+SIGNIFICANT_DIGITS = 4
+"""Significant digits of every non-integer number in the report."""
+
+FIXED_EXPONENTS = (-3, 5)
+"""Numbers of magnitude 10^-3 <= |x| < 10^5 (after rounding) print in fixed notation, others in scientific."""
+
+
+def significant(number: float, digits: int = SIGNIFICANT_DIGITS) -> str:
+    """`number` with `digits` significant digits: `0.5770`, `988.2`, `2996`, `1.234e-05`, `-3.930e+06`.
+
+    Fixed notation for magnitudes 10^-3 <= |x| < 10^5 (`FIXED_EXPONENTS`;
+    a number of 10^4 or more shows all five integer digits), scientific
+    outside; exact zero (also -0.0) is `0`. A number that is not zero never
+    prints as zero.
+    """
+    if number == 0:
+        return "0"
+    scientific = f"{number:.{digits - 1}e}"
+    exponent = int(scientific.split("e")[1])  # after rounding: 999.99999 counts as 1.000e+03
+    if FIXED_EXPONENTS[0] <= exponent < FIXED_EXPONENTS[1]:
+        return f"{number:.{max(digits - 1 - exponent, 0)}f}"
+    return scientific
+
+
+def fmt(value: Any, spec: str | None = None, reason: str | None = None, suffix: str = "") -> str:
+    """A finite number as `significant(value)` (or `spec % value`, e.g. `"%d"` for counts) plus `suffix`;
+    anything else as `n/a` (plus `(reason)` if given)."""
     number = None if isinstance(value, bool) else stats.finite_or_none(value)
     if number is None:
         return NA if reason is None else f"{NA} ({reason})"
-    return spec % number
+    return (significant(number) if spec is None else spec % number) + suffix
 
 
-def fmt_measured(value: Any, spec: str = "%.3f", reason: str = "not logged") -> str:
+def fmt_measured(value: Any, spec: str | None = None, reason: str = "not logged") -> str:
     """Like `fmt`, but a measured non-finite value prints as `NaN`, `+Inf` or `-Inf`."""
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
@@ -78,6 +125,30 @@ def _spec_line(ref: str) -> list[str]:
 
 def _code_list(names: Iterable[str]) -> str:
     return ", ".join(f"`{name}`" for name in names)
+
+
+_README_STAGES = "README §Stages and the probe"
+
+HINTS = {
+    "stages": "pass `stages=[{\"name\": ..., \"array\" or \"layer\" or \"fn\": ...}, ...]` to `default_callbacks` "
+              f"({_README_STAGES})",
+    "input_stage": "pass the input stages too, e.g. `stages=[{\"name\": \"container_X\", \"array\": X}, ...]` to "
+                   f"`default_callbacks` ({_README_STAGES})",
+    "truth": f"pass `probe=Probe(inputs, truth=...)` to `default_callbacks` ({_README_STAGES})",
+    "counts": "pass `probe=Probe(inputs, counts=...)` (the measured intensities of the probe batch) to "
+              f"`default_callbacks` ({_README_STAGES})",
+    "scale_config": "pass `config={\"nphotons\": ..., \"N\": ..., \"e_batch_intensity\": ...}` to "
+                    "`default_callbacks` (PtychoPINN: from `params.cfg` and `calculate_intensity_scale`)",
+    "log_scale": "name it: pass `options={\"IntensityScaleMonitor\": {\"log_scale_variable\": v}}` to "
+                 "`default_callbacks` (or `log_scale_variable=v` to `IntensityScaleMonitor`)",
+}
+"""What to pass to get a report section that had no data, by what was missing."""
+
+
+def _missing(title: str, what: str, hint: str | None, covers: str | None = None) -> list[str]:
+    """A section without data, as one line: what is missing and what to pass to get it."""
+    covered = f" ({covers})" if covers else ""
+    return [f"**{title}**{covered}: {NA} ({what})" + (f": {hint}" if hint else ""), ""]
 
 
 # ------------------------------------------------------------- record views
@@ -112,7 +183,7 @@ def _scale_summary(record: RunRecord) -> dict:
 def _prediction_summary(record: RunRecord, key: str) -> tuple[dict, str | None]:
     """(summary dict, reason it has no numbers) for `scaling`/`amplitude_bias`/`phase_bias`."""
     if not record.prediction:
-        return {}, "no ground truth registered"
+        return {}, "no ground truth given"
     summary = record.prediction.get(key) or {}
     if not summary:
         return {}, "not computed"
@@ -193,6 +264,14 @@ def _scenario_header(record: RunRecord) -> list[str]:
     ]
 
 
+STEP_WORDING = (
+    "Epoch and batch are indices from 0, as Keras passes them to callbacks (its progress bar counts from 1). "
+    "Step counts the train steps done, the failing one included, on from the optimizer's step count when the "
+    "fit began (0 for a fresh model), as on the x axis of the per-batch TensorBoard series"
+)
+"""What the numbers of a NaN event count (`nan/events.py` keeps them so), said once under its table."""
+
+
 def _nan_event_section(record: RunRecord) -> list[str]:
     if not record.nan_events:
         return []
@@ -207,9 +286,11 @@ def _nan_event_section(record: RunRecord) -> list[str]:
         pairs(e.get("values"), measured=True), pairs(e.get("last_finite"), measured=False),
         fmt_flag(e.get("weights_restored")), _code_list(e.get("nonfinite_weights", [])) or "none",
     ] for e in record.nan_events]
-    headers = ["Epoch", "Batch", "Global step", "Phase", "First non-finite", "Values",
+    headers = ["Epoch (0-based)", "Batch (0-based)", "Step", "Phase", "First non-finite", "Values",
                "Last finite values", "Weights restored", "Non-finite weights"]
-    return ["### NaN Event", "", *_table(headers, "rrrllllll", rows), ""]
+    step = record.nan_events[0].get("step")
+    example = f": step {step} means {step} steps done, the last of them the failing one" if isinstance(step, int) else ""
+    return ["### NaN Event", "", *_table(headers, "rrrllllll", rows), "", STEP_WORDING + example + ".", ""]
 
 
 def _findings_section(findings: Sequence[Mapping]) -> list[str]:
@@ -224,6 +305,8 @@ def _other_findings(record: RunRecord) -> list[str]:
 
 def _loss_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
     composition = stats.loss_composition(record.history, record.config.get("loss_weights"))
+    if composition["total"]["final_raw"] is None and not composition["components"]:
+        return _missing("Loss Composition", "no epoch ended: the losses are recorded at each epoch end", None)
     total = composition["total"]
     if total["final_raw"] is None:
         total_final = f"{NA} (no `loss` logged)"
@@ -232,7 +315,7 @@ def _loss_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
     else:
         total_final = fmt(total["final"])
     lr = composition["learning_rate"]
-    lr_line = (f"last={fmt(lr['last'], '%.6f')} (min={fmt(lr['min'], '%.6f')}, max={fmt(lr['max'], '%.6f')})"
+    lr_line = (f"last={fmt(lr['last'])} (min={fmt(lr['min'])}, max={fmt(lr['max'])})"
                if lr else f"{NA} (not logged)")
     lines = [
         "### Loss Composition", "", *_spec_line(refs["loss"]),
@@ -244,28 +327,23 @@ def _loss_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
     ]
     rows = []
     for c in composition["components"]:
-        if c["share"] is not None:
-            share = fmt(100.0 * c["share"], "%.1f%%")
-        elif c["weight"] is None:
-            share = f"{NA} (weight unknown)"
-        elif c["final"] is None:
-            share = f"{NA} (value not finite)"
-        else:
-            share = f"{NA} (total not finite)"
-        rows.append([f"`{c['name']}`", fmt_measured(c["final_raw"]), fmt(c["weight"], reason="unknown"),
-                     fmt(c["weighted"]), share, "Yes" if c["has_nan"] else "No"])
+        share = fmt(100.0 * c["share"], suffix="%") if c["share"] is not None else f"{NA} ({c['share_reason']})"
+        rows.append([f"`{c['name']}`", fmt(c["first"], reason="not finite"), fmt_measured(c["final_raw"]),
+                     fmt(c["weight"], reason="unknown"), fmt(c["weighted"]),
+                     fmt(c["change"], reason="undefined"), share, "Yes" if c["has_nan"] else "No"])
     if rows:
-        lines += _table(["Loss Component", "Final Value", "Weight", "Weighted", "Contribution", "Has NaN"],
-                        "lrrrrl", rows) + [""]
+        lines += _table(["Loss Component", "First Value", "Final Value", "Weight", "Weighted", "Change (w·Δ)",
+                         "Share of movement", "Has NaN"], "lrrrrrrl", rows)
+        lines += ["", f"Share of movement = {stats.MOVEMENT_DEFINITION}; from the first to the last epoch "
+                      "(Keras's epoch values).", ""]
     else:
         lines += [f"- Loss components: {NA} (no `*_loss` history logged)", ""]
     dominant = composition["dominant"]
     if dominant:
-        lines.append(f"**Dominant loss term:** `{dominant['name']}`")
+        lines.append(f"**Dominant loss term** (moved the loss most): `{dominant['name']}`")
         if dominant["next"]:
-            ratio_reason = "next term is 0" if dominant["ratio_vs_next"] is None else None
-            lines.append(f"  - Dominance ratio vs next (`{dominant['next']}`): "
-                         f"{fmt(dominant['ratio_vs_next'], '%.1f×', reason=ratio_reason)}")
+            lines.append(f"  - Dominance ratio vs next (`{dominant['next']}`), of the weighted changes: "
+                         f"{fmt(dominant['ratio_vs_next'], reason=dominant['ratio_reason'], suffix='×')}")
     else:
         lines.append(f"**Dominant loss term:** {NA} ({composition['dominant_reason']})")
     if composition["inactive"]:
@@ -278,6 +356,9 @@ def _loss_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
 
 def _intensity_scale_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
     config = record.config
+    if all(config.get(key) is None for key in ("nphotons", "N", "e_batch_intensity")):
+        return _missing("Intensity Scale Comparison", "no nphotons, N or e_batch_intensity recorded",
+                        HINTS["scale_config"])
     comparison = stats.compare_scales(config.get("nphotons"), config.get("N"), config.get("e_batch_intensity"))
     lines = [
         "### Intensity Scale Comparison", "", *_spec_line(refs["intensity_scale"]),
@@ -286,14 +367,14 @@ def _intensity_scale_section(record: RunRecord, refs: Mapping[str, str]) -> list
         "2. **Closed-form fallback:** `s ≈ sqrt(nphotons) / (N/2)`",
         "",
         f"If the dataset-derived scale differs significantly from the fallback value "
-        f"({fmt(comparison['fallback'], '%.2f', 'needs nphotons and N')}), this indicates the actual "
+        f"({fmt(comparison['fallback'], reason='needs nphotons and N')}), this indicates the actual "
         "data statistics differ from the assumed model.",
         "",
     ]
     rows = [
         ["Dataset-derived scale", fmt(comparison["dataset"], reason="needs nphotons and E_batch")],
         ["Fallback scale", fmt(comparison["fallback"], reason="needs nphotons and N")],
-        ["nphotons", fmt(config.get("nphotons"), "%.0f", "not recorded")],
+        ["nphotons", fmt(config.get("nphotons"), reason="not recorded")],
         ["N (patch size)", fmt(config.get("N"), "%d", "not recorded")],
         ["E_batch[Σ\\|Ψ\\|²]", fmt(config.get("e_batch_intensity"), reason="not recorded")],
         ["Delta (dataset - fallback)", fmt(comparison["delta"], reason="undefined")],
@@ -305,7 +386,7 @@ def _intensity_scale_section(record: RunRecord, refs: Mapping[str, str]) -> list
         lines += [
             f"⚠️ **Dataset vs fallback scale mismatch:** ratio={fmt(comparison['ratio'])} indicates that "
             f"the actual mean intensity per sample ({fmt(config.get('e_batch_intensity'))}) differs from "
-            f"the assumed (N/2)² = {fmt(comparison['assumed_intensity'], '%g')}.",
+            f"the assumed (N/2)² = {fmt(comparison['assumed_intensity'])}.",
             f"   - {comparison['sentence']}",
         ]
     elif direction == "consistent":
@@ -339,7 +420,18 @@ def _scaler_state_section(record: RunRecord, refs: Mapping[str, str]) -> list[st
     found = bool(log_scale.get("found"))
     state = stats.log_scale_state(log_scale.get("final"), config.get("intensity_scale"),
                                   log_scale.get("declared_trainable"), config.get("intensity_scale_trainable"))
-    missing = None if found else "no log_scale found"
+    findings = _findings_section([f for f in record.findings if str(f.get("code", "")).startswith("log_scale")])
+    note = [f"- Note: {log_scale['note']}"] if log_scale.get("note") else []
+    configured = (f"configured intensity_scale {fmt(state['configured_scale'], reason='not recorded')}, "
+                  f"trainable {fmt_flag(state['configured_trainable'], 'not recorded')}")
+    if "found" not in log_scale:  # no IntensityScaleMonitor watched this run
+        return [f"**IntensityScaler State**: {NA} (log_scale was not watched; {configured}): add "
+                "`IntensityScaleMonitor` (`default_callbacks` does)", *note, *findings, ""]
+    if not found:
+        how = f" ({log_scale['how_found']})" if log_scale.get("how_found") else ""
+        return [f"**IntensityScaler State:** ⚠️ **No `log_scale` variable found**{how}: the trained scale cannot "
+                f"be reported; {configured}. {HINTS['log_scale'][0].upper()}{HINTS['log_scale'][1:]}.",
+                *note, *findings, ""]
     lines = [
         "### IntensityScaler State", "", *_spec_line(refs["scaler_state"]),
         "Per the architecture, `IntensityScaler` and `IntensityScaler_inv` layers use a shared "
@@ -350,39 +442,41 @@ def _scaler_state_section(record: RunRecord, refs: Mapping[str, str]) -> list[st
     ]
     name = log_scale.get("variable_name")
     rows = [
-        ["variable", f"`{name}`" if name else f"{NA} ({missing or 'unnamed'})"],
-        ["log_scale initial (raw)", fmt(log_scale.get("initial"), reason=missing or "not recorded")],
-        ["log_scale (raw)", fmt(state["raw"], reason=missing or "not recorded")],
-        ["exp(log_scale)", fmt(state["exp"], reason=missing or "not recorded")],
-        ["trainable (declared)", fmt_flag(state["trainable"], missing or "unknown")],
-        ["in model.trainable_variables", fmt_flag(log_scale.get("in_trainable_variables"), missing or "unknown")],
-        ["moved during training", fmt_flag(log_scale.get("moved"), missing or "unknown")],
-        ["shared by both scaler layers", fmt_flag(log_scale.get("shared"), missing or "unknown")],
+        ["variable", f"`{name}`" if name else f"{NA} (unnamed)"],
+        ["log_scale initial (raw)", fmt(log_scale.get("initial"), reason="not recorded")],
+        ["log_scale (raw)", fmt(state["raw"], reason="not recorded")],
+        ["exp(log_scale)", fmt(state["exp"], reason="not recorded")],
+        ["trainable (declared)", fmt_flag(state["trainable"], "unknown")],
+        ["in model.trainable_variables", fmt_flag(log_scale.get("in_trainable_variables"), "unknown")],
+        ["moved during training", fmt_flag(log_scale.get("moved"), "unknown")],
+        ["shared by both scaler layers", fmt_flag(log_scale.get("shared"), "unknown")],
         ["config intensity_scale", fmt(state["configured_scale"], reason="not recorded")],
         ["config trainable", fmt_flag(state["configured_trainable"], "not recorded")],
         ["delta (exp - cfg)", fmt(state["delta"], reason="undefined")],
         ["ratio (exp / cfg)", fmt(state["ratio"], reason="undefined")],
     ]
     lines += _table(["Property", "Value"], "lr", rows) + [""]
-    if found:
-        lines.append(f"- Found via: {log_scale.get('how_found') or NA}")
-        lines.append(_log_scale_verdict(log_scale))
-    else:
-        how = f" ({log_scale['how_found']})" if log_scale.get("how_found") else ""
-        lines.append(f"⚠️ **No `log_scale` variable found**{how}: the trained scale cannot be reported. "
-                     "Name it explicitly: pass `log_scale_variable=...` to `IntensityScaleMonitor`.")
-    if log_scale.get("note"):
-        lines.append(f"- Note: {log_scale['note']}")
-    lines += _findings_section([f for f in record.findings if str(f.get("code", "")).startswith("log_scale")])
-    return lines + [""]
+    lines.append(f"- Found via: {log_scale.get('how_found') or NA}")
+    lines.append(_log_scale_verdict(log_scale))
+    return lines + note + findings + [""]
+
+
+def _canvas_line(record: RunRecord) -> list[str]:
+    canvas = record.config.get("canvas")
+    if not canvas:
+        return []
+    return [f"- Inference canvas: padded={fmt(canvas.get('padded'), '%d', 'not recorded')} "
+            f"required={fmt(canvas.get('required'), '%d', 'not recorded')} "
+            f"fits_canvas={fmt_flag(canvas.get('fits'), 'not recorded')}"]
 
 
 def _container_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
-    lines = ["### Training Container X Stats", ""]
     stage = _container_stage(record)
     if stage is None:
-        lines += [f"- {NA} (no input stage recorded)", ""]
+        lines = _missing("Training Container X Stats", "no input stage was given, only the model's",
+                         HINTS["input_stage"])[:-1]
     else:
+        lines = ["### Training Container X Stats", ""]
         s = stage.get("stats") or {}
         reason = "no finite value"
         rows = [
@@ -398,11 +492,7 @@ def _container_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
             ["inf_count", fmt(s.get("inf_count"), "%d", "not recorded")],
         ]
         lines += _table(["Metric", "Value"], "lr", rows) + [""]
-    canvas = record.config.get("canvas")
-    if canvas:
-        lines.append(f"- Inference canvas: padded={fmt(canvas.get('padded'), '%d', 'not recorded')} "
-                     f"required={fmt(canvas.get('required'), '%d', 'not recorded')} "
-                     f"fits_canvas={fmt_flag(canvas.get('fits'), 'not recorded')}")
+    lines += _canvas_line(record)
     means = _stage_means(record)
     drop = stats.largest_drop(means)
     if drop:
@@ -418,6 +508,15 @@ def _container_section(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
     return lines + [""]
 
 
+def _stage_group(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
+    """Container X, stage means and ratios, the invariant; one line when no stage was given."""
+    if not record.stages:
+        return [*_missing("Data-path stages", "no data-path stages were given", HINTS["stages"],
+                          "container X stats, stage means and ratios, normalization invariant, stage stats")[:-1],
+                *_canvas_line(record), ""]
+    return _container_section(record, refs) + _stage_sections(record, refs)
+
+
 def _stage_sections(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
     transitions = stats.stage_ratios(_stage_means(record))
     check = stats.invariant_check(transitions)
@@ -425,6 +524,9 @@ def _stage_sections(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
     lines += _table(["Stage", "Mean"], "lr",
                     [[_stage_label(s), fmt((s.get("stats") or {}).get("mean"), reason="no finite value")]
                      for s in record.stages]) + [""]
+    if not transitions:
+        return lines + _missing("Stage Ratios and Normalization Invariant", "one stage recorded: they need two",
+                                HINTS["stages"])
     lines += ["### Stage Ratios", "",
               f"Per `{refs['stage_ratios']}`: normalized→prediction and prediction→truth deltas indicate "
               "where amplitude collapses in the pipeline.", ""]
@@ -464,6 +566,15 @@ def _stage_sections(record: RunRecord, refs: Mapping[str, str]) -> list[str]:
 
 def _mode_label(mode: str) -> str:
     return mode.replace("_", " ").capitalize()
+
+
+def _prediction_group(record: RunRecord) -> list[str]:
+    """Scaling, amplitude and phase bias against the truth; one line when no truth was given."""
+    if not record.prediction:
+        return _missing("Prediction ↔ Truth", "no ground truth was given", HINTS["truth"],
+                        "scaling, amplitude bias, phase bias")
+    return [*_scaling_section(record), *_bias_section(record, "amplitude_bias", "Amplitude Bias"),
+            *_bias_section(record, "phase_bias", "Phase Bias")]
 
 
 def _scaling_section(record: RunRecord) -> list[str]:
@@ -537,12 +648,11 @@ def _failure_step(record: RunRecord) -> int | None:
 
 def _moved_line(entry: Mapping) -> str:
     label = _PHYSICS_LABELS[entry["measure"]]
-    spec = "%.3f" if entry["measure"] == "photon_budget" else "%.4f"
     if entry["moved"] is None:
-        values = f"{fmt(entry['last'], spec, 'no evaluation')}, moved: {NA} ({entry['reason']})"
+        values = f"{fmt(entry['last'], reason='no evaluation')}, moved: {NA} ({entry['reason']})"
     else:
         verdict = "⚠️ moved" if entry["moved"] else "steady"
-        values = f"{fmt(entry['first'], spec)} → {fmt(entry['last'], spec)}: {verdict}"
+        values = f"{fmt(entry['first'])} → {fmt(entry['last'])}: {verdict}"
     if entry["measure"] == "nonpositive_fraction" and (entry["last"] or 0) > 0:
         values += "; ⚠️ above 0: the Poisson NLL's log is -Inf at those pixels"
     return f"- {label}: {values}"
@@ -551,7 +661,8 @@ def _moved_line(entry: Mapping) -> str:
 def _physics_section(record: RunRecord) -> list[str]:
     """Physics health over the evaluations, and which measure moved before a failure."""
     if not record.physics:
-        return []
+        return _missing("Physics Health", "no probe batch with measured counts was given", HINTS["counts"],
+                        "photon budget, predicted intensities ≤ 0, saturation")
     failure = _failure_step(record)
     rows = []
     for evaluation in record.physics:
@@ -563,8 +674,8 @@ def _physics_section(record: RunRecord) -> list[str]:
         rows.append([
             fmt(evaluation.get("epoch"), "%d", "not recorded"), fmt(step, "%d", "not recorded"),
             *(fmt(budget.get(key), reason=budget.get("reason") or "not recorded") for key in ("mean", "p05", "p95")),
-            fmt(nonpositive.get("fraction"), "%.4f", nonpositive.get("reason") or "not recorded"),
-            fmt(saturation.get("fraction"), "%.4f", saturation.get("reason") or "not recorded"),
+            fmt(nonpositive.get("fraction"), reason=nonpositive.get("reason") or "not recorded"),
+            fmt(saturation.get("fraction"), reason=saturation.get("reason") or "not recorded"),
             "after the failure" if after else "",
         ])
     lines = [
@@ -572,14 +683,15 @@ def _physics_section(record: RunRecord) -> list[str]:
         "On the probe batch: the photon budget is Σ predicted intensity / Σ measured counts per pattern "
         "(1 when the model conserves photons); predicted intensities ≤ 0 make the Poisson NLL's log -Inf "
         "or NaN; a saturated amplitude head passes no gradient.", "",
-        *_table(["Epoch", "Step", "Budget mean", "Budget p05", "Budget p95", "I_pred ≤ 0", "Amp. saturation",
-                 "Note"], "rrrrrrrl", rows),
+        *_table(["Epochs completed", "Step (train steps done)", "Budget mean", "Budget p05", "Budget p95",
+                 "I_pred ≤ 0", "Amp. saturation", "Note"], "rrrrrrrl", rows),
         "",
     ]
     if failure is None:
         return lines
     moved = physics.moved_before(record.physics, failure)
-    lines += [f"**Early warnings before the failure (step {failure})**, first → last evaluation before it:", ""]
+    lines += [f"**Early warnings before the failure** (at step {failure}, the failing train step), first → last "
+              "evaluation before it:", ""]
     lines += [_moved_line(entry) for entry in moved] + [""]
     names = [_PHYSICS_LABELS[e["measure"]].split(" (")[0].lower() for e in moved if e["moved"]]
     if names:
@@ -650,14 +762,14 @@ def forensics_lines(forensics: Mapping) -> list[str]:
     components = forensics.get("loss_components") or {}
     if components:
         lines += [""] + _table(["Component", "Loss", "Weight", "Value", "Non-finite samples"], "llrrl", [
-            [f"`{name}`", f"`{c.get('loss')}`", fmt(c.get("weight"), "%g", "unknown"),
-             fmt(c.get("value"), "%.6g", "not finite"), str(c.get("samples") or "none")]
+            [f"`{name}`", f"`{c.get('loss')}`", fmt(c.get("weight"), reason="unknown"),
+             fmt(c.get("value"), reason="not finite"), str(c.get("samples") or "none")]
             for name, c in components.items()])
     norms = forensics.get("gradient_norms") or []
     if norms:
         lines += ["", "Gradient norms per layer at the failing step:", ""]
         lines += _table(["Layer", "Gradient norm"], "lr",
-                        [[f"`{n.get('layer')}`", fmt(n.get("norm"), "%.4g", "not finite")] for n in norms])
+                        [[f"`{n.get('layer')}`", fmt(n.get("norm"), reason="not finite")] for n in norms])
     return lines + [""]
 
 
@@ -693,13 +805,14 @@ def _safe_record(record: RunRecord) -> RunRecord:
                                           for field in dataclasses.fields(record)})
 
 
-def render_scenario(record: RunRecord, spec_refs: Mapping[str, str] | None = None) -> str:
+def render_scenario(record: RunRecord, spec_refs: Mapping[str, str] | None = None,
+                    spec_prefix: str | None = None) -> str:
     """The per-scenario part of the report for one record (Markdown; its text escaped by `markdown_safe`)."""
-    return _scenario_markdown(_safe_record(record), markdown_safe(spec_refs))
+    return _scenario_markdown(_safe_record(record), markdown_safe(spec_refs), markdown_safe(spec_prefix))
 
 
-def _scenario_markdown(record: RunRecord, spec_refs: Mapping[str, str] | None) -> str:
-    refs = {**DEFAULT_SPEC_REFS, **(spec_refs or {}), **(record.config.get("spec_refs") or {})}
+def _scenario_markdown(record: RunRecord, spec_refs: Mapping[str, str] | None, spec_prefix: str | None = None) -> str:
+    refs = {**spec_refs_for(spec_prefix), **(spec_refs or {}), **(record.config.get("spec_refs") or {})}
     lines = [
         *_scenario_header(record),
         *_nan_event_section(record),
@@ -709,12 +822,9 @@ def _scenario_markdown(record: RunRecord, spec_refs: Mapping[str, str] | None) -
         *_physics_section(record),
         *_intensity_scale_section(record, refs),
         *_scaler_state_section(record, refs),
-        *_container_section(record, refs),
-        *_stage_sections(record, refs),
-        *_scaling_section(record),
-        *_bias_section(record, "amplitude_bias", "Amplitude Bias"),
-        *_bias_section(record, "phase_bias", "Phase Bias"),
-        *_stage_stats_section(record),
+        *_stage_group(record, refs),
+        *_prediction_group(record),
+        *(_stage_stats_section(record) if record.stages else []),
         "---",
     ]
     return "\n".join(lines)
@@ -725,6 +835,7 @@ def render_report(
     title: str = "Intensity Bias Summary",
     generated_at: str | None = None,
     spec_refs: Mapping[str, str] | None = None,
+    spec_prefix: str | None = None,
 ) -> str:
     """Render one or many records as one Markdown report.
 
@@ -732,8 +843,12 @@ def render_report(
         records: A `RunRecord` or a sequence of them (one scenario each).
         title: The report's top-level heading.
         generated_at: Timestamp to print; defaults to now (UTC, ISO-8601).
-        spec_refs: Overrides of `DEFAULT_SPEC_REFS` for every scenario; a
-            record's `config["spec_refs"]` overrides these for that scenario.
+        spec_refs: Overrides of the spec references (`DEFAULT_SPEC_REFS`'s
+            keys, full texts) for every scenario; a record's
+            `config["spec_refs"]` overrides these for that scenario.
+        spec_prefix: The folder of the cited specifications (`SPEC_FILES`),
+            `docs/specs/` by default as in PtychoPINN's main branch; e.g.
+            `"specs/"` for a checkout that keeps them at the top.
 
     Returns:
         The Markdown text, ending with a newline.
@@ -741,8 +856,8 @@ def render_report(
     if isinstance(records, RunRecord):
         records = [records]
     records = [_safe_record(record) for record in records]
-    spec_refs, title = markdown_safe(spec_refs), markdown_safe(title)
-    refs = {**DEFAULT_SPEC_REFS, **(spec_refs or {})}
+    spec_refs, title, spec_prefix = markdown_safe(spec_refs), markdown_safe(title), markdown_safe(spec_prefix)
+    refs = {**spec_refs_for(spec_prefix), **(spec_refs or {})}
     generated_at = generated_at or datetime.datetime.now(datetime.timezone.utc).isoformat()
     lines = [
         f"# {title}", "", *_spec_line(refs["report"]),
@@ -752,5 +867,5 @@ def render_report(
         *_comparison_table(records),
         "",
     ]
-    sections = [_scenario_markdown(record, spec_refs) for record in records]
+    sections = [_scenario_markdown(record, spec_refs, spec_prefix) for record in records]
     return "\n".join(lines + sections) + "\n"

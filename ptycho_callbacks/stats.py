@@ -427,6 +427,86 @@ def _series_range(values: Iterable[Any] | None) -> dict:
     }
 
 
+MOVEMENT_DEFINITION = (
+    "|w·(L_last − L_first)| / Σ_j |w_j·(L_j,last − L_j,first)|, each weighted component's change since its "
+    "first value over the sum of those changes; no additive constant a loss drops (the Poisson NLL drops "
+    "one) changes it, and it is never negative"
+)
+"""The definition of the loss components' shares, in words (the report states it under its table)."""
+
+
+def movement_shares(
+    first: Mapping[str, Any],
+    current: Mapping[str, Any],
+    weights: Mapping[str, float],
+) -> dict:
+    """Each weighted component's movement since `first`, and its share of the loss's movement.
+
+    For a component with weight `w`: `change = w * (current - first)` and
+    `share = |change| / sum_j |change_j|` over the components of `weights`.
+    An additive constant in a loss (PtychoPINN's Poisson NLL drops one that
+    depends on the data, making the total large and negative) cancels in the
+    change, so no share depends on it, and a share is never negative. A
+    component of weight 0 does not move the loss (`change = 0`).
+
+    Shares are defined only when every weighted component has a finite first
+    and current value and at least one moved; otherwise `shares` is empty
+    and `reason` says why. `dominant` is the component that moved the loss
+    most, with `ratio_vs_next = |change| / |next change|` (`None`, with
+    `ratio_reason`, when the next did not move).
+
+    Returns:
+        {"changes": {name: w * (current - first)} (finite ones only),
+         "shares": {name: share}, "reason": str | None,
+         "dominant": {"name", "change", "next", "ratio_vs_next", "ratio_reason"} | None}
+    """
+    changes: dict[str, float] = {}
+    missing = []
+    for name, weight in weights.items():
+        weight = finite_or_none(weight)
+        if weight == 0.0:
+            changes[name] = 0.0
+            continue
+        a, b = finite_or_none(first.get(name)), finite_or_none(current.get(name))
+        change = None
+        if weight is not None and a is not None and b is not None:
+            with np.errstate(all="ignore"):
+                change = finite_or_none(np.float64(weight) * (np.float64(b) - a))
+        if change is None:
+            missing.append(name)
+        else:
+            changes[name] = change
+    result = {"changes": changes, "shares": {}, "reason": None, "dominant": None}
+    if not weights:
+        result["reason"] = "no weighted loss component"
+        return result
+    if missing:
+        result["reason"] = f"{', '.join(missing)} not finite at the first or the last value"
+        return result
+    with np.errstate(all="ignore"):
+        moved = finite_or_none(sum(abs(np.float64(c)) for c in changes.values()))
+    if moved is None:
+        result["reason"] = "the movement overflows"
+        return result
+    if moved == 0:
+        result["reason"] = "no component moved"
+        return result
+    result["shares"] = {name: abs(change) / moved for name, change in changes.items()}
+    ranked = sorted(changes, key=lambda name: abs(changes[name]), reverse=True)
+    top = ranked[0]
+    runner_up = ranked[1] if len(ranked) > 1 else None
+    ratio, ratio_reason = None, "no other component" if runner_up is None else None
+    if runner_up is not None:
+        if changes[runner_up] == 0:
+            ratio_reason = "the next did not move"
+        else:
+            ratio = finite_or_none(abs(changes[top]) / abs(changes[runner_up]))
+            ratio_reason = None if ratio is not None else "ratio overflows"
+    result["dominant"] = {"name": top, "change": changes[top], "next": runner_up,
+                          "ratio_vs_next": ratio, "ratio_reason": ratio_reason}
+    return result
+
+
 def loss_composition(
     history: Mapping[str, Sequence[Any]],
     loss_weights: Mapping[str, float] | None,
@@ -436,17 +516,22 @@ def loss_composition(
 
     Components are the names of `loss_weights` followed by the other
     training keys of `history` that end in `_loss` (no `val_` keys). For each
-    component with final value `v` and weight `w`:
-    `weighted = w * v` and `share = weighted / total_final` (`None` when the
-    weight is unknown, a value is non-finite or the total is 0/non-finite).
+    component with first epoch value `v0`, final value `v` and weight `w`:
+    `weighted = w * v` (the raw weighted value), `change = w * (v - v0)` and
+    `share` = its share of the loss's movement from the first to the last
+    epoch (`movement_shares`; `MOVEMENT_DEFINITION`), which no additive
+    constant a loss drops can change. Shares are `None` with `share_reason`
+    (e.g. "needs two epochs", "no component moved") when undefined; a
+    component whose weight is unknown has no share ("weight unknown").
     `residual = total_final - sum(weighted)` is what the outputs do not
     explain (regularization losses, running-mean effects); `None` unless every
-    weighted term is defined. `dominant` is the component with the largest
-    `|weighted|`, with `ratio_vs_next = |weighted| / |next weighted|` (`None`
-    when the next is 0 or missing); it is `None` when a weighted component is
-    non-finite, and `dominant_reason` says why. `inactive` lists components with
-    `|v| <= INACTIVE_THRESHOLD` or `w == 0`; `hints` explains known ones.
-    `learning_rate` comes from the `lr` or `learning_rate` history.
+    weighted term is defined. `dominant` is the component whose weighted
+    value moved most, with `ratio_vs_next = |change| / |next change|`; it is
+    `None` when a weighted component's final value is non-finite or the
+    shares are undefined, and `dominant_reason` says why. `inactive` lists
+    components with `|v| <= INACTIVE_THRESHOLD` or `w == 0`; `hints`
+    explains known ones. `learning_rate` comes from the `lr` or
+    `learning_rate` history.
 
     Returned `final_raw` values are the last logged values as they are
     (NaN/Inf included, a measured fact); every other number is finite or None.
@@ -464,22 +549,35 @@ def loss_composition(
     else:
         epochs = max((len(v) for v in history.values()), default=0)
 
+    known = {name: weights[name] for name in names if finite_or_none(weights.get(name)) is not None}
+    firsts = {name: (list(history.get(name) or []) or [None])[0] for name in known}
+    lasts = {name: (list(history.get(name) or []) or [None])[-1] for name in known}
+    movement = movement_shares(firsts, lasts, known)
+    if not known:
+        share_reason = "no component with a known weight"
+    elif max((len(history.get(name) or []) for name in known), default=0) < 2:
+        share_reason = "needs two epochs"
+        movement = {"changes": {}, "shares": {}, "reason": share_reason, "dominant": None}
+    else:
+        share_reason = movement["reason"]
+
     components = []
     for name in names:
         values = _series_range(history.get(name))
         final = finite_or_none(values["last"])
         weight = finite_or_none(weights.get(name))
         weighted = finite_or_none(weight * final) if weight is not None and final is not None else None
-        share = None
-        if weighted is not None and total_final not in (None, 0.0):
-            share = finite_or_none(weighted / total_final)
+        share = movement["shares"].get(name)
         components.append({
             "name": name,
+            "first": finite_or_none((list(history.get(name) or []) or [None])[0]),
             "final_raw": values["last"],
             "final": final,
             "weight": weight,
             "weighted": weighted,
+            "change": movement["changes"].get(name),
             "share": share,
+            "share_reason": None if share is not None else ("weight unknown" if weight is None else share_reason),
             "has_nan": values["has_nan"],
             "inactive": (final is not None and abs(final) <= INACTIVE_THRESHOLD) or weight == 0,
         })
@@ -492,21 +590,11 @@ def loss_composition(
     else:
         residual = finite_or_none(total_final - sum(c["weighted"] for c in components))
 
-    ranked = sorted((c for c in components if c["weighted"] is not None),
-                    key=lambda c: abs(c["weighted"]), reverse=True)
-    dominant, dominant_reason = None, "no finite weighted component"
+    dominant, dominant_reason = movement["dominant"], share_reason
     nonfinite = [c["name"] for c in components
                  if c["final"] is None and c["final_raw"] is not None and c["weight"] not in (None, 0.0)]
     if nonfinite:  # a NaN/Inf term outweighs every finite one: naming a finite one would mislead
-        ranked, dominant_reason = [], f"{', '.join(nonfinite)} non-finite"
-    if ranked:
-        top = ranked[0]
-        runner_up = ranked[1] if len(ranked) > 1 else None
-        ratio = None
-        if runner_up is not None and runner_up["weighted"] != 0:
-            ratio = finite_or_none(abs(top["weighted"]) / abs(runner_up["weighted"]))
-        dominant = {"name": top["name"], "weighted": top["weighted"],
-                    "next": runner_up["name"] if runner_up else None, "ratio_vs_next": ratio}
+        dominant, dominant_reason = None, f"{', '.join(nonfinite)} non-finite"
 
     inactive = [c["name"] for c in components if c["inactive"]]
     lr_key = next((key for key in ("lr", "learning_rate") if key in history), None)
@@ -520,6 +608,7 @@ def loss_composition(
         "total": {"final_raw": total["last"], "final": total_final, "min": total["min"],
                   "max": total["max"], "has_nan": total["has_nan"]},
         "components": components,
+        "share_reason": share_reason,
         "residual": residual,
         "residual_reason": residual_reason,
         "dominant": dominant,
@@ -530,28 +619,26 @@ def loss_composition(
     }
 
 
-def split_total(values: Mapping, weights: Mapping, total_key: str = "loss") -> tuple[dict, dict, float | None]:
-    """Weighted contributions, shares of the total and the residual for one set of values.
+def split_total(values: Mapping, weights: Mapping, total_key: str = "loss") -> tuple[dict, float | None]:
+    """Weighted values and the residual for one set of values.
 
     Args:
         values: {name: value} holding the total and the components.
         weights: {component name: loss weight}.
 
     Returns:
-        (weighted, shares, residual): weighted[name] = weight * value;
-        shares[name] = weighted / total; residual = total - sum(weighted),
-        i.e. what the components do not explain (regularization losses).
-        Shares and residual are None where undefined.
+        (weighted, residual): weighted[name] = weight * value; residual =
+        total - sum(weighted), i.e. what the components do not explain
+        (regularization losses), None where undefined. Shares are not of the
+        total (a loss that drops a constant, as the Poisson NLL does, makes
+        the total meaningless as a denominator): see `movement_shares`.
     """
     total = values.get(total_key)
     weighted = {name: weights[name] * values[name] for name in weights if name in values}
-    shares, residual = {}, None
-    if _is_finite(total):
-        if weighted and all(_is_finite(v) for v in weighted.values()):
-            residual = total - sum(weighted.values())
-        if total != 0:
-            shares = {name: value / total for name, value in weighted.items() if _is_finite(value)}
-    return weighted, shares, residual
+    residual = None
+    if _is_finite(total) and weighted and all(_is_finite(v) for v in weighted.values()):
+        residual = total - sum(weighted.values())
+    return weighted, residual
 
 
 def _paired(pred: Any, truth: Any, transform) -> tuple[np.ndarray, np.ndarray]:

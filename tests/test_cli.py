@@ -51,8 +51,8 @@ def test_report_compares_several_runs_in_one_report(tmp_path, capsys):
     assert "- Scenario count: 2" in text
     rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
             for line in text.splitlines() if line.startswith(("| gs2_base |", "| gs2_ne60 |"))}
-    assert rows["gs2_base"][0] == "-0.250" and rows["gs2_base"][-1] == "Yes"
-    assert rows["gs2_ne60"][0] == "0.500" and rows["gs2_ne60"][-1] == "No"
+    assert rows["gs2_base"][0] == "-0.2500" and rows["gs2_base"][-1] == "Yes"
+    assert rows["gs2_ne60"][0] == "0.5000" and rows["gs2_ne60"][-1] == "No"
     assert text.index("## Scenario: gs2_base") < text.index("## Scenario: gs2_ne60")
 
 

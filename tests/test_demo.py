@@ -25,7 +25,7 @@ def test_stable_scenario_completes_with_every_callback_logging(demo):
                                                  "container_X", "prediction", "truth"]
     assert record.prediction["amplitude_bias"]["count"] > 0
     tags = set(tensorboard_events.scalars(os.path.join(out, "stable")))
-    for tag in ("loss/batch/pred_intensity_loss", "loss/batch_share/pred_intensity_loss", "loss/epoch/loss",
+    for tag in ("loss/batch/pred_intensity_loss", "loss/batch_movement_share/pred_intensity_loss", "loss/epoch/loss",
                 "scale/batch/log_scale", "scale/epoch/exp_log_scale", "stages/container_X/mean",
                 "stages/ratio/container_X_to_prediction", "bias/amplitude/mae"):
         assert tag in tags, tag

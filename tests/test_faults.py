@@ -169,7 +169,8 @@ def test_exception_mid_epoch_leaves_a_complete_record(model, small_data, tmp_pat
     # The error came from a callback before ours in step 7's hook: our last batch is step 6.
     assert record.batch_steps[-1] == 6, "the batches of the interrupted epoch are in the record"
     (finding,) = [f for f in record.findings if f["code"] == f"training_{status}"]
-    assert "epoch 1, step 7" in finding["message"] and type(error).__name__ in finding["message"]
+    assert "in epoch 1 (index from 0) with 7 optimizer steps done" in finding["message"]
+    assert type(error).__name__ in finding["message"]
     assert status in report
     # The guard gave the model its own train step back, and a new fit runs as usual.
     assert "train_step" not in vars(model)

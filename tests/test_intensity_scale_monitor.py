@@ -80,7 +80,8 @@ def test_drift_from_the_configured_scale_is_reported_once(make_model, small_data
     message = next(f["message"] for f in monitor.record.findings if f["code"] == "log_scale_drift")
     drift = math.exp(monitor.record.log_scale["history"][0]) / (2 * small_data.intensity_scale) - 1
     assert f"{100 * drift:+.1f}%" in message
-    assert "at the end of epoch 0" in message and "step 2" in message  # 16 samples, batches of 8
+    # 16 samples, batches of 8: the epoch index counts from 0, the steps are those done.
+    assert "at the end of epoch 0 (index from 0; 2 train steps done;" in message and "0-based; step" not in message
 
 
 def test_a_finding_is_printed_as_one_line_saying_when_and_where_to_look(make_model, small_data, capsys):

@@ -62,11 +62,33 @@ def test_per_batch_values_are_the_losses_of_that_batch(make_model, small_data, t
     for weight, name in zip(WEIGHTS, NAMES):
         _, weighted = zip(*written[f"loss/batch_weighted/{name}"])
         np.testing.assert_allclose(weighted, [weight * e[name] for e in hand.expected], rtol=2e-4)
-        _, share = zip(*written[f"loss/batch_share/{name}"])
-        np.testing.assert_allclose(share, [weight * e[name] / e["loss"] for e in hand.expected],
-                                   rtol=1e-3, atol=1e-6)
+        steps, change = zip(*written[f"loss/batch_change/{name}"])
+        assert list(steps) == list(range(1, 9))
+        np.testing.assert_allclose(change, [e[name] - hand.expected[0][name] for e in hand.expected],
+                                   rtol=1e-3, atol=1e-3 * abs(hand.expected[0][name]))
     _, residual = zip(*written["loss/batch/residual"])
     assert np.max(np.abs(residual)) < 1e-3 * np.max(np.abs([e["loss"] for e in hand.expected]))
+
+
+def test_per_batch_shares_are_of_the_loss_movement_and_in_zero_one(make_model, small_data, tmp_path):
+    """The shares TensorBoard gets are |w·(L − L at the first batch)| / Σ, never negative, whatever the total."""
+    inputs, targets = small_data.model_inputs(), small_data.model_targets()
+    model = make_model(SEED, loss_weights=WEIGHTS)
+    hand = HandComputedLosses(inputs, targets, batch_size=5)
+    model.fit(inputs, targets, batch_size=5, epochs=2, shuffle=False, verbose=0,
+              callbacks=[hand, LossComponents(log_dir=str(tmp_path))])
+    written = tensorboard_events.scalars(str(tmp_path))
+    assert not any(tag.startswith("loss/batch_share/") for tag in written)  # the share of the total is gone
+    shares = {name: dict(written[f"loss/batch_movement_share/{name}"]) for name in NAMES}
+    steps = sorted(shares[NAMES[0]])
+    assert steps == list(range(2, 9))  # step 1 is the first batch: nothing moved yet
+    first = hand.expected[0]
+    for step in steps:
+        values = [shares[name][step] for name in NAMES]
+        assert all(0.0 <= value <= 1.0 for value in values), (step, values)
+        assert sum(values) == pytest.approx(1.0, abs=1e-5)
+        moved = [abs(w * (hand.expected[step - 1][n] - first[n])) for w, n in zip(WEIGHTS, NAMES)]
+        np.testing.assert_allclose(values, np.array(moved) / sum(moved), atol=2e-3)
 
 
 @pytest.mark.parametrize("order", ["guard first", "guard last"])
@@ -104,7 +126,7 @@ def test_epoch_values_for_training_and_validation(make_model, small_data, tmp_pa
                                    history.history[f"val_{name}"], rtol=1e-6)
 
 
-def test_components_share_one_custom_scalars_chart(make_model, tmp_path, small_data):
+def test_each_component_has_its_own_custom_scalars_chart(make_model, tmp_path, small_data):
     from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 
     model = make_model(SEED, loss_weights=WEIGHTS)
@@ -116,7 +138,13 @@ def test_components_share_one_custom_scalars_chart(make_model, tmp_path, small_d
         events[0].tensor_proto).item())
     charts = {chart.title: list(chart.multiline.tag) for category in layout.category
               for chart in category.chart}
-    assert charts["loss per batch (each component and the total)"] == [r"loss/batch/.*"]
+    # Each component on its own chart (values orders of magnitude apart never share an axis), and the shares.
+    for name in ("loss",) + NAMES:
+        assert charts[f"{name} per batch"] == [rf"loss/batch/{name}$"]
+        assert charts[f"{name} per epoch"] == [rf"loss/epoch/{name}$"]
+    (share_chart,) = [regexes for title, regexes in charts.items() if title.startswith("share of the loss")]
+    assert share_chart == [r"loss/batch_movement_share/.*"]
+    assert not any(regexes == [r"loss/batch/.*"] for regexes in charts.values())
 
 
 def test_bad_update_freq_is_refused():

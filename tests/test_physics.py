@@ -158,13 +158,15 @@ def test_report_has_physics_table_and_which_measure_moved_before_the_failure():
     text = section(render_report(failed_record(), generated_at="t"), "### Physics Health")
     rows = [line for line in text.splitlines() if re.match(r"\| \d", line)]
     assert len(rows) == 4
-    assert rows[2].startswith("| 2 | 8 | 0.500 | 0.500 | 0.500 | 0.0050 | 0.3000 |")
+    assert rows[2].startswith("| 2 | 8 | 0.5000 | 0.5000 | 0.5000 | 0.005000 | 0.3000 |")
     assert rows[3].endswith("| after the failure |") and "n/a (prediction not finite)" in rows[3]
     assert "nan" not in rows[3].replace("n/a (prediction not finite)", "").replace(
         "n/a (no finite predicted intensity)", "").lower()
-    assert "**Early warnings before the failure (step 10)**" in text
-    assert "- Photon budget (mean Σ predicted / Σ measured): 1.000 → 0.500: ⚠️ moved" in text
-    assert ("- Fraction of predicted intensities ≤ 0: 0.0000 → 0.0050: steady; ⚠️ above 0: the Poisson NLL's "
+    assert "**Early warnings before the failure** (at step 10, the failing train step)" in text
+    assert "| Epochs completed | Step (train steps done) | Budget mean |" in text
+    assert "(0-based; step" not in text
+    assert "- Photon budget (mean Σ predicted / Σ measured): 1.000 → 0.5000: ⚠️ moved" in text
+    assert ("- Fraction of predicted intensities ≤ 0: 0 → 0.005000: steady; ⚠️ above 0: the Poisson NLL's "
             "log is -Inf at those pixels") in text
     assert ("**Moved before the failure:** photon budget, amplitude-head saturation fraction" in text)
 
@@ -180,7 +182,7 @@ def test_report_with_one_evaluation_before_the_failure_gives_its_values():
     record = failed_record()
     record.physics = [evaluation(0, 0.12, 0.03, 0.7), evaluation(12, 0.12, 0.03, 0.7, epoch=1)]
     text = section(render_report(record, generated_at="t"), "### Physics Health")
-    assert ("- Photon budget (mean Σ predicted / Σ measured): 0.120, moved: n/a (fewer than two evaluations "
+    assert ("- Photon budget (mean Σ predicted / Σ measured): 0.1200, moved: n/a (fewer than two evaluations "
             "before the failure)") in text
-    assert "- Fraction of predicted intensities ≤ 0: 0.0300, moved: n/a" in text and "⚠️ above 0" in text
+    assert "- Fraction of predicted intensities ≤ 0: 0.03000, moved: n/a" in text and "⚠️ above 0" in text
     assert "**Moved before the failure:** n/a (not enough evaluations before the failure)" in text

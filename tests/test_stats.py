@@ -224,16 +224,86 @@ def test_loss_composition_hand_worked():
     by_name = {c["name"]: c for c in result["components"]}
     assert list(by_name) == ["trimmed_obj_loss", "intensity_scaler_inv_loss", "pred_intensity_loss"]
     assert by_name["pred_intensity_loss"]["weighted"] == 6.0
-    assert by_name["pred_intensity_loss"]["share"] == pytest.approx(6.0 / 8.0)
     assert by_name["intensity_scaler_inv_loss"]["weighted"] == 1.0
-    assert by_name["intensity_scaler_inv_loss"]["share"] == pytest.approx(1.0 / 8.0)
+    # Movements w * (last - first): pred 1 * (6 - 7) = -1, inv 2 * (0.5 - 1.5) = -2, trimmed weight 0.
+    assert by_name["pred_intensity_loss"]["change"] == -1.0
+    assert by_name["intensity_scaler_inv_loss"]["change"] == -2.0
+    assert by_name["pred_intensity_loss"]["share"] == pytest.approx(1.0 / 3.0)
+    assert by_name["intensity_scaler_inv_loss"]["share"] == pytest.approx(2.0 / 3.0)
+    assert by_name["trimmed_obj_loss"]["share"] == 0.0
+    assert result["share_reason"] is None
     assert result["residual"] == pytest.approx(8.0 - 6.0 - 1.0 - 0.0)
-    assert result["dominant"] == {"name": "pred_intensity_loss", "weighted": 6.0,
-                                  "next": "intensity_scaler_inv_loss", "ratio_vs_next": 6.0}
+    assert result["dominant"] == {"name": "intensity_scaler_inv_loss", "change": -2.0,
+                                  "next": "pred_intensity_loss", "ratio_vs_next": 2.0, "ratio_reason": None}
     assert result["inactive"] == ["trimmed_obj_loss"]
     assert "realspace_weight=0" in result["hints"]["trimmed_obj_loss"]
     assert result["learning_rate"] == {"key": "learning_rate", "last": 5e-4, "min": 5e-4, "max": 1e-3}
     assert not any(c["has_nan"] for c in result["components"])
+
+
+# PtychoPINN at N=64 and 1e9 photons: the Poisson NLL drops a constant, so it and the total are about
+# -3.7e6, while the MAE is 50-100 and the real-space term below 1.
+NEGATIVE_NLL_WEIGHTS = {"trimmed_obj_loss": 1.0, "intensity_scaler_inv_loss": 1.0, "pred_intensity_loss": 1.0}
+NEGATIVE_NLL = {
+    "trimmed_obj_loss": [0.9, 0.5, 0.4],
+    "intensity_scaler_inv_loss": [95.0, 70.0, 60.0],
+    "pred_intensity_loss": [-3.70e6, -3.71e6, -3.7101e6],
+}
+NEGATIVE_NLL["loss"] = [sum(NEGATIVE_NLL[name][i] for name in NEGATIVE_NLL_WEIGHTS) for i in range(3)]
+
+
+def with_constant(history, constant):
+    """The history as if the NLL had dropped `constant` more (the total moves with it)."""
+    shifted = {name: list(values) for name, values in history.items()}
+    for name in ("pred_intensity_loss", "loss"):
+        shifted[name] = [value + constant for value in shifted[name]]
+    return shifted
+
+
+def test_shares_of_a_negative_nll_are_of_the_movement_and_ignore_its_constant():
+    result = stats.loss_composition(NEGATIVE_NLL, NEGATIVE_NLL_WEIGHTS)
+    shares = {c["name"]: c["share"] for c in result["components"]}
+    # Movements since the first epoch: 0.4 - 0.9, 60 - 95, -3.7101e6 - -3.70e6.
+    moved = 0.5 + 35.0 + 10100.0
+    assert shares == pytest.approx({"trimmed_obj_loss": 0.5 / moved, "intensity_scaler_inv_loss": 35.0 / moved,
+                                    "pred_intensity_loss": 10100.0 / moved})
+    assert all(share >= 0 for share in shares.values())  # the positive MAE is no negative share of a negative total
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert result["dominant"]["name"] == "pred_intensity_loss"
+    assert result["dominant"]["ratio_vs_next"] == pytest.approx(10100.0 / 35.0)
+    assert [c["weighted"] for c in result["components"]] == [0.4, 60.0, -3.7101e6]  # raw weighted values kept
+    for constant in (1e6, -5e7, 3.7101e6):
+        shifted = stats.loss_composition(with_constant(NEGATIVE_NLL, constant), NEGATIVE_NLL_WEIGHTS)
+        assert {c["name"]: c["share"] for c in shifted["components"]} == pytest.approx(shares, rel=1e-6)
+        assert shifted["dominant"]["name"] == result["dominant"]["name"]
+        assert shifted["dominant"]["ratio_vs_next"] == pytest.approx(result["dominant"]["ratio_vs_next"], rel=1e-6)
+
+
+def test_movement_shares_per_batch_ignore_the_constant_and_stay_in_zero_one():
+    first = {name: values[0] for name, values in NEGATIVE_NLL.items()}
+    for step in (1, 2):
+        current = {name: values[step] for name, values in NEGATIVE_NLL.items()}
+        result = stats.movement_shares(first, current, NEGATIVE_NLL_WEIGHTS)
+        assert all(0.0 <= share <= 1.0 for share in result["shares"].values())
+        shifted = stats.movement_shares({**first, "pred_intensity_loss": first["pred_intensity_loss"] - 1e6},
+                                        {**current, "pred_intensity_loss": current["pred_intensity_loss"] - 1e6},
+                                        NEGATIVE_NLL_WEIGHTS)
+        assert shifted["shares"] == pytest.approx(result["shares"], rel=1e-6)
+        assert shifted["dominant"]["name"] == result["dominant"]["name"]
+
+
+def test_movement_shares_say_why_they_are_undefined():
+    same = {"a_loss": 3.0, "b_loss": -1e6}
+    still = stats.movement_shares(same, same, {"a_loss": 1.0, "b_loss": 1.0})
+    assert still["shares"] == {} and still["dominant"] is None and still["reason"] == "no component moved"
+    broken = stats.movement_shares(same, {"a_loss": math.nan, "b_loss": 1.0}, {"a_loss": 1.0, "b_loss": 1.0})
+    assert broken["shares"] == {} and "a_loss" in broken["reason"]
+    # A weight-0 term does not move the loss, whatever its values.
+    zero = stats.movement_shares({"a_loss": 1.0, "b_loss": math.nan}, {"a_loss": 2.0, "b_loss": 5.0},
+                                 {"a_loss": 1.0, "b_loss": 0.0})
+    assert zero["shares"] == {"a_loss": 1.0, "b_loss": 0.0}
+    assert zero["dominant"]["ratio_vs_next"] is None and zero["dominant"]["ratio_reason"] == "the next did not move"
+    assert stats.movement_shares({}, {}, {})["reason"] == "no weighted loss component"
 
 
 def test_loss_composition_with_nan_training():
@@ -243,16 +313,17 @@ def test_loss_composition_with_nan_training():
     assert component["has_nan"] is True
     assert component["final"] is None and component["final_raw"] == -math.inf
     assert component["share"] is None and component["weighted"] is None
+    assert "pred_intensity_loss" in component["share_reason"]
     assert math.isnan(result["total"]["final_raw"]) and result["total"]["final"] is None
     assert (result["total"]["min"], result["total"]["max"]) == (5.0, 5.0)
     assert result["residual"] is None and result["residual_reason"] == "total loss is non-finite"
-    assert result["dominant"] is None
+    assert result["dominant"] is None and result["dominant_reason"] == "pred_intensity_loss non-finite"
     assert result["learning_rate"]["key"] == "lr"
 
 
 def test_a_non_finite_component_is_not_outranked_by_a_finite_one():
-    history = {"loss": [math.nan], "pred_intensity_loss": [math.nan], "intensity_scaler_inv_loss": [20.0],
-               "trimmed_obj_loss": [math.nan]}
+    history = {"loss": [1.0, math.nan], "pred_intensity_loss": [1.0, math.nan],
+               "intensity_scaler_inv_loss": [10.0, 20.0], "trimmed_obj_loss": [1.0, math.nan]}
     result = stats.loss_composition(history, {"pred_intensity_loss": 1.0, "intensity_scaler_inv_loss": 1.0,
                                               "trimmed_obj_loss": 0.0})
     assert result["dominant"] is None
@@ -265,19 +336,24 @@ def test_loss_composition_unknown_weight_and_zero_next():
     names = [c["name"] for c in result["components"]]
     assert names == ["a_loss", "b_loss", "extra_loss"]  # weights first, then other *_loss, no val_
     extra = result["components"][2]
-    assert extra["weight"] is None and extra["share"] is None
+    assert extra["weight"] is None and extra["share"] is None and extra["share_reason"] == "weight unknown"
+    assert result["components"][0]["share"] is None and result["components"][0]["share_reason"] == "needs two epochs"
     assert result["residual"] is None
-    assert result["dominant"]["name"] == "a_loss" and result["dominant"]["ratio_vs_next"] is None
+    assert result["dominant"] is None and result["dominant_reason"] == "needs two epochs"
     assert result["inactive"] == ["b_loss"]
     assert result["hints"] == {}
     assert result["learning_rate"] is None
+    two = stats.loss_composition({"loss": [3.0, 2.0], "a_loss": [3.0, 2.0], "b_loss": [0.0, 0.0]},
+                                 {"a_loss": 1.0, "b_loss": 1.0})
+    assert two["dominant"]["name"] == "a_loss" and two["dominant"]["ratio_vs_next"] is None
+    assert two["dominant"]["ratio_reason"] == "the next did not move"
 
 
 def test_loss_composition_empty_and_zero_total():
     empty = stats.loss_composition({}, None)
     assert empty["epochs"] == 0 and empty["components"] == [] and empty["total"]["final"] is None
-    zero = stats.loss_composition({"loss": [0.0], "a_loss": [0.0]}, {"a_loss": 1.0})
-    assert zero["components"][0]["share"] is None  # share of a zero total is undefined
+    zero = stats.loss_composition({"loss": [0.0, 0.0], "a_loss": [0.0, 0.0]}, {"a_loss": 1.0})
+    assert zero["components"][0]["share"] is None and zero["share_reason"] == "no component moved"
     assert zero["residual"] == 0.0
 
 
@@ -473,13 +549,12 @@ def test_property_loss_composition(history, weights):
 
 
 def test_split_total_explains_the_total():
-    weighted, shares, residual = stats.split_total({"loss": 10.0, "a_loss": 4.0, "b_loss": 2.0},
-                                             {"a_loss": 2.0, "b_loss": 0.5})
+    weighted, residual = stats.split_total({"loss": 10.0, "a_loss": 4.0, "b_loss": 2.0},
+                                           {"a_loss": 2.0, "b_loss": 0.5})
     assert weighted == {"a_loss": 8.0, "b_loss": 1.0}
-    assert shares == pytest.approx({"a_loss": 0.8, "b_loss": 0.1})
     assert residual == pytest.approx(1.0)
-    _, shares, residual = stats.split_total({"loss": float("nan"), "a_loss": 1.0}, {"a_loss": 1.0})
-    assert shares == {} and residual is None
+    _, residual = stats.split_total({"loss": float("nan"), "a_loss": 1.0}, {"a_loss": 1.0})
+    assert residual is None
 
 
 def test_scale_application_tells_once_from_twice_and_never():

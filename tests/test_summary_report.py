@@ -8,6 +8,7 @@ from ptycho_callbacks._keras import keras
 from ptycho_callbacks.callbacks import summary_report
 from ptycho_callbacks.callbacks.summary_report import SummaryReport
 from ptycho_callbacks.record import RunRecord
+from ptycho_callbacks.render import fmt
 
 import tensorboard_events
 
@@ -61,7 +62,7 @@ def slow_epochs(monkeypatch):
 def test_record_after_every_epoch_and_report_at_the_end(make_model, small_data, tmp_path, slow_epochs):
     run = str(tmp_path / "gs2")
     report = SummaryReport(run, config={"nphotons": 1e6, "N": 16, "gridsize": 2,
-                                        "e_batch_intensity": small_data.e_batch_intensity})
+                                        "e_batch_intensity": small_data.e_batch_intensity}, spec_prefix="pinn/specs")
     watcher = RecordOnDisk(os.path.join(run, "record.json"))
     history = make_model(SEED).fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8,
                                    epochs=3, verbose=0, callbacks=[slow_epochs, report, watcher])
@@ -77,12 +78,18 @@ def test_record_after_every_epoch_and_report_at_the_end(make_model, small_data, 
 
     text = open(os.path.join(run, "report.md")).read()
     for header in ("# Intensity Bias Summary", "## Scenario: gs2", "### Loss Composition",
-                   "### Intensity Scale Comparison", "### IntensityScaler State",
-                   "### Normalization Invariant Check", "### Amplitude Bias", "### Phase Bias"):
+                   "### Intensity Scale Comparison"):
         assert header in text
+    assert "**IntensityScaler State**: n/a (log_scale was not watched; " in text  # no IntensityScaleMonitor
+    # Alone, the report has no stages, truth or probe: each of those parts is one line saying what to pass.
+    for missing in ("**Data-path stages**", "**Prediction ↔ Truth**", "**Physics Health**"):
+        (line,) = [line for line in text.splitlines() if line.startswith(missing)]
+        assert "pass `" in line and "`default_callbacks`" in line
+    assert "### Normalization Invariant Check" not in text and "### Amplitude Bias" not in text
     assert "- Epochs trained: 3" in text
-    assert f"- Total loss (final): {history.history['loss'][-1]:.3f}" in text
-    assert "| Fallback scale | 125.000 |" in text  # sqrt(1e6) / (16 / 2)
+    assert f"- Total loss (final): {fmt(history.history['loss'][-1])}" in text
+    assert "| Fallback scale | 125.0 |" in text  # sqrt(1e6) / (16 / 2)
+    assert "**Spec Reference:** `pinn/specs/spec-ptycho-core.md §Normalization Invariants`" in text
 
     shown = tensorboard_events.texts(run)["report/summary"]
     assert len(shown) == 1 and "## Scenario: gs2" in shown[0][1]
@@ -124,6 +131,27 @@ def test_a_run_that_dies_leaves_its_record(make_model, small_data, tmp_path, slo
               callbacks=[SummaryReport(str(tmp_path / "next"))])
     assert RunRecord.load(os.path.join(run, "record.json")).status == "failed"
     assert os.path.exists(os.path.join(run, "report.md"))
+
+
+def test_a_failed_fit_says_what_its_epoch_and_step_count(make_model, small_data, tmp_path):
+    from ptycho_callbacks.callbacks.fit_exceptions import finish_on_exception
+
+    class Boom(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("user code failed")
+
+    run = str(tmp_path / "fails")
+    model = make_model(SEED)
+    finish_on_exception(model)
+    with pytest.raises(RuntimeError, match="user code failed"):
+        model.fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8, epochs=4, verbose=0,
+                  callbacks=[SummaryReport(run), Boom()])
+    record = RunRecord.load(os.path.join(run, "record.json"))
+    (finding,) = [f for f in record.findings if f["code"] == "training_failed"]
+    # 16 samples in batches of 8: the second epoch (index 1) ends after 4 optimizer steps.
+    assert finding["message"].startswith("Training was failed in epoch 1 (index from 0) with 4 optimizer steps done "
+                                         "(`optimizer.iterations`) by RuntimeError: user code failed")
 
 
 def test_needs_a_directory():

@@ -135,7 +135,8 @@ def test_every_callback_has_its_scalar_tags(server, demo):
     stable = set(tags[run_of("stable")])
     scale = {f"scale/{when}/{what}" for when in ("batch", "epoch") for what in ("log_scale", "exp_log_scale")}
     scale |= {"scale/epoch/configured_scale", "scale/epoch/ratio_to_configured"}
-    loss = {f"loss/{kind}/{name}" for kind in ("batch", "batch_weighted", "batch_share") for name in COMPONENTS}
+    loss = {f"loss/{kind}/{name}" for kind in ("batch", "batch_weighted", "batch_change", "batch_movement_share")
+            for name in COMPONENTS}
     loss |= {f"loss/epoch/{name}" for name in COMPONENTS + ("loss",)} | {"loss/batch/loss", "loss/batch/residual"}
     stage_names = [stage["name"] for stage in records["stable"].stages]
     stages = {f"stages/{name}/{stat}" for name in stage_names for stat in ("mean", "std", "min", "max")}
@@ -155,8 +156,13 @@ def test_stable_series_have_one_point_per_step_and_per_epoch(server, demo):
     steps = steps_trained(history)
     epochs = len(history.history["loss"])
     for tag in ("scale/batch/log_scale", "scale/batch/exp_log_scale", "loss/batch/pred_intensity_loss",
-                "loss/batch_share/pred_intensity_loss"):
+                "loss/batch_change/pred_intensity_loss"):
         assert [step for step, _ in scalar_series(server, "stable", tag)] == list(range(1, steps + 1)), tag
+    # The share of the loss's movement starts at the second step (nothing moved at the first) and stays in [0, 1].
+    shares = {name: scalar_series(server, "stable", f"loss/batch_movement_share/{name}") for name in COMPONENTS}
+    assert [step for step, _ in shares[COMPONENTS[0]]] == list(range(2, steps + 1))
+    for row in zip(*shares.values()):
+        assert all(0.0 <= value <= 1.0 for _, value in row) and sum(v for _, v in row) == pytest.approx(1, abs=1e-5)
     log_scale = scalar_series(server, "stable", "scale/batch/log_scale")
     exp_log_scale = scalar_series(server, "stable", "scale/batch/exp_log_scale")
     for (_, raw), (_, exp) in zip(log_scale, exp_log_scale):
@@ -186,7 +192,7 @@ def test_nan_scenario_series_end_at_the_event_step_with_a_marker(server, demo):
         len(histories["nan_poisson"].history["loss"])
 
 
-def test_custom_scalars_put_the_loss_components_on_one_chart(server):
+def test_custom_scalars_give_each_loss_component_its_own_chart(server):
     layout = server.get("/data/plugin/custom_scalars/layout")
     charts = [chart for category in layout["category"] for chart in category["chart"]]
     stable_tags = set(server.get("/data/plugin/scalars/tags")[run_of("stable")])
@@ -194,16 +200,19 @@ def test_custom_scalars_put_the_loss_components_on_one_chart(server):
     def chart_tags(chart):
         return {tag for regex in chart["multiline"]["tag"] for tag in stable_tags if re.fullmatch(regex, tag)}
 
-    wanted = {f"loss/batch/{name}" for name in COMPONENTS} | {"loss/batch/loss"}
-    (loss_chart,) = [chart for chart in charts if wanted <= chart_tags(chart)]
-    assert not any(tag.startswith("scale/") for tag in chart_tags(loss_chart))
+    # The NLL (large, negative) and the MAE are orders of magnitude apart: each has an axis of its own.
+    for name in COMPONENTS + ("loss",):
+        assert [chart_tags(chart) for chart in charts if f"loss/batch/{name}" in chart_tags(chart)] == \
+            [{f"loss/batch/{name}"}], name
+    (share_chart,) = [chart for chart in charts if f"loss/batch_movement_share/{COMPONENTS[0]}" in chart_tags(chart)]
+    assert chart_tags(share_chart) == {f"loss/batch_movement_share/{name}" for name in COMPONENTS}
     assert any("scale/batch/log_scale" in chart_tags(chart) for chart in charts)
     # Batch series (x: global step) and epoch series (x: epochs) never share an axis.
     assert not any({tag.split("/")[1] for tag in chart_tags(chart)} >= {"batch", "epoch"} for chart in charts)
-    # What the browser asks to draw that chart: one series per tag matched by its regex.
-    (regex,) = loss_chart["multiline"]["tag"]
+    # What the browser asks to draw a chart: one series per tag matched by its regex.
+    (regex,) = share_chart["multiline"]["tag"]
     drawn = server.get("/data/plugin/custom_scalars/scalars", run=run_of("stable"), tag=regex)
-    assert drawn["regex_valid"] and wanted <= set(drawn["tag_to_events"])
+    assert drawn["regex_valid"] and set(drawn["tag_to_events"]) == chart_tags(share_chart)
 
 
 def test_report_and_nan_event_are_in_the_text_dashboard(server, demo):

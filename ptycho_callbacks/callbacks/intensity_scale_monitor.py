@@ -209,8 +209,8 @@ class IntensityScaleMonitor(RecordingCallback):
             self._drift_warned = True
             self.announce("warning", "log_scale_drift",
                           f"exp(log_scale) = {_safe_exp(value):.4g} drifted {100 * (ratio - 1):+.1f}% from the "
-                          f"configured intensity_scale {configured:.4g} at the end of epoch {epoch} (0-based; step "
-                          f"{self.global_step}; "
+                          f"configured intensity_scale {configured:.4g} at the end of epoch {epoch} (index from 0; "
+                          f"{self.global_step} train steps done; "
                           f"tolerance {100 * self.drift_tolerance:.0f}%): predictions are rescaled by that factor.",
                           "TensorBoard scale/epoch/ratio_to_configured")
         import tensorflow as tf

@@ -1,25 +1,43 @@
 """LossComponents: the total loss split into its weighted components, per batch and per epoch."""
 
-from ..stats import split_total
+import re
+
+from ..stats import movement_shares, split_total
 from .base import RecordingCallback, summary_value
 from .loss_discovery import TOTAL
 
 
+def _is_finite(value):
+    return value is not None and value == value and abs(value) != float("inf")
+
+
 class LossComponents(RecordingCallback):
-    """Logs each loss component, its weighted contribution and its share of the total.
+    """Logs each loss component, its weighted value and its share of the loss's movement.
 
     Keras hands batch hooks running means over the epoch; this callback logs
     the value of each loss for the batch itself (read from Keras's own loss
-    trackers), weighted by the compiled loss weights, with each component's
-    share of the total and the residual the components do not explain
-    (regularization). Per epoch it logs the epoch values, validation too. In
-    TensorBoard the components share one chart (Custom Scalars) and also have
-    one chart each.
+    trackers), weighted by the compiled loss weights, each component's
+    change since the fit's first logged batch, its share of the loss's
+    movement and the residual the components do not explain
+    (regularization). Per epoch it logs the epoch values, validation too.
+
+    The share of the loss's movement of component i at step t is
+    `|w_i (L_i(t) - L_i(t0))| / sum_j |w_j (L_j(t) - L_j(t0))|`, t0 the
+    fit's first logged batch whose weighted components are all finite
+    (`stats.movement_shares`): a constant a loss drops (PtychoPINN's Poisson
+    NLL drops one, making the total about -3.7e6) cancels, and no share is
+    negative. It is left out where undefined (at t0, or when no component
+    moved). Per batch, the data differ from batch to batch, so a component's
+    change also holds the change of the data (and of a data-dependent term a
+    loss drops); the report's shares compare epochs over the same data.
 
     TensorBoard tags (run `ptycho/train`, and `ptycho/validation` for epochs):
-    `loss/batch/<name>`, `loss/batch_weighted/<name>`, `loss/batch_share/<name>`,
-    `loss/batch/residual` at the global step; `loss/epoch/<name>` at the
-    number of epochs completed.
+    `loss/batch/<name>` (value), `loss/batch_weighted/<name>` (weight x
+    value), `loss/batch_change/<name>` (value - value at t0, unweighted),
+    `loss/batch_movement_share/<name>`, `loss/batch/residual` at the global
+    step; `loss/epoch/<name>` at the number of epochs completed. Custom
+    Scalars gets one chart per component (each on its own axis: values six
+    orders of magnitude apart never share one) and one chart of the shares.
 
     Args:
         loss_weights: {component name: weight}; discovered from the compiled
@@ -42,27 +60,34 @@ class LossComponents(RecordingCallback):
         self.loss_weights = dict(loss_weights) if loss_weights is not None else None
         self.update_freq = update_freq
         self.batch_history_limit = int(batch_history_limit)
+        self._first = None  # the values of the fit's first logged batch (t0 of the movement)
 
     def set_model(self, model):
         super().set_model(model)
         if self.loss_weights is not None:
             self.run.use_loss_weights(self.loss_weights)
+        names = [TOTAL, *self.run.loss_weights]
         self.run.add_charts("loss components", [
-            ("loss per batch (each component and the total)", r"loss/batch/.*"),
-            ("weighted contribution per batch", r"loss/batch_weighted/.*"),
-            ("share of the total per batch", r"loss/batch_share/.*"),
-            ("loss per epoch", r"loss/epoch/.*"),
+            ("share of the loss's movement per batch: |w·(L − L at the first batch)| / Σ over components",
+             r"loss/batch_movement_share/.*"),
+            *((f"{name} per batch", rf"loss/batch/{re.escape(name)}$") for name in names),
+            ("residual per batch (total − Σ weight·value)", r"loss/batch/residual$"),
         ])
+        self.run.add_charts("loss components per epoch", [
+            (f"{name} per epoch", rf"loss/epoch/{re.escape(name)}$") for name in names])
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._first = None
 
     def on_train_batch_end(self, batch, logs=None):
         super().on_train_batch_end(batch, logs)
         if self.update_freq == "epoch" or self.global_step % self.update_freq:
             return
         values = self.run.trackers().read(step=self.global_step)
-        weighted, shares, residual = split_total(values, self.run.loss_weights, TOTAL)
         self._remember_batch(values)
         if self.log_dir is not None:
-            self._write_batch(values, weighted, shares, residual)
+            self._write_batch(values)
 
     def _remember_batch(self, values):
         record = self.record
@@ -75,10 +100,18 @@ class LossComponents(RecordingCallback):
             for series in record.batch_history.values():
                 del series[:overflow]
 
-    def _write_batch(self, values, weighted, shares, residual):
+    def _write_batch(self, values):
+        weights = self.run.loss_weights
+        weighted, residual = split_total(values, weights, TOTAL)
+        if self._first is None and all(_is_finite(values.get(name)) for name in weights if weights[name] != 0):
+            self._first = dict(values)
         scalars = {f"loss/batch/{name}": value for name, value in values.items()}
         scalars.update((f"loss/batch_weighted/{name}", value) for name, value in weighted.items())
-        scalars.update((f"loss/batch_share/{name}", value) for name, value in shares.items())
+        if self._first is not None:
+            scalars.update((f"loss/batch_change/{name}", value - self._first[name])
+                           for name, value in values.items() if name in self._first)
+            shares = movement_shares(self._first, values, weights)["shares"]
+            scalars.update((f"loss/batch_movement_share/{name}", value) for name, value in shares.items())
         if residual is not None:
             scalars["loss/batch/residual"] = residual
         self.write_batch_scalars(scalars)

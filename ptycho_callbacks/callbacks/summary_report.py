@@ -53,6 +53,10 @@ class SummaryReport(RecordingCallback):
             `normalize_gain`, `e_batch_intensity`, ...), merged into the record.
         title: the report's title.
         run: the `Run` to feed (shared by `default_callbacks`); None makes one.
+        spec_prefix: the folder of the PtychoPINN specifications the report
+            cites (`spec-ptycho-core.md`, ...); None: `docs/specs/`, where
+            PtychoPINN's main branch keeps them. From `default_callbacks`:
+            `options={"SummaryReport": {"spec_prefix": "specs/"}}`.
 
     Raises:
         ValueError: neither `log_dir` nor `run` is given. (A run without a
@@ -63,13 +67,15 @@ class SummaryReport(RecordingCallback):
     >>> model.fit(x, y, epochs=5, callbacks=[SummaryReport("runs/a", config={"nphotons": 1e9})])
     """
 
-    def __init__(self, log_dir=None, scenario=None, config=None, title="Intensity Bias Summary", run=None):
+    def __init__(self, log_dir=None, scenario=None, config=None, title="Intensity Bias Summary", run=None,
+                 spec_prefix=None):
         if log_dir is None and run is None:
             raise ValueError("SummaryReport needs a log_dir to write record.json and report.md into")
         super().__init__(run=run, log_dir=log_dir)
         self.scenario = scenario
         self.config = dict(config or {})
         self.title = title
+        self.spec_prefix = spec_prefix
         self._saved_at = -math.inf
         self._save_seconds = 0.0
 
@@ -125,7 +131,8 @@ class SummaryReport(RecordingCallback):
             step = optimizer_step(self.model)
             self.record.add_finding(
                 "warning", f"training_{status}",
-                f"Training was {status} at epoch {self.epoch}, step {step} by "
+                f"Training was {status} in epoch {self.epoch} (index from 0) with {step} optimizer steps done "
+                f"(`optimizer.iterations`) by "
                 f"{type(error).__name__}: {error}".rstrip(": ") + "; the record holds everything up to there.",
                 step=step)
             self.record.status = status
@@ -134,7 +141,7 @@ class SummaryReport(RecordingCallback):
     def _close(self):
         """The run's last act (`Run.at_close`): the record, the report, and the report in TensorBoard."""
         self._save_record()
-        report = render_report([self.record], title=self.title)
+        report = render_report([self.record], title=self.title, spec_prefix=self.spec_prefix)
         if self.log_dir is not None:
             with self.run.writing(REPORT_FILE, self.report_path):
                 atomic_write_text(self.report_path, report)
