@@ -105,14 +105,20 @@ def config_from_params(cfg):
 # --- reading arrays -------------------------------------------------------------------------------------------
 
 
-def _attribute(obj, name, what, required=True):
-    """obj.name, preferring PtychoDataContainer's numpy copy `_<name>_np` (`.X` would load a tensor)."""
-    value = getattr(obj, f"_{name}_np", None)
-    if value is None:
-        value = getattr(obj, name, None)
-    if value is None and required:
-        raise AttributeError(f"{what} has no attribute {name!r} (a {type(obj).__name__})")
-    return value
+def _attribute(obj, names, what, required=True):
+    """The first of obj.<names> that is set, preferring PtychoDataContainer's numpy copy `_<name>_np`
+    (its `.X` makes a tensor of the whole set)."""
+    names = (names,) if isinstance(names, str) else tuple(names)
+    for name in names:
+        for attribute in (f"_{name}_np", name):
+            value = getattr(obj, attribute, None)
+            if value is not None:
+                return value
+    if required:
+        wanted = (f"no attribute {names[0]!r}" if len(names) == 1
+                  else "neither attribute " + " nor ".join(repr(n) for n in names))
+        raise AttributeError(f"{what} has {wanted} (it is a {type(obj).__name__})")
+    return None
 
 
 def _shape(array, what):
@@ -308,9 +314,7 @@ def _probe(config, container, X_probe, count, rows, truth_fn):
                        "X * intensity_scale): PtychoPINN sets it before building the model (train_pinn.train); "
                        "build the callbacks after the model")
     what = "container (PtychoPINN's PtychoDataContainer)"
-    coords = _attribute(container, "coords_nominal", what, required=False)
-    if coords is None:
-        coords = _attribute(container, "coords", what + "; nor 'coords_nominal'")
+    coords = _attribute(container, ("coords_nominal", "coords"), what)
     _check_shape(coords, "container.coords_nominal", (count, 1, 2, config["gridsize"] ** 2))
     scaled = (X_probe * config["intensity_scale"]).astype(np.float32)
     coords_batch = _numpy(coords[rows], "container.coords_nominal").astype(np.float32)
