@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "default_callbacks": "suite",
+    "from_ptychopinn": "ptychopinn",
     "IntensityScaleMonitor": "callbacks.intensity_scale_monitor",
     "LossComponents": "callbacks.loss_components",
     "NaNGuard": "nan.guard",

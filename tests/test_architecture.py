@@ -15,7 +15,7 @@ PACKAGE = "ptycho_callbacks"
 ROOT = os.path.dirname(ptycho_callbacks.__file__)
 
 PURE_MODULES = ("record", "stats", "physics", "render", "run_dir", "stages", "nan.events",
-                "callbacks.loss_discovery")
+                "callbacks.loss_discovery", "ptychopinn")
 """The numpy core: what the report, its statistics and the NaN events need, testable without TensorFlow."""
 
 

@@ -191,3 +191,71 @@ def simulate(N=64, gridsize=2, n_scan=9, nphotons=1e9, n_lines=40, seed=0):
         N=N,
         gridsize=gridsize,
     )
+
+
+def ptychopinn_objects(data, loss_weights=(0.0, 1.0, 1.0), intensity_scale=None, intensity_scale_trainable=True,
+                       batch_size=16, nepochs=2):
+    """Stand-ins for PtychoPINN's own objects, made of `data`: what a PtychoPINN training script holds.
+
+    Nothing of PtychoPINN is imported: the objects only have its names and
+    shapes (read from `ptycho/params.py`, `loader.py` and `raw_data.py`).
+
+    Args:
+        data: a `SimulatedData` (from `simulate`).
+        loss_weights: (realspace_weight, mae_weight, nll_weight).
+        intensity_scale: `params.cfg['intensity_scale']`; `data.intensity_scale` if None.
+        intensity_scale_trainable: `params.cfg['intensity_scale.trainable']`.
+        batch_size, nepochs: `params.cfg['batch_size']`, `params.cfg['nepochs']`.
+
+    Returns:
+        A namespace of four objects:
+        `cfg`, a dict with `params.cfg`'s keys (`N`, `gridsize`, `nphotons`,
+        `intensity_scale`, `intensity_scale.trainable`, the three loss weights,
+        `probe`, ...); `container`, with `PtychoDataContainer`'s attributes
+        (`X`, `Y_I`, `Y_phi`, `coords_nominal`, `coords_true`, `coords`,
+        `probe`, `norm_Y_I`, ...); `grouped`, the dict
+        `RawData.generate_grouped_data` returns (`diffraction`, `X_full`, `Y`,
+        coordinates, `nn_indices`); `raw`, with `RawData`'s attributes
+        (`diff3d`, `xcoords`, `ycoords`, `probeGuess`, ...).
+    """
+    from types import SimpleNamespace
+
+    N, gridsize = data.N, data.gridsize
+    n_scan = int(round(np.sqrt(data.raw_diffraction.shape[0])))
+    step = N // 4
+    scan_y, scan_x = np.divmod(np.arange(n_scan * n_scan), n_scan)
+    xcoords, ycoords = (scan_x * step).astype(np.float64), (scan_y * step).astype(np.float64)
+    anchors = [(i, j) for i in range(n_scan - gridsize + 1) for j in range(n_scan - gridsize + 1)]
+    nn_indices = np.asarray([[(i + di) * n_scan + (j + dj) for di in range(gridsize) for dj in range(gridsize)]
+                             for i, j in anchors])
+    coords_nn = np.stack([xcoords[nn_indices], ycoords[nn_indices]], axis=1)[:, None]  # (n, 1, 2, C)
+    coords_offsets = coords_nn.mean(axis=3, keepdims=True)
+    coords_relative = data.positions
+    scale = data.intensity_scale if intensity_scale is None else float(intensity_scale)
+    realspace_weight, mae_weight, nll_weight = loss_weights
+    cfg = {
+        "N": N, "gridsize": gridsize, "offset": step, "nphotons": data.nphotons,
+        "intensity_scale": scale, "intensity_scale.trainable": bool(intensity_scale_trainable),
+        "mae_weight": float(mae_weight), "nll_weight": float(nll_weight),
+        "realspace_weight": float(realspace_weight), "tv_weight": 0.0,
+        "batch_size": batch_size, "nepochs": nepochs, "n_filters_scale": 2, "amp_activation": "sigmoid",
+        "model_type": "pinn", "object.big": True, "probe.trainable": False, "probe": data.probe[..., None],
+        "output_prefix": "outputs", "label": "",
+    }
+    container = SimpleNamespace(
+        X=data.container_X, Y_I=np.abs(data.truth_object).astype(np.float32),
+        Y_phi=np.angle(data.truth_object).astype(np.float32), coords_nominal=coords_relative,
+        coords_true=coords_relative, coords=coords_relative, probe=data.probe,
+        norm_Y_I=float(np.sqrt(data.nphotons / data.e_batch_intensity)), YY_full=None, nn_indices=nn_indices,
+        global_offsets=coords_offsets, local_offsets=coords_relative)
+    grouped = {
+        "diffraction": data.grouped_diffraction, "X_full": data.normalized, "Y": data.truth_object,
+        "coords_offsets": coords_offsets, "coords_relative": coords_relative,
+        "coords_start_offsets": coords_offsets, "coords_start_relative": coords_relative,
+        "coords_nn": coords_nn, "coords_start_nn": coords_nn, "nn_indices": nn_indices, "objectGuess": None,
+    }
+    raw = SimpleNamespace(
+        xcoords=xcoords, ycoords=ycoords, xcoords_start=xcoords, ycoords_start=ycoords,
+        diff3d=data.raw_diffraction, probeGuess=data.probe, scan_index=np.zeros(n_scan * n_scan, dtype=int),
+        objectGuess=None, Y=None, norm_Y_I=None, metadata=None)
+    return SimpleNamespace(cfg=cfg, container=container, grouped=grouped, raw=raw)
