@@ -225,8 +225,8 @@ def from_ptychopinn(cfg, container, grouped=None, raw=None, *, probe_size=8, max
             stage statistics.
         prediction_layer: the model's layer of the predicted diffraction
             amplitude in the units of X; None leaves the prediction and truth
-            stages out. PtychoPINN's is `pred_diff_channels`; the bundled
-            stand-in's is `pred_amplitude`.
+            stages out. PtychoPINN's (and the bundled stand-in's) is
+            `pred_diff_channels`.
         truth_fn: None, or `truth_fn(Y, coords)` -> the ground truth the
             model's `trimmed_obj` is compared with, from the probe batch's
             complex patches `Y` `(n, N, N, gridsize**2)` and `coords_nominal`.

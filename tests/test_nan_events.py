@@ -38,7 +38,7 @@ def test_the_message_says_what_where_what_was_done_and_where_to_look():
     event = events.build_event(1, 0, 5, "train", {"pred_intensity_loss": math.nan, "loss": math.nan},
                                {"pred_intensity_loss": -2856704.0, "loss": -2856448.0})
     line = events.message(event, "stop", True, events.restore_note(4, 0, optimizer_finite=False))
-    assert line.startswith("NaNGuard: pred_intensity_loss became NaN at epoch 1, batch 0 (0-based; step 5); "
+    assert line.startswith("NaNGuard: pred_intensity_loss became NaN at epoch 1, batch 0 (indices from 0; step 5 = train steps done, this one included); "
                            "last finite value -2.86e+06; also non-finite: loss. Training stopped.")
     assert "Restored the weights after step 4, the last finite step." in line
     assert "re-compile before training on" in line and "Poisson NLL" in line

@@ -166,7 +166,7 @@ def test_stops_at_the_batch_where_a_component_goes_non_finite(fresh_model, small
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("NaNGuard:")]
     assert len(lines) == 1
     assert f"{component} became {'NaN' if expected == 'nan' else expected.replace('inf', 'Inf')}" in lines[0]
-    assert f"epoch 0, batch {batch} (0-based; step {batch + 1})" in lines[0]
+    assert f"epoch 0, batch {batch} (indices from 0; step {batch + 1} = train steps done, this one included)" in lines[0]
     assert "Training stopped." in lines[0]
 
 

@@ -162,7 +162,7 @@ def message(event, on_nan, in_fit, notes=""):
         subject = first
     last = describe(event["last_finite"].get(first)) if first != WEIGHTS else None
     parts = [f"NaNGuard: {subject} became {what} at epoch {event['epoch']}, {where} {event['batch']} "
-             f"(0-based; step {event['step']})"]
+             f"(indices from 0; step {event['step']} = train steps done, this one included)"]
     if last is not None:
         parts.append(f"; last finite value {last}")
     others = [c for c in event["components"] if c != first]
