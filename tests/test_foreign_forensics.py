@@ -107,3 +107,20 @@ def test_a_broken_manifest_is_one_error_line(folder, tmp_path, capsys, content):
         handle.write(content)
     status, _, err = _replay([copy], capsys)
     assert status == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("origin", [
+    {"module": "os", "qualname": "system", "instance": False},
+    {"module": "subprocess", "qualname": "Popen", "instance": True, "config": {"args": ["touch", "PWNED"]}},
+    {"module": "ptycho_callbacks.cli", "qualname": "main", "instance": False},
+    {"keras": {"class_name": "Lambda", "config": {}}},
+], ids=["os_system", "popen_class", "not_a_loss", "not_a_keras_loss"])
+def test_a_manifest_cannot_make_the_replay_call_what_happens_to_be_loaded(folder, tmp_path, capsys, origin,
+                                                                         monkeypatch):
+    """The loss a manifest records is looked up only in packages the user named, and must be a loss."""
+    copy = _copy(folder, tmp_path)
+    _edit_manifest(copy, lambda manifest: manifest["losses"]["origins"].update(out=origin))
+    monkeypatch.chdir(tmp_path)
+    status, _, err = _replay([copy, "--import", "ptycho_callbacks.sim.model"], capsys)
+    assert status == 2 and "loss of output 'out'" in err, err
+    assert not os.path.exists(tmp_path / "PWNED")

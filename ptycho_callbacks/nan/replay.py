@@ -27,6 +27,7 @@ import os
 import re
 import sys
 import sysconfig
+import types
 import zipfile
 
 import numpy as np
@@ -558,11 +559,14 @@ def load_saved_model(path, unsafe=False, compile=True):
     return keras.models.load_model(path, safe_mode=not unsafe, compile=compile)
 
 
-def _resolve_loss(output, origin, folder):
+def _resolve_loss(output, origin, folder, trusted):
     """The loss function or `Loss` of one output as the manifest records it (`loss_origins`).
 
-    A module is only looked up, never imported here: the modules the user
-    named (`--import`, `--setup`) and this package's are imported already.
+    A module is only looked up, never imported here, and only in a package
+    the user named (`trusted`: the top-level packages of `--import` and
+    `--setup`) or this one; what is found must be a Python function or a
+    Keras `Loss` class. A manifest from someone else thus cannot make the
+    replay call anything else that happens to be loaded (say `os.system`).
     """
     if not isinstance(origin, dict):
         raise capture.ForensicsError(f"{folder}: the manifest's loss of output {output!r} is malformed")
@@ -577,6 +581,10 @@ def _resolve_loss(output, origin, folder):
     module_name, qualname = origin.get("module"), origin.get("qualname")
     if not isinstance(module_name, str) or not isinstance(qualname, str):
         raise capture.ForensicsError(f"{folder}: the manifest's loss of output {output!r} is malformed")
+    if not any(module_name == package or module_name.startswith(package + ".") for package in trusted):
+        raise capture.ForensicsError(
+            f"{folder}: the loss of output {output!r} is {module_name}.{qualname}: pass --import {module_name} "
+            "(or --setup with a function of its package) to use it, or pass the compiled model")
     found = sys.modules.get(module_name)
     for part in qualname.split("."):
         found = getattr(found, part, None)
@@ -585,6 +593,10 @@ def _resolve_loss(output, origin, folder):
             f"{folder}: the loss of output {output!r} is {module_name}.{qualname}, which is not loaded: "
             f"pass --import {module_name} (or --setup with a function of a module that imports it), or pass "
             "the compiled model")
+    is_loss_class = isinstance(found, type) and issubclass(found, keras.losses.Loss)
+    if is_loss_class != bool(origin.get("instance")) or not (is_loss_class or isinstance(found, types.FunctionType)):
+        raise capture.ForensicsError(f"{folder}: the loss of output {output!r}, {module_name}.{qualname}, is "
+                                     "neither a Python function nor a Keras Loss class")
     if origin.get("instance"):
         config = origin.get("config")
         try:
@@ -594,7 +606,7 @@ def _resolve_loss(output, origin, folder):
     return found
 
 
-def _compile_from_manifest(model, manifest, folder):
+def _compile_from_manifest(model, manifest, folder, trusted):
     """Compiles a model loaded without its compile config with the losses and weights the manifest records."""
     losses = manifest.get("losses") or {}
     origins, weights = losses.get("origins") or {}, losses.get("weights") or {}
@@ -605,7 +617,7 @@ def _compile_from_manifest(model, manifest, folder):
         # A revived subclassed model names its outputs anew: the outputs are matched by position.
         origins = dict(zip(names, origins.values()))
         weights = {f"{name}_loss": weight for name, weight in zip(names, weights.values())}
-    loss = {name: _resolve_loss(name, origins[name], folder) for name in names if name in origins}
+    loss = {name: _resolve_loss(name, origins[name], folder, trusted) for name in names if name in origins}
     if not loss:
         raise capture.ForensicsError(f"{folder}: the manifest's losses are for outputs {sorted(origins)}, the "
                                      f"model's outputs are {names}: pass the compiled model")
@@ -689,7 +701,9 @@ def replay_folder(folder, model=None, modules=None, unsafe=False, setup=None):
                 f"module defining its custom layers (--import MODULE){named}, set up what its layers read when "
                 "constructed (--setup MODULE:FUNCTION), or pass the model") from None
         if compile_here:
-            _compile_from_manifest(model, manifest, folder)
+            named = list(modules or ()) + [getattr(setup, "__module__", None) or ""]
+            trusted = {"ptycho_callbacks.sim"} | {name.rpartition(".")[0] or name for name in named if name}
+            _compile_from_manifest(model, manifest, folder, trusted)
     elif weights is None:
         raise capture.ForensicsError(f"{folder}: the weights before the failing step were not saved")
     variables = model_variables(model, find_log_scale(model).variable)
