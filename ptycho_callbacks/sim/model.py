@@ -123,12 +123,24 @@ class ProbeIllumination(keras.layers.Layer):
 
     The probe is read from `params.cfg["probe"]` when the layer is
     constructed, trainable as `params.cfg["probe.trainable"]` says.
+
+    Args:
+        as_variable: False holds the probe as a constant instead: the
+            collective ops of a multi-worker strategy cannot broadcast a
+            complex variable (PtychoPINN's model cannot be trained so either).
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, as_variable=True, **kwargs):
         super().__init__(**kwargs)
-        probe = np.asarray(params.cfg["probe"], dtype=np.complex64)
-        self.w = tf.Variable(probe[None, :, :, None], trainable=bool(params.cfg["probe.trainable"]))
+        self.as_variable = as_variable
+        probe = np.asarray(params.cfg["probe"], dtype=np.complex64)[None, :, :, None]
+        if as_variable:
+            self.w = tf.Variable(probe, trainable=bool(params.cfg["probe.trainable"]))
+        else:
+            self.w = tf.constant(probe)
+
+    def get_config(self):
+        return {**super().get_config(), "as_variable": self.as_variable}
 
     def call(self, obj):
         return obj * self.w
@@ -221,7 +233,7 @@ def negloglik(y_true, y_pred):
 
 def build_model(N=64, gridsize=2, n_filters=16, probe=None, intensity_scale=988.212,
                 scale_trainable=True, scaler_style="ptychopinn", loss_weights=(0.0, 1.0, 1.0),
-                amplitude_activation="sigmoid", learning_rate=1e-3, compile=True, seed=0):
+                amplitude_activation="sigmoid", learning_rate=1e-3, compile=True, seed=0, probe_variable=True):
     """Builds (and compiles) the stand-in PtychoPINN model.
 
     Like PtychoPINN's `create_model_with_gridsize`, it writes its arguments
@@ -244,6 +256,8 @@ def build_model(N=64, gridsize=2, n_filters=16, probe=None, intensity_scale=988.
         learning_rate: Adam's learning rate.
         compile: compile with the three losses when True.
         seed: seed of the weight initialisation.
+        probe_variable: hold the probe as an unnamed complex `tf.Variable`,
+            as PtychoPINN does (False: a constant, for multi-worker training).
 
     Returns:
         A `keras.Model` with outputs `trimmed_obj`, `intensity_scaler_inv`,
@@ -296,7 +310,7 @@ def build_model(N=64, gridsize=2, n_filters=16, probe=None, intensity_scale=988.
                                 name="phase_head")(d1)
     phase = PhaseActivation(name="phase")(phase)
     obj = CombineComplex(name="trimmed_obj")(amplitude, phase)
-    illuminated = ProbeIllumination(name="probe_illumination")(obj)
+    illuminated = ProbeIllumination(probe_variable, name="probe_illumination")(obj)
     predicted = FarFieldAmplitude(name="pred_amplitude")(illuminated)
     # PtychoPINN's name of the predicted amplitude in the units of the input, before the inverse scaler.
     predicted = keras.layers.Activation("linear", name="pred_diff_channels")(predicted)
