@@ -5,11 +5,12 @@ Every command line of the package is here; the work itself is done by
 """
 
 import argparse
+import glob
 import json
 import os
 import sys
 
-from .run_dir import RECORD_FILE, record_path, report_path
+from .run_dir import FORENSICS_FOLDER, RECORD_FILE, TENSORBOARD_FOLDER, record_path, report_path
 
 
 def _parse(parser, argv):
@@ -75,95 +76,215 @@ def demo_main(argv):
     return 0
 
 
-def _record_paths(argument):
-    """Record files named by a CLI argument (a record file or a run directory).
+_SKIPPED_FOLDERS = (TENSORBOARD_FOLDER, FORENSICS_FOLDER)
+"""Folders of a run that hold no run: not searched for records."""
 
-    A directory contributes its own `record.json` and the `record.json` of
-    each sub-directory, sorted by name.
+
+def _record_paths(argument):
+    """Record files named by a CLI argument: a record file, a run directory, a folder of runs, or a glob.
+
+    A directory contributes every `record.json` in it and below it (not in
+    the TensorBoard and forensics folders of a run, nor hidden folders),
+    in path order. A pattern (`runs/gs2_*`, quoted so that the shell leaves
+    it alone) contributes what each path it matches contributes.
 
     Raises:
-        FileNotFoundError: the path does not exist or holds no record.
+        FileNotFoundError: the path does not exist, the pattern matches nothing, or no record is there.
     """
+    if not os.path.exists(argument) and any(char in argument for char in "*?["):
+        matches = sorted(glob.glob(argument, recursive=True))
+        if not matches:
+            raise FileNotFoundError(f"{argument}: no path matches")
+        found = []
+        for match in matches:
+            try:
+                found += _record_paths(match)
+            except FileNotFoundError:
+                pass
+        if not found:
+            raise FileNotFoundError(f"{argument}: no {RECORD_FILE} in what it matches")
+        return found
     if os.path.isfile(argument):
         return [argument]
     if not os.path.isdir(argument):
         raise FileNotFoundError(f"{argument}: no such file or directory")
-    own = os.path.join(argument, RECORD_FILE)
-    paths = [own] if os.path.isfile(own) else []
-    paths += [os.path.join(argument, name, RECORD_FILE) for name in sorted(os.listdir(argument))
-              if os.path.isfile(os.path.join(argument, name, RECORD_FILE))]
+    paths = []
+    for folder, subfolders, files in os.walk(argument):
+        subfolders[:] = sorted(name for name in subfolders
+                               if name not in _SKIPPED_FOLDERS and not name.startswith("."))
+        if RECORD_FILE in files:
+            paths.append(os.path.join(folder, RECORD_FILE))
     if not paths:
-        raise FileNotFoundError(f"{argument}: no {RECORD_FILE} in it or its sub-directories")
+        raise FileNotFoundError(f"{argument}: no {RECORD_FILE} in it or below it")
     return paths
 
 
 def _report_parser():
+    from .compare import DEFAULT_COLUMNS, FORMATS, columns_help
+
     parser = argparse.ArgumentParser(
         prog="ptycho-callbacks report",
-        description="Render the run records written by the ptycho_callbacks callbacks as one Markdown "
-                    "'Intensity Bias Summary' report (one scenario per record).",
-        epilog="example:\n  ptycho-callbacks report runs/gs2_base runs/gs2_ne60 -o summary.md\n"
-               "  ptycho-callbacks report runs/   # every runs/*/record.json",
+        description="Render the run records written by the ptycho_callbacks callbacks: as one Markdown "
+                    "'Intensity Bias Summary' report (one scenario per record; the default), or as one "
+                    "table of chosen columns, one row per run, in Markdown, CSV or JSON.",
+        epilog="examples:\n"
+               "  ptycho-callbacks report runs/gs2_base runs/gs2_ne60 -o summary.md\n"
+               "  ptycho-callbacks report runs/   # every record.json in runs/ and below\n"
+               "  ptycho-callbacks report 'runs/gs2_*' --columns scenario,status,nphotons,final_loss "
+               "--sort final_loss\n"
+               "  ptycho-callbacks report runs/ --format csv -o sweep.csv\n"
+               "  ptycho-callbacks report runs/ --columns help   # the columns these runs have\n"
+               "\n"
+               f"columns (--columns; default: {','.join(DEFAULT_COLUMNS)}):\n{columns_help()}"
+               "  <loss> is `loss` and each logged loss component (pred_intensity_loss, ..., val_loss).\n"
+               "\n"
+               "A run that cannot be read (no record, malformed record.json) is skipped with one line on "
+               "stderr.\nexit status: 0 when at least one run was rendered, 2 when none was or on a usage error.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("paths", nargs="+", metavar="RECORD_OR_RUN_DIR",
-                        help=f"a {RECORD_FILE} file, or a run directory holding one "
-                             f"(or sub-directories that each hold one)")
-    parser.add_argument("-o", "--output", metavar="summary.md",
-                        help="write the report to this file (atomically) instead of stdout")
+    parser.add_argument("paths", nargs="*", metavar="RECORD_OR_RUN_DIR",
+                        help=f"a {RECORD_FILE} file, a run directory, a folder of runs (searched below), "
+                             "or a quoted glob pattern")
+    parser.add_argument("-o", "--output", metavar="FILE",
+                        help="write the output to this file (atomically) instead of stdout")
     parser.add_argument("--title", default="Intensity Bias Summary", help="report title")
+    parser.add_argument("--format", choices=("report",) + FORMATS,
+                        help="report: the full Markdown report (default); md, csv, json: the table of --columns "
+                             "(the default when --columns or --sort is given)")
+    parser.add_argument("--columns", metavar="COL,COL,...",
+                        help="the table's columns, comma-separated; 'help' lists those of the given runs")
+    parser.add_argument("--sort", metavar="COLUMN", help="sort the runs by this column (unknown values last)")
+    parser.add_argument("--desc", action="store_true", help="sort in descending order")
     return parser
 
 
-def report_main(argv):
-    """Render saved run records as one Markdown report comparing the runs.
+def _load_records(arguments):
+    """(records, their paths, one-line problems): every run the arguments name that can be read."""
+    from .record import RecordError, RunRecord
 
-    Unreadable paths, files that are no record (binary, not UTF-8, invalid
-    or too deeply nested JSON, fields of the wrong type) and records of a
-    newer schema version print one `ptycho-callbacks report: error: ...` line
-    to stderr (exit 2).
+    records, paths, problems = [], [], []
+    found = []
+    for argument in arguments:
+        try:
+            found += _record_paths(argument)
+        except OSError as error:
+            problems.append(_one_line(error))
+    for path in dict.fromkeys(os.path.realpath(p) for p in found):
+        try:
+            records.append(RunRecord.load(path))
+            paths.append(path)
+        except (OSError, RecordError) as error:
+            problems.append(_one_line(error))
+    return records, paths, problems
+
+
+def _one_line(error):
+    """An error's text in one line: an OSError as `file: reason`."""
+    message = str(error) if not isinstance(error, OSError) or not error.filename else \
+        f"{error.filename}: {error.strerror}"
+    return " ".join(message.split())
+
+
+def report_main(argv):
+    """Render saved run records as one Markdown report, or as a table of chosen columns (md, csv, json).
+
+    A run that cannot be read (unreadable path, files that are no record:
+    binary, not UTF-8, invalid or too deeply nested JSON, fields of the
+    wrong type, a newer schema version) prints one line to stderr and is
+    left out. Exit status: 0 when at least one run was rendered; 2 when
+    none was (each problem then prints one `ptycho-callbacks report:
+    error: ...` line), or on a usage error.
     """
-    from .record import RecordError, RunRecord, atomic_write_text
+    from . import compare
+    from .record import RecordError, atomic_write_text
 
     parser = _report_parser()
     args, status = _parse(parser, argv)
     if args is None:
         return status
+    prog = parser.prog
+    if args.columns == "help" and not args.paths:
+        sys.stdout.write(compare.columns_help())
+        return 0
+    if not args.paths:
+        print(f"{prog}: error: give at least one record, run directory, folder of runs or pattern", file=sys.stderr)
+        return 2
+    output_format = args.format or ("md" if args.columns or args.sort else "report")
+    if output_format == "report" and (args.columns or args.sort or args.desc):
+        print(f"{prog}: error: --columns, --sort and --desc make a table: give --format md, csv or json",
+              file=sys.stderr)
+        return 2
+    records, paths, problems = _load_records(args.paths)
     try:
-        paths = list(dict.fromkeys(os.path.realpath(p) for arg in args.paths for p in _record_paths(arg)))
-        records = [RunRecord.load(path) for path in paths]
-        report = _render_records(records, paths, args.title)
-        if args.output:
-            atomic_write_text(args.output, report)
+        if output_format == "report":
+            text, records, more = _render_records(records, paths, args.title)
+            problems += more
         else:
-            sys.stdout.write(report)
-    except (OSError, RecordError) as error:
-        message = str(error) if not isinstance(error, OSError) or not error.filename else \
-            f"{error.filename}: {error.strerror}"
-        print(f"{parser.prog}: error: {' '.join(message.split())}", file=sys.stderr)
+            records, more = _readable_rows(records, paths)
+            problems += more
+        if not records:
+            for problem in problems:
+                print(f"{prog}: error: {problem}", file=sys.stderr)
+            return 2
+        if output_format != "report":
+            if args.columns == "help":
+                sys.stdout.write(compare.columns_help(records))
+                return 0
+            columns = [name.strip() for name in args.columns.split(",") if name.strip()] if args.columns else None
+            table = compare.comparison_table(records, columns, sort=args.sort, descending=args.desc)
+            text = compare.render_table(table, output_format)
+        for problem in problems:
+            print(f"{prog}: skipped: {problem}", file=sys.stderr)
+        if args.output:
+            atomic_write_text(args.output, text)
+        else:
+            sys.stdout.write(text)
+    except (OSError, RecordError, ValueError) as error:
+        print(f"{prog}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     return 0
 
 
+def _readable_rows(records, paths):
+    """(the records whose table row can be made, a line for each other): a foreign record may hold anything."""
+    from .hparams import row
+
+    kept, problems = [], []
+    for record, path in zip(records, paths):
+        try:
+            row(record)
+            kept.append(record)
+        except Exception as error:  # noqa: BLE001 - the input is untrusted; say which file and go on
+            problems.append(_unreadable(path, error))
+    return kept, problems
+
+
+def _unreadable(path, error):
+    return (f"{path}: a field holds what a record never holds ({type(error).__name__}: "
+            f"{' '.join(str(error).split())}); was it written by ptycho_callbacks?")
+
+
 def _render_records(records, paths, title):
-    """The report of `records`; RecordError naming the file whose content the report cannot read.
+    """(the report of the records it can render, those records, a line for each it cannot).
 
     A record from someone else may hold anything where a number or a table
     is meant: that is an error of the input, said in one line, not a traceback.
     """
-    from .record import RecordError
     from .render import render_report
 
+    if not records:
+        return "", [], []
     try:
-        return render_report(records, title=title)
-    except Exception:  # noqa: BLE001 - the input is untrusted; find the record and say which
+        return render_report(records, title=title), records, []
+    except Exception:  # noqa: BLE001 - the input is untrusted; find the records and say which
+        kept, problems = [], []
         for record, path in zip(records, paths):
             try:
                 render_report([record], title=title)
+                kept.append(record)
             except Exception as error:  # noqa: BLE001
-                raise RecordError(f"{path}: a field holds what a record never holds ({type(error).__name__}: "
-                                  f"{error}); was it written by ptycho_callbacks?") from None
-        raise
+                problems.append(_unreadable(path, error))
+        return (render_report(kept, title=title) if kept else ""), kept, problems
 
 
 def _replay_parser():

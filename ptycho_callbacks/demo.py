@@ -43,7 +43,8 @@ class DemoConfig:
 
 
 def train_scenario(name, config, data, run_dir, callbacks_factory, verbose=1):
-    """Builds a fresh model for one scenario and fits it with the factory's callbacks.
+    """Builds a fresh model for one scenario and fits it with the factory's callbacks,
+    `callbacks_factory(model, name, run_dir, data, batch_size)`.
 
     Returns:
         (model, history)
@@ -56,7 +57,7 @@ def train_scenario(name, config, data, run_dir, callbacks_factory, verbose=1):
         N=config.N, gridsize=config.gridsize, n_filters=config.n_filters, probe=data.probe,
         intensity_scale=data.intensity_scale, scaler_style=config.scaler_style,
         loss_weights=config.loss_weights, seed=config.seed, **SCENARIOS[name])
-    callbacks = callbacks_factory(model, name, run_dir, data)
+    callbacks = callbacks_factory(model, name, run_dir, data, config.batch_size)
     history = model.fit(
         data.model_inputs(), data.model_targets(), batch_size=config.batch_size,
         epochs=config.epochs, shuffle=True, callbacks=callbacks, verbose=verbose)
@@ -66,8 +67,8 @@ def train_scenario(name, config, data, run_dir, callbacks_factory, verbose=1):
 PROBE_BATCH = 8
 
 
-def suite_callbacks(model, name, run_dir, data):
-    """Our whole suite, fed with the simulation's stages, configuration and truth."""
+def suite_callbacks(model, name, run_dir, data, batch_size=None):
+    """Our whole suite, fed with the simulation's stages, configuration (and the fit's batch size) and truth."""
     from .suite import Probe, default_callbacks
 
     inputs = {key: value[:PROBE_BATCH] for key, value in data.model_inputs().items()}
@@ -80,6 +81,8 @@ def suite_callbacks(model, name, run_dir, data):
     config = dict(nphotons=data.nphotons, N=data.N, gridsize=data.gridsize,
                   intensity_scale=data.intensity_scale, intensity_scale_trainable=True,
                   normalize_gain=data.normalize_gain, e_batch_intensity=data.e_batch_intensity)
+    if batch_size is not None:
+        config["batch_size"] = batch_size
     probe = Probe(inputs, truth=data.truth_object[:PROBE_BATCH],
                   counts=data.model_targets()["pred_intensity"][:PROBE_BATCH])
     return default_callbacks(model, run_dir, scenario=name, config=config, stages=stages, probe=probe)

@@ -74,7 +74,7 @@ def config_from_params(cfg):
 
     Keeps the JSON numbers the report reads: `nphotons`, `N`, `gridsize`,
     `intensity_scale` and `intensity_scale_trainable` (from
-    `intensity_scale.trainable`), when present, and `loss_weights`
+    `intensity_scale.trainable`) and `batch_size` (an HParams column), when present, and `loss_weights`
     ({logged Keras loss: weight}) from `realspace_weight`, `mae_weight` and
     `nll_weight`, the weights PtychoPINN compiles its three losses with.
     Everything else (`probe`, paths, ...) is left out.
@@ -95,6 +95,8 @@ def config_from_params(cfg):
         config["intensity_scale"] = _number(cfg, "intensity_scale")
     if cfg.get("intensity_scale.trainable") is not None:
         config["intensity_scale_trainable"] = bool(cfg["intensity_scale.trainable"])
+    if cfg.get("batch_size") is not None:
+        config["batch_size"] = _number(cfg, "batch_size", int)
     weights = {loss: _number(cfg, key, positive=False) for key, loss in LOSS_WEIGHT_KEYS.items()
                if cfg.get(key) is not None}
     if weights:

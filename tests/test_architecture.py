@@ -14,7 +14,7 @@ pytestmark = pytest.mark.core
 PACKAGE = "ptycho_callbacks"
 ROOT = os.path.dirname(ptycho_callbacks.__file__)
 
-PURE_MODULES = ("record", "stats", "physics", "render", "run_dir", "stages", "nan.events",
+PURE_MODULES = ("record", "stats", "physics", "render", "run_dir", "stages", "nan.events", "hparams", "compare",
                 "callbacks.loss_discovery", "ptychopinn")
 """The numpy core: what the report, its statistics and the NaN events need, testable without TensorFlow."""
 

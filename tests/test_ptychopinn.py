@@ -28,12 +28,12 @@ def test_the_config_is_what_params_cfg_and_the_data_say(small_data, objects):
     assert config == pytest.approx({
         "nphotons": 1e6, "N": 16, "gridsize": 2, "intensity_scale": small_data.intensity_scale,
         "intensity_scale_trainable": True, "e_batch_intensity": small_data.e_batch_intensity,
-        "normalize_gain": small_data.normalize_gain,
+        "normalize_gain": small_data.normalize_gain, "batch_size": 16,
     }, rel=1e-6)
     # The dataset-derived scale the report shows is PtychoPINN's norm_Y_I (scale_nphotons over container X).
     assert stats.dataset_scale(config["nphotons"], config["e_batch_intensity"]) == pytest.approx(
         objects.container.norm_Y_I, rel=1e-6)
-    assert "probe" not in config and "batch_size" not in config, "only what the report reads"
+    assert "probe" not in config and "nepochs" not in config, "only what the report and HParams read"
 
 
 def test_the_config_is_json_numbers_even_from_numpy_and_tensor_like_values(objects):

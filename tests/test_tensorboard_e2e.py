@@ -252,3 +252,51 @@ def test_demo_says_where_to_point_tensorboard_before_training_and_where_the_nan_
     (outcome,) = [line for line in demo.lines if line.startswith("scenario 'nan_poisson':") and "NaN" in line]
     assert f"step {event['step']}" in outcome
     assert os.path.join(demo.out, "nan_poisson", "report.md") in outcome and "nan/event" in outcome
+
+
+STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+
+
+def hparams_request(server, route, **request):
+    """What the HParams dashboard asks: the plugin's routes take a JSON request (its api.proto) as `request`."""
+    return server.get(f"/data/plugin/hparams/{route}", request=json.dumps({"experimentName": "", **request}))
+
+
+def test_hparams_dashboard_has_one_row_per_scenario_with_columns_and_status(server, demo):
+    def session_groups():
+        return hparams_request(server, "session_groups", allowedStatuses=STATUSES, startIndex=0, sliceSize=100,
+                               colParams=[{"hparam": "scenario", "order": "ORDER_ASC"}]).get("sessionGroups", [])
+
+    server.wait_until(lambda: len(session_groups()) == len(SCENARIOS), "the HParams sessions")
+    experiment = hparams_request(server, "experiment")
+    hparam_names = {info["name"] for info in experiment["hparamInfos"]}
+    assert {"scenario", "nphotons", "N", "gridsize", "intensity_scale", "intensity_scale_trainable",
+            "learning_rate", "batch_size", "optimizer", "keras_version"} <= hparam_names
+    assert {f"weight_{name}" for name in COMPONENTS} <= hparam_names
+    metric_tags = {info["name"]["tag"] for info in experiment["metricInfos"]}
+    assert {f"outcome/{kind}_{name}" for kind in ("final", "best") for name in COMPONENTS + ("loss",)} <= metric_tags
+    assert {"outcome/trained_scale", "outcome/scale_ratio", "outcome/amp_bias_mean", "outcome/phase_bias_mean",
+            "outcome/went_nan", "outcome/nan_step"} <= metric_tags
+    assert not any(tag.startswith(("loss/", "scale/", "stages/")) for tag in metric_tags)  # our columns, not every tag
+
+    groups = session_groups()
+    assert [group["hparams"]["scenario"] for group in groups] == sorted(SCENARIOS)
+    rows = {group["hparams"]["scenario"]: group for group in groups}
+    for scenario, rate, status in (("stable", 1e-3, "STATUS_SUCCESS"), ("nan_poisson", 3e-2, "STATUS_FAILURE")):
+        group = rows[scenario]
+        (session,) = group["sessions"]
+        assert session["name"] == run_of(scenario) and session["status"] == status, session
+        assert group["hparams"]["learning_rate"] == pytest.approx(rate, rel=1e-6)
+        assert group["hparams"]["batch_size"] == demo.config.batch_size
+        assert group["hparams"]["nphotons"] == demo.config.nphotons
+        values = {value["name"]["tag"]: value["value"] for value in session["metricValues"]}
+        record = demo.records[scenario]
+        assert values["outcome/best_loss"] == pytest.approx(min(record.history["loss"]), rel=1e-6)
+        assert values["outcome/trained_scale"] == pytest.approx(math.exp(record.log_scale["final"]), rel=1e-6)
+        assert values["outcome/amp_bias_mean"] == pytest.approx(record.prediction["amplitude_bias"]["mean"], rel=1e-5)
+    stable = {v["name"]["tag"]: v["value"] for v in rows["stable"]["sessions"][0]["metricValues"]}
+    assert stable["outcome/went_nan"] == 0 and stable["outcome/nan_step"] == -1
+    assert stable["outcome/final_loss"] == pytest.approx(demo.records["stable"].history["loss"][-1], rel=1e-6)
+    nan = {v["name"]["tag"]: v["value"] for v in rows["nan_poisson"]["sessions"][0]["metricValues"]}
+    (event,) = demo.records["nan_poisson"].nan_events
+    assert nan["outcome/went_nan"] == 1 and nan["outcome/nan_step"] == event["step"]

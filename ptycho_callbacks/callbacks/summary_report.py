@@ -7,6 +7,7 @@ from ..record import atomic_write_text
 from ..render import render_report
 from ..run_dir import RECORD_FILE, REPORT_FILE, record_path, report_path
 from .base import RecordingCallback, optimizer_step
+from .hparams_summary import note_training_setup, write_hparams
 from .variables import variable_value
 
 RECORD_TIME_SHARE = 0.02
@@ -96,6 +97,8 @@ class SummaryReport(RecordingCallback):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self.run.at_close(self._close)
+        optimizer = getattr(self.model, "optimizer", None)
+        note_training_setup(self.record, optimizer, current_learning_rate(optimizer))
         self._save_record()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -150,3 +153,4 @@ class SummaryReport(RecordingCallback):
             with self.run.summaries("train", step=self.global_step) as writer:
                 if writer is not None:
                     tf.summary.text("report/summary", report)
+            write_hparams(self.run, self.global_step)
