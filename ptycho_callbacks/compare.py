@@ -116,7 +116,9 @@ def _csv_cell(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return encode_nonfinite(value) if not math.isfinite(value) else repr(value)
-    return str(value)
+    text = str(value)
+    # A spreadsheet runs a cell that starts like a formula; text from a record is data, never a formula.
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def to_csv(table: Table) -> str:

@@ -140,3 +140,14 @@ def test_markdown_cells_from_a_stranger_are_inert(tmp_path, capsys):
     assert status == 0 and "<script>" not in out
     assert not re.search(r"(?<!\\)\]\(javascript:", out), "a link Markdown would follow"
     assert out.splitlines()[2].count(" | ") == 1  # the | in the name does not make a column
+
+
+def test_text_from_a_record_never_becomes_a_spreadsheet_formula(tmp_path, capsys):
+    _run(str(tmp_path), "hostile", 1e6, 1.0)
+    path = tmp_path / "hostile" / "record.json"
+    record = RunRecord.load(str(path))
+    record.scenario = '=HYPERLINK("http://example.invalid","x")'
+    record.save(str(path))
+    status, out, _ = _out(capsys, [str(tmp_path), "--format", "csv", "--columns", "scenario"])
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert status == 0 and rows[0]["scenario"] == "'" + record.scenario
