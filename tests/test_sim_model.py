@@ -83,3 +83,23 @@ def test_bad_model_parameters_are_refused(make_model):
         make_model(SEED, scaler_style="other")
     with pytest.raises(ValueError, match="gridsize"):
         build_model(N=16, gridsize=3)
+
+
+def test_a_gridsize_1_stand_in_is_watched_like_the_gridsize_2_one(tmp_path):
+    """One channel per sample: the suite finds log_scale, splits the loss and names the unnamed variables."""
+    from ptycho_callbacks import default_callbacks
+    from ptycho_callbacks.callbacks.variables import model_variables
+    from ptycho_callbacks.record import RunRecord
+    from ptycho_callbacks.sim.data import simulate
+
+    data = simulate(N=16, gridsize=1, n_scan=4, nphotons=1e6, seed=1)
+    model = build_model(N=16, gridsize=1, n_filters=4, probe=data.probe, intensity_scale=data.intensity_scale)
+    assert model.input_shape[0][-1] == 1
+    paths = [path for path, _ in model_variables(model)]
+    assert "intensity_scaler.w" in paths and "probe_illumination.w" in paths and "Variable" not in paths
+    run = str(tmp_path / "gs1")
+    model.fit(data.model_inputs(), data.model_targets(), batch_size=4, epochs=1, verbose=0,
+              callbacks=default_callbacks(model, run, config=dict(N=16, gridsize=1), verbose=0))
+    record = RunRecord.load(f"{run}/record.json")
+    assert record.status == "completed" and record.log_scale["found"]
+    assert {"trimmed_obj_loss", "intensity_scaler_inv_loss", "pred_intensity_loss"} <= set(record.history)
