@@ -94,6 +94,13 @@ def _os_reason(error):
     return " ".join(line.split())[:300]
 
 
+def _as_float(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 class FitEndedUnseen(RuntimeError):
     """Stands for the unknown exception that left a fit without telling our callbacks."""
 
@@ -219,9 +226,29 @@ class Run:
         self.step_guard = None
         self.record.status = "running"
         self.record.ended_at = None
-        self.record.config.setdefault("loss_weights", dict(self.loss_weights))
+        self._settle_loss_weights()
         if self.log_dir is not None and self._charts:
             self._write_custom_scalars()
+
+    def _settle_loss_weights(self):
+        """The record's loss weights are those the losses are weighed with; a config that says otherwise is kept
+        beside them and told (e.g. PtychoPINN's params.cfg changed after the model was compiled)."""
+        used = dict(self.loss_weights)
+        configured = self.record.config.get("loss_weights")
+        if not used or not isinstance(configured, dict):
+            self.record.config.setdefault("loss_weights", used)
+            return
+        differ = {name: (configured[name], weight) for name, weight in used.items()
+                  if name in configured and _as_float(configured[name]) != float(weight)}
+        if differ:
+            self.record.config["configured_loss_weights"] = dict(configured)
+            self.record.add_finding(
+                "warning", "loss_weights_differ",
+                "The config's loss weights differ from those the model weighs its losses with: "
+                + ", ".join(f"{name} {given!r} in the config, {weight:g} in the model"
+                            for name, (given, weight) in differ.items())
+                + "; the record uses the model's.")
+        self.record.config["loss_weights"] = {**configured, **used}
 
     def _close(self):
         closers, self._closers = self._closers, []

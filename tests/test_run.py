@@ -150,3 +150,17 @@ def test_options_reach_every_callback_of_the_suite(make_model, small_data, tmp_p
     assert by_name["SummaryReport"].title == "Sweep"
     with pytest.raises(ValueError, match="Probe"):
         default_callbacks(make_model(SEED), str(tmp_path / "other"), probe=inputs)
+
+
+def test_the_record_keeps_the_loss_weights_the_model_weighs_with(make_model, small_data, tmp_path):
+    """PtychoPINN's params.cfg may hold other weights than the compiled model (changed after compile)."""
+    model = make_model(0, loss_weights=(0.0, 1.0, 1.0))
+    config = {"loss_weights": {"pred_intensity_loss": 2.0, "intensity_scaler_inv_loss": 1.0}}
+    callbacks = default_callbacks(model, str(tmp_path / "run"), config=config, verbose=0)
+    model.fit(small_data.model_inputs(), small_data.model_targets(), batch_size=8, epochs=1, verbose=0,
+              callbacks=callbacks)
+    record = callbacks[-1].record
+    assert record.config["loss_weights"]["pred_intensity_loss"] == 1.0
+    assert record.config["configured_loss_weights"]["pred_intensity_loss"] == 2.0
+    (finding,) = [f for f in record.findings if f["code"] == "loss_weights_differ"]
+    assert "pred_intensity_loss 2.0 in the config, 1 in the model" in finding["message"]
