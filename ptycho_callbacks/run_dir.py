@@ -6,6 +6,8 @@ Every file and folder name of a run directory is defined here:
 <run>/ptycho_run.claim     the claim: this directory is a run's (pid and time; `claim_run_dir`)
 <run>/record.json          the RunRecord (SummaryReport)
 <run>/report.md            the Markdown report (SummaryReport)
+<run>/figures/             its PNG figures, with matplotlib (SummaryReport; `figures.py`)
+    prediction.png, bias_histograms.png, losses.png, log_scale.png, stage_means.png
 <run>/ptycho/train/        our TensorBoard event files (validation: ptycho/validation/)
 <run>/nan_forensics/       the failing step of a NaN (NaNGuard(forensics=True))
     manifest.json, batch.npz, weights_before.npz, optimizer_state.npz, model.keras
@@ -36,6 +38,15 @@ RECORD_FILE = "record.json"
 REPORT_FILE = "report.md"
 TENSORBOARD_FOLDER = "ptycho"
 """Our event files live in `<run>/ptycho/<train|validation>`, apart from Keras's own `TensorBoard`."""
+FIGURES_FOLDER = "figures"
+"""The report's PNG figures: `<run>/figures/`, and `figures/` beside a report comparing runs."""
+FIGURE_PREDICTION = "prediction.png"
+FIGURE_BIAS_HISTOGRAMS = "bias_histograms.png"
+FIGURE_LOSSES = "losses.png"
+FIGURE_LOG_SCALE = "log_scale.png"
+FIGURE_STAGE_MEANS = "stage_means.png"
+FIGURE_COMPARE_LOSSES = "compare_losses.png"
+FIGURE_COMPARE_LOG_SCALE = "compare_log_scale.png"
 FORENSICS_FOLDER = "nan_forensics"
 FORENSICS_MANIFEST = "manifest.json"
 FORENSICS_BATCH = "batch.npz"
@@ -58,6 +69,10 @@ def record_path(log_dir: str | os.PathLike) -> str:
 
 def report_path(log_dir: str | os.PathLike) -> str:
     return os.path.join(os.fspath(log_dir), REPORT_FILE)
+
+
+def figures_dir(log_dir: str | os.PathLike) -> str:
+    return os.path.join(os.fspath(log_dir), FIGURES_FOLDER)
 
 
 class RunDir(NamedTuple):

@@ -15,8 +15,9 @@ PACKAGE = "ptycho_callbacks"
 ROOT = os.path.dirname(ptycho_callbacks.__file__)
 
 PURE_MODULES = ("record", "stats", "physics", "render", "run_dir", "stages", "nan.events", "hparams", "compare",
-                "callbacks.loss_discovery", "ptychopinn")
-"""The numpy core: what the report, its statistics and the NaN events need, testable without TensorFlow."""
+                "callbacks.loss_discovery", "ptychopinn", "figures")
+"""The numpy core: what the report, its statistics and the NaN events need, testable without TensorFlow
+(and without matplotlib, which `figures` imports only to draw)."""
 
 
 def _modules():
@@ -92,7 +93,7 @@ def test_only_the_demo_and_the_stand_in_itself_import_sim():
 def test_the_numpy_core_imports_no_tensorflow():
     names = [f"{PACKAGE}.{module}" for module in PURE_MODULES]
     code = ("import sys\n" + "".join(f"import {name}\n" for name in names)
-            + "heavy = sorted(m for m in ('tensorflow', 'keras', 'tf_keras') if m in sys.modules)\n"
+            + "heavy = sorted(m for m in ('tensorflow', 'keras', 'tf_keras', 'matplotlib') if m in sys.modules)\n"
               "print(','.join(heavy))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "", f"the numpy core imported {result.stdout.strip()}"
