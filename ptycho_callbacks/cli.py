@@ -326,6 +326,7 @@ def _setup_function(spec):
 
 
 def _write_back(run_dir, result):
+    from .figures import existing_figures, figures_text
     from .record import RunRecord, atomic_write_text
     from .render import render_report
 
@@ -333,7 +334,8 @@ def _write_back(run_dir, result):
     record = RunRecord.load(path)
     record.forensics = result
     record.save(path)
-    atomic_write_text(report_path(run_dir), render_report(record))
+    report = render_report(record) + figures_text(existing_figures(run_dir), run_dir)  # the run's figures stay linked
+    atomic_write_text(report_path(run_dir), report)
     return path
 
 

@@ -149,6 +149,9 @@ class Run:
         self._lost = {}  # what could not be written (TensorBoard, record.json, report.md): the error
         self.aborted_by = None
         """The exception that ended the last fit from inside a train step (`abort`), or None."""
+        self.arrays = {}
+        """What callbacks keep for the run's close, never saved in the record: the probe batch's latest
+        `prediction`, its `truth` and the step of that evaluation (`StageStatistics`), for the figures."""
 
     # ------------------------------------------------------------ life cycle
 

@@ -15,6 +15,8 @@ import os
 import types
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Drawing a run's figures takes 1 to 3 s at its close; the figure tests switch them on (test_figures*.py).
+os.environ.setdefault("PTYCHO_CALLBACKS_FIGURES", "0")
 
 import pytest  # noqa: E402
 

@@ -276,6 +276,7 @@ class StageStatistics(PeriodicCallback):
             "phase_bias": phase_bias,
         }
         self.record.prediction = prediction
+        self.run.arrays.update(prediction=pred, truth=truth, prediction_step=self.global_step)  # the figures
         images = None
         if self.images and self.max_images > 0:
             images = {"amplitude": side_by_side(pred_amp, truth_amp, self.max_images)}

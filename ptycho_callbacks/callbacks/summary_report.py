@@ -1,11 +1,14 @@
 """SummaryReport: the run record and the Markdown report, written as training goes."""
 
 import math
+import os
+import warnings
 from time import monotonic
 
+from .. import figures as run_figures
 from ..record import atomic_write_text
 from ..render import render_report
-from ..run_dir import RECORD_FILE, REPORT_FILE, record_path, report_path
+from ..run_dir import FIGURES_FOLDER, RECORD_FILE, REPORT_FILE, figures_dir, record_path, report_path
 from .base import RecordingCallback, optimizer_step
 from .hparams_summary import note_training_setup, write_hparams
 from .variables import variable_value
@@ -14,6 +17,9 @@ RECORD_TIME_SHARE = 0.02
 """Most share of the training's time spent rewriting record.json at epoch ends. The record grows
 (the per-batch values, thousands of epochs) and its rewrite with it, so past that share it is
 rewritten less often than every epoch (`benchmarks/hooks.py` measures the epoch end)."""
+
+FIGURES_ENV = "PTYCHO_CALLBACKS_FIGURES"
+"""Environment variable: `0` draws no figures unless `SummaryReport(figures=True)` (the tests set it)."""
 
 
 def current_learning_rate(optimizer):
@@ -44,7 +50,14 @@ class SummaryReport(RecordingCallback):
     of ours ended, wherever this one stands in the list) the record is
     written a last time and the report (every section of the intensity-bias
     summary, for this run) next to it, also shown in TensorBoard's Text tab
-    under `report/summary`.
+    under `report/summary`. With matplotlib (`pip install
+    'ptycho_callbacks[plots]'`) the report's figures are drawn first into
+    `figures/` beside it (`ptycho_callbacks.figures`: prediction vs truth,
+    bias histograms, losses, `log_scale`, stage means; 1 to 3 seconds),
+    linked from the report and shown in TensorBoard's Images tab under
+    `figures/<name>`; without it the report says how to get them. A figure
+    that cannot be drawn or written costs a warning and a finding, never the
+    training.
 
     Args:
         log_dir: the run directory, when `run` is None.
@@ -58,6 +71,8 @@ class SummaryReport(RecordingCallback):
             cites (`spec-ptycho-core.md`, ...); None: `docs/specs/`, where
             PtychoPINN's main branch keeps them. From `default_callbacks`:
             `options={"SummaryReport": {"spec_prefix": "specs/"}}`.
+        figures: draw the figures; None draws them unless the environment
+            variable `PTYCHO_CALLBACKS_FIGURES` is `0`.
 
     Raises:
         ValueError: neither `log_dir` nor `run` is given. (A run without a
@@ -69,7 +84,7 @@ class SummaryReport(RecordingCallback):
     """
 
     def __init__(self, log_dir=None, scenario=None, config=None, title="Intensity Bias Summary", run=None,
-                 spec_prefix=None):
+                 spec_prefix=None, figures=None):
         if log_dir is None and run is None:
             raise ValueError("SummaryReport needs a log_dir to write record.json and report.md into")
         super().__init__(run=run, log_dir=log_dir)
@@ -77,6 +92,7 @@ class SummaryReport(RecordingCallback):
         self.config = dict(config or {})
         self.title = title
         self.spec_prefix = spec_prefix
+        self.figures = os.environ.get(FIGURES_ENV, "1").strip() != "0" if figures is None else bool(figures)
         self._saved_at = -math.inf
         self._save_seconds = 0.0
 
@@ -142,15 +158,41 @@ class SummaryReport(RecordingCallback):
         super().on_fit_exception(error)
 
     def _close(self):
-        """The run's last act (`Run.at_close`): the record, the report, and the report in TensorBoard."""
+        """The run's last act (`Run.at_close`): the figures, the record, the report, and these in TensorBoard."""
+        drawn = self._draw_figures() if self.log_dir is not None else []
         self._save_record()
         report = render_report([self.record], title=self.title, spec_prefix=self.spec_prefix)
         if self.log_dir is not None:
+            linked = run_figures.figures_text(drawn, self.log_dir)
             with self.run.writing(REPORT_FILE, self.report_path):
-                atomic_write_text(self.report_path, report)
+                atomic_write_text(self.report_path, report + linked)
             import tensorflow as tf
 
             with self.run.summaries("train", step=self.global_step) as writer:
                 if writer is not None:
-                    tf.summary.text("report/summary", report)
+                    tf.summary.text("report/summary", report + run_figures.figures_text(drawn, None))
+                    for figure in drawn:
+                        if figure.path:
+                            with open(figure.path, "rb") as handle:
+                                image = tf.io.decode_png(handle.read(), channels=3)
+                            tf.summary.image(f"{FIGURES_FOLDER}/{os.path.splitext(figure.name)[0]}", image[None],
+                                             description=figure.title)
             write_hparams(self.run, self.global_step)
+
+    def _draw_figures(self):
+        """The run's figures (`figures.write_run_figures`), [] when switched off; a failure costs a warning."""
+        if not self.figures:
+            return []
+        directory = figures_dir(self.log_dir)
+        arrays = self.run.arrays
+        try:
+            with self.run.writing("figures", directory):
+                return run_figures.write_run_figures(
+                    self.record, directory, prediction=arrays.get("prediction"), truth=arrays.get("truth"),
+                    step=arrays.get("prediction_step"))
+        except Exception as error:  # noqa: BLE001 - a figure never costs the training
+            message = (f"could not draw the figures into {directory} ({type(error).__name__}: "
+                       f"{' '.join(str(error).split())[:300]}); the report is complete without them")
+            warnings.warn(f"ptycho_callbacks: {message}", RuntimeWarning, stacklevel=2)
+            self.record.add_finding("warning", "figures_failed", message[0].upper() + message[1:] + ".")
+        return []
