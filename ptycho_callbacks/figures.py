@@ -146,10 +146,13 @@ def _series(values: Any) -> np.ndarray:
                     dtype=np.float64)
 
 
-def _integer_x(ax) -> None:
-    """Whole numbers on the x axis (steps, epochs)."""
+def _integer_x(ax, first: float, last: float) -> None:
+    """Whole numbers on the x axis (steps, epochs) from `first` to `last`, also for a single point."""
     from matplotlib.ticker import MaxNLocator
 
+    if math.isfinite(first) and math.isfinite(last):
+        pad = max(0.5, 0.03 * (last - first))
+        ax.set_xlim(first - pad, last + pad)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
@@ -317,13 +320,17 @@ def _nan_note(nan_steps: Sequence[int]) -> str:
     return f"\n(NaN/Inf at step {', '.join(map(str, nan_steps))})" if nan_steps else ""
 
 
-def _plot_line(ax, x: np.ndarray, y: np.ndarray, **kwargs) -> bool:
-    """Plots y against x (NaN/Inf as gaps, a lone finite point as a marker); False when nothing is finite."""
+def _plot_line(ax, x: np.ndarray, y: np.ndarray, mark_nonfinite: bool = False, **kwargs) -> bool:
+    """Plots y against x (NaN/Inf as gaps, a lone finite point as a marker; with `mark_nonfinite` a dotted red
+    line at each non-finite value); False when nothing is finite."""
     finite = np.isfinite(y)
     if not finite.any():
         return False
-    y = np.where(finite, y, np.nan)
-    ax.plot(x, y, marker="o" if finite.sum() < 30 else None, markersize=3, **kwargs)
+    ax.plot(x, np.where(finite, y, np.nan), marker="o" if finite.sum() < 30 else None, markersize=3, **kwargs)
+    if mark_nonfinite:
+        for index, position in enumerate(x[~finite]):
+            ax.axvline(position, color="tab:red", linestyle=":", linewidth=1.2,
+                       label="non-finite value" if index == 0 else None)
     return True
 
 
@@ -365,25 +372,32 @@ def losses_figure(record: RunRecord, path: str) -> str | None:
                 left.legend(fontsize=FONT_SIZE - 1)
             left.set_xlabel("optimizer step")
             left.set_ylabel("loss value")
-            _integer_x(left)
+            _integer_x(left, float(np.nanmin(steps)), float(np.nanmax(np.append(steps, nan_steps))))
         else:
             _no_data(left, "no finite per-batch value recorded" + _nan_note(nan_steps))
         epoch_values = _series(record.history.get(name))
-        drawn = _plot_line(right, np.arange(1, epoch_values.size + 1), epoch_values, color="tab:blue", label="train")
+        drawn = _plot_line(right, np.arange(1, epoch_values.size + 1), epoch_values, mark_nonfinite=True,
+                           color="tab:blue", label="train")
         validation = _series(record.history.get(f"val_{name}"))
         drawn_val = _plot_line(right, np.arange(1, validation.size + 1), validation, color="tab:green",
                                linestyle="--", label="validation")
         if drawn or drawn_val:
             right.set_xlabel("epochs completed")
             right.set_ylabel("loss value")
-            _integer_x(right)
-            if drawn_val:
+            _integer_x(right, 1, max(epoch_values.size, validation.size))
+            if drawn_val or not np.isfinite(epoch_values).all():
                 right.legend(fontsize=FONT_SIZE - 1)
         else:
             _no_data(right, "no finite epoch value recorded" + _nan_note(nan_steps))
     figure.suptitle(plain(f"{record.scenario}: loss components (raw values; each on its own axis)"),
                     fontsize=FONT_SIZE + 2)
     return _save(figure, path)
+
+
+def _log_scale_series(state: Mapping) -> np.ndarray:
+    """`log_scale` at train begin, then at each epoch end (NaN where the record holds no number)."""
+    history = state.get("history")
+    return _series([state.get("initial")] + (history if isinstance(history, list) else []))
 
 
 def log_scale_figure(record: RunRecord, path: str) -> str | None:
@@ -396,7 +410,7 @@ def log_scale_figure(record: RunRecord, path: str) -> str | None:
     state = record.log_scale or {}
     if not state.get("found"):
         return None
-    values = _series([state.get("initial")] + list(state.get("history") or []))
+    values = _log_scale_series(state)
     configured = stats.finite_or_none(record.config.get("intensity_scale"))
     figure, axes = _new_figure(5.0, nrows=2, sharex=True, hspace=0.35)
     top, bottom = axes[0, 0], axes[1, 0]
@@ -420,7 +434,7 @@ def log_scale_figure(record: RunRecord, path: str) -> str | None:
     bottom.set_title("exp(log_scale): the factor the input is divided by", fontsize=FONT_SIZE + 1)
     bottom.set_ylabel("intensity scale")
     bottom.set_xlabel("epochs completed (0 = train begin)")
-    _integer_x(bottom)
+    _integer_x(bottom, 0, values.size - 1)
     trained = ("among the trainable variables" if state.get("in_trainable_variables")
                else "not among the trainable variables: never trained")
     figure.suptitle(plain(f"{record.scenario}: log_scale over training ({trained})"), fontsize=FONT_SIZE + 2)
@@ -561,7 +575,7 @@ def compare_losses_figure(records: Sequence[RunRecord], path: str) -> str | None
         if drawn:
             ax.set_xlabel("epochs completed")
             ax.set_ylabel("loss value")
-            _integer_x(ax)
+            _integer_x(ax, 1, max(_series(record.history.get(name)).size for record in records))
             ax.legend(fontsize=FONT_SIZE - 1)
         else:
             _no_data(ax, "no finite value in any run")
@@ -584,7 +598,7 @@ def compare_log_scale_figure(records: Sequence[RunRecord], path: str) -> str | N
     figure, axes = _new_figure(4.0, top=0.4)
     ax = axes[0, 0]
     for record, colour in watched:
-        values = _series([record.log_scale.get("initial")] + list(record.log_scale.get("history") or []))
+        values = _log_scale_series(record.log_scale)
         with np.errstate(all="ignore"):
             scale = np.exp(values)
         _plot_line(ax, np.arange(values.size), scale, color=colour, label=plain(record.scenario))
@@ -594,7 +608,7 @@ def compare_log_scale_figure(records: Sequence[RunRecord], path: str) -> str | N
                        label=plain(f"{record.scenario}: configured {configured:.4g}"))
     ax.set_xlabel("epochs completed (0 = train begin)")
     ax.set_ylabel("exp(log_scale) (intensity scale)")
-    _integer_x(ax)
+    _integer_x(ax, 0, max(_series(record.log_scale.get("history")).size for record, _ in watched))
     ax.set_title(f"exp(log_scale) per epoch, {len(watched)} run(s)", fontsize=FONT_SIZE + 2)
     ax.legend(fontsize=FONT_SIZE - 1)
     return _save(figure, path)
