@@ -3,7 +3,9 @@
 Starts TensorBoard on the demo's directory (loopback only), waits until it
 serves every run's report, takes screenshots with headless Chromium
 (Debian: `apt-get install -y chromium`), stops TensorBoard by its process
-group, and writes `docs/images/*.png` and `docs/report_excerpt.md`.
+group, and writes `docs/images/*.png` and `docs/report_excerpt.md`; copies the
+`stable` run's prediction figure (drawn with the `plots` extra) to
+`docs/images/figure_prediction.png`.
 
 Example:
     ptycho-callbacks demo --out /tmp/demo_pics --epochs 5
@@ -136,6 +138,11 @@ def main(argv=None):
             path = os.path.join(images, name)
             screenshot(args.chromium, f"{base_url}/?darkMode=false#{fragment}", path, window_size)
             print(f"wrote {path}")
+    figure = os.path.join(args.demo_dir, SCENARIO, "figures", "prediction.png")
+    if os.path.isfile(figure):
+        path = os.path.join(images, "figure_prediction.png")
+        shutil.copyfile(figure, path)
+        print(f"wrote {path}")
 
     with open(summary, encoding="utf-8") as report:
         excerpt = report_excerpt(report.read())
