@@ -138,6 +138,11 @@ def plain(text: Any) -> str:
     return " " + text if text.startswith("_") else text
 
 
+def _mapping(value: Any) -> Mapping:
+    """`value` if it is a dict, else an empty one (a record from someone else may hold anything there)."""
+    return value if isinstance(value, dict) else {}
+
+
 def _series(values: Any) -> np.ndarray:
     """A list of logged values as float64, anything that is not a number as NaN."""
     if not isinstance(values, (list, tuple)):
@@ -306,7 +311,7 @@ def _loss_names(record: RunRecord) -> list[str]:
     """`loss` first, then each component (the loss weights' order, then any other `*_loss`)."""
     logged = [name for name in list(record.history) + list(record.batch_history)
               if isinstance(name, str) and not name.startswith("val_") and (name == "loss" or name.endswith("_loss"))]
-    weights = record.config.get("loss_weights") or {}
+    weights = _mapping(record.config.get("loss_weights"))
     ordered = ["loss"] + [name for name in weights if isinstance(name, str)] + logged
     return [name for name in dict.fromkeys(ordered) if name in logged]
 
@@ -355,7 +360,7 @@ def losses_figure(record: RunRecord, path: str) -> str | None:
     if not names:
         return None
     steps = _series(record.batch_steps)
-    weights = record.config.get("loss_weights") or {}
+    weights = _mapping(record.config.get("loss_weights"))
     figure, axes = _new_figure(1.2 + 2.1 * len(names), ncols=2, nrows=len(names), top=0.8, hspace=0.8, wspace=0.22)
     nan_steps = _nan_steps(record)
     for row, name in enumerate(names):
@@ -452,8 +457,8 @@ def stage_means_figure(record: RunRecord, path: str) -> str | None:
     if not stages:
         return None
     labels = [plain(s.get("label") or s.get("name") or "?") for s in stages]
-    means = _series([(s.get("stats") or {}).get("mean") for s in stages])
-    stds = _series([(s.get("stats") or {}).get("std") for s in stages])
+    means = _series([_mapping(s.get("stats")).get("mean") for s in stages])
+    stds = _series([_mapping(s.get("stats")).get("std") for s in stages])
     figure, axes = _new_figure(4.2, top=0.4, bottom=1.05)
     ax = axes[0, 0]
     x = np.arange(len(stages))
@@ -673,8 +678,7 @@ def existing_figures(run_dir: str) -> list[FigureFile]:
     """The figures of a run found in its `figures/` folder (to link them again when its report is rendered
     anew, as `replay --write` does)."""
     directory = os.path.join(run_dir, FIGURES_FOLDER)
-    names = RUN_FIGURES
-    return [FigureFile(name, TITLES[name], path=os.path.join(directory, name)) for name in names
+    return [FigureFile(name, TITLES[name], path=os.path.join(directory, name)) for name in RUN_FIGURES
             if os.path.isfile(os.path.join(directory, name))]
 
 

@@ -139,10 +139,12 @@ def test_losses_of_a_run_that_went_nan_are_drawn_with_the_event_marked(tmp_path)
     record.history["loss"] = [math.nan] * 4  # every epoch value non-finite
     record.history["intensity_scaler_inv_loss"][1] = "not a number"  # a record from someone else
     record.log_scale["history"] = [math.nan, math.inf]
+    record.config["loss_weights"] = 5
     assert_sane_png(figures.losses_figure(record, str(tmp_path / "losses.png")))
     assert_sane_png(figures.log_scale_figure(record, str(tmp_path / "log_scale.png")))
     record.stages[1]["stats"]["mean"] = None  # n/a in the report
     record.stages[2]["stats"] = {}
+    record.stages[3]["stats"] = ["not", "statistics"]
     assert_sane_png(figures.stage_means_figure(record, str(tmp_path / "stages.png")))
 
 
