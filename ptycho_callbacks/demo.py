@@ -105,11 +105,6 @@ def _outcome(name, history, record, report_path):
     return f"{summary}; {record.status}, {len(record.findings)} finding(s) in {report_path}"
 
 
-def _figures_wanted():
-    """The demo's comparison figures follow the runs' own (`SummaryReport`'s `PTYCHO_CALLBACKS_FIGURES`)."""
-    return os.environ.get("PTYCHO_CALLBACKS_FIGURES", "1").strip() != "0"
-
-
 def run_demo(out_dir, config=None, callbacks_factory=suite_callbacks, verbose=1, log=print):
     """Simulates data once, trains every scenario into `out_dir/<scenario>` and
     writes the report comparing them to `out_dir/summary.md` (with matplotlib,
@@ -118,7 +113,7 @@ def run_demo(out_dir, config=None, callbacks_factory=suite_callbacks, verbose=1,
     Returns:
         dict scenario name -> keras History.
     """
-    from .figures import write_comparison_section
+    from .figures import wanted, write_comparison_section
     from .record import RunRecord, atomic_write_text
     from .render import render_report
     from .run_dir import record_path, report_path
@@ -152,7 +147,7 @@ def run_demo(out_dir, config=None, callbacks_factory=suite_callbacks, verbose=1,
         log(_outcome(name, history, record, report_path(run_dir)))
     if records:
         summary = os.path.join(out_dir, "summary.md")
-        figures = write_comparison_section(records, summary) if _figures_wanted() else ""
+        figures = write_comparison_section(records, summary) if wanted() else ""  # as the runs' own
         atomic_write_text(summary, render_report(records) + figures)
         log(f"report comparing the scenarios: {os.path.abspath(summary)}")
     log(f"TensorBoard: `{tensorboard}`, then open http://localhost:6006: Custom Scalars holds the loss "

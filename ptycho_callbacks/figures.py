@@ -49,6 +49,9 @@ from .record import RunRecord
 from .run_dir import (FIGURE_BIAS_HISTOGRAMS, FIGURE_COMPARE_LOG_SCALE, FIGURE_COMPARE_LOSSES, FIGURE_LOG_SCALE,
                       FIGURE_LOSSES, FIGURE_PREDICTION, FIGURE_STAGE_MEANS, FIGURES_FOLDER)
 
+FIGURES_ENV = "PTYCHO_CALLBACKS_FIGURES"
+"""Environment variable: `0` draws no figures unless asked for explicitly (the tests set it)."""
+
 INSTALL_HINT = "pip install 'ptycho_callbacks[plots]'"
 """The one command that brings the figures (matplotlib, the `plots` extra)."""
 
@@ -86,6 +89,11 @@ class FigureFile:
     title: str
     path: str | None = None
     reason: str | None = None
+
+
+def wanted(figures: bool | None = None) -> bool:
+    """Whether to draw figures: `figures` when given, else unless `PTYCHO_CALLBACKS_FIGURES` is `0`."""
+    return os.environ.get(FIGURES_ENV, "1").strip() != "0" if figures is None else bool(figures)
 
 
 def missing_matplotlib() -> str | None:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from ptycho_callbacks import figures, stats
-from ptycho_callbacks.callbacks.summary_report import FIGURES_ENV, SummaryReport
+from ptycho_callbacks.callbacks.summary_report import SummaryReport
+from ptycho_callbacks.figures import FIGURES_ENV
 from ptycho_callbacks.record import RunRecord
 from ptycho_callbacks.suite import Probe, default_callbacks
 

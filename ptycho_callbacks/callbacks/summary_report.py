@@ -18,9 +18,6 @@ RECORD_TIME_SHARE = 0.02
 (the per-batch values, thousands of epochs) and its rewrite with it, so past that share it is
 rewritten less often than every epoch (`benchmarks/hooks.py` measures the epoch end)."""
 
-FIGURES_ENV = "PTYCHO_CALLBACKS_FIGURES"
-"""Environment variable: `0` draws no figures unless `SummaryReport(figures=True)` (the tests set it)."""
-
 
 def current_learning_rate(optimizer):
     """The optimizer's learning rate now, as a float (schedules evaluated at its step)."""
@@ -92,7 +89,7 @@ class SummaryReport(RecordingCallback):
         self.config = dict(config or {})
         self.title = title
         self.spec_prefix = spec_prefix
-        self.figures = os.environ.get(FIGURES_ENV, "1").strip() != "0" if figures is None else bool(figures)
+        self.figures = run_figures.wanted(figures)
         self._saved_at = -math.inf
         self._save_seconds = 0.0
 
