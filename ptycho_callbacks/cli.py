@@ -146,7 +146,8 @@ def _report_parser():
                         help=f"a {RECORD_FILE} file, a run directory, a folder of runs (searched below), "
                              "or a quoted glob pattern")
     parser.add_argument("-o", "--output", metavar="FILE",
-                        help="write the output to this file (atomically) instead of stdout")
+                        help="write the output to this file (atomically) instead of stdout; a report of "
+                             "several runs gets figures of them side by side in figures/ beside it")
     parser.add_argument("--title", default="Intensity Bias Summary", help="report title")
     parser.add_argument("--format", choices=("report",) + FORMATS,
                         help="report: the full Markdown report (default); md, csv, json: the table of --columns "
@@ -236,6 +237,10 @@ def report_main(argv):
         for problem in problems:
             print(f"{prog}: skipped: {problem}", file=sys.stderr)
         if args.output:
+            from . import figures
+
+            if output_format == "report" and len(records) > 1 and figures.wanted():
+                text += figures.write_comparison_section(records, args.output)  # the runs side by side
             atomic_write_text(args.output, text)
         else:
             sys.stdout.write(text)

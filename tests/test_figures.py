@@ -218,3 +218,19 @@ def test_without_matplotlib_nothing_is_drawn_and_nothing_fails(tmp_path):
     assert result.stdout.count("`pip install 'ptycho_callbacks[plots]'` draws them") == 2
     assert os.listdir(tmp_path) == []
 
+
+
+def test_the_report_command_draws_several_runs_side_by_side_beside_its_file(tmp_path, monkeypatch, capsys):
+    from ptycho_callbacks.cli import main
+
+    monkeypatch.setenv(figures.FIGURES_ENV, "1")
+    for name in ("gs2_base", "gs2_ne60"):
+        os.makedirs(tmp_path / name)
+        _record(scenario=name).save(str(tmp_path / name / "record.json"))
+    out = tmp_path / "compare" / "summary.md"
+    os.makedirs(out.parent)
+    assert main(["report", str(tmp_path / "gs2_base"), str(tmp_path / "gs2_ne60"), "-o", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert "## Figures comparing the runs" in text
+    for link in ("figures/compare_losses.png", "figures/compare_log_scale.png"):
+        assert link in text and os.path.getsize(out.parent / link) > 1000
