@@ -37,6 +37,7 @@ SCREENSHOTS = {
         f"&regexInput={SCENARIO}&_smoothingWeight=0", (1400, 780)),
     "tensorboard_custom_scalars.png": (
         f"custom_scalars&regexInput={SCENARIO}&_smoothingWeight=0", (1400, 760)),
+    "tensorboard_hparams.png": ("hparams", (1400, 560)),
 }
 EXCERPT_SECTIONS = ("Loss Composition", "IntensityScaler State", "NaN Event")
 OMITTED = "*(other sections omitted)*"
