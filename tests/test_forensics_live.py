@@ -19,6 +19,7 @@ from ptycho_callbacks.nan.guard import NaNGuard
 from ptycho_callbacks.demo import SCENARIOS
 from ptycho_callbacks.cli import replay_main
 from ptycho_callbacks.record import RunRecord
+from ptycho_callbacks.sim import params as sim_params
 from ptycho_callbacks.suite import Probe, default_callbacks
 
 pytestmark = pytest.mark.keras
@@ -99,7 +100,8 @@ def _replay_in_a_fresh_process(run_dir, *options):
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
-def test_a_fresh_process_replays_the_failing_step_of_a_model_with_global_state(make_model, small_data, tmp_path):
+def test_a_fresh_process_replays_the_failing_step_of_a_model_with_global_state(make_model, small_data, tmp_path,
+                                                                             capsys, monkeypatch):
     """PtychoPINN's traits: unnamed log_scale and probe, layers reading a global config, unregistered losses."""
     run_dir = str(tmp_path / "run")
     model = make_model(SEED, **SCENARIOS["nan_poisson"])
@@ -112,8 +114,11 @@ def test_a_fresh_process_replays_the_failing_step_of_a_model_with_global_state(m
     live = record.forensics
     assert _answer(live) == LOG_OF_POISSON_NLL
 
-    refused = _replay_in_a_fresh_process(run_dir)
-    assert refused.returncode == 2 and "--setup" in refused.stderr, refused.stderr[-1500:]
+    # As in a fresh process: the global configuration holds no intensity_scale nor probe yet.
+    monkeypatch.setattr(sim_params, "cfg", dict(sim_params.DEFAULTS))
+    capsys.readouterr()
+    assert replay_main([run_dir, "--json"]) == 2
+    assert "--setup" in capsys.readouterr().err
 
     done = _replay_in_a_fresh_process(run_dir, "--setup", "ptycho_callbacks.sim.params:setup")
     assert done.returncode == 0, done.stderr[-3000:]
