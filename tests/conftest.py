@@ -4,7 +4,7 @@ Each test module says which part of the suite it belongs to (setup.cfg
 registers the markers): `core` (numpy only, no TensorFlow: one Keras pass is
 enough), `keras` (runs under Keras 3 and again under tf_keras) or `slow`
 (end to end runs that take long and run once). `python -m pytest` runs them
-all; CI (.ci/run) runs `-m "not slow"` under Keras 3 and `-m "keras or slow"`
+all; CI (.ci/run) runs `-m "keras"` under Keras 3 and `-m "keras or slow or core"`
 under tf_keras.
 
 Nothing here imports TensorFlow at import time: the `core` tests must run

@@ -140,7 +140,7 @@ def test_a_sweep_of_three_runs_reads_back_as_three_sessions(tmp_path):
         callbacks = default_callbacks(model, str(parent / f"np{nphotons:.0e}_lr{rate:g}"), verbose=0,
                                       config={"nphotons": nphotons, "N": 16, "gridsize": 2, "batch_size": 8,
                                               "intensity_scale": data.intensity_scale})
-        model.fit(data.model_inputs(), data.model_targets(), batch_size=8, epochs=2, verbose=0, callbacks=callbacks)
+        model.fit(data.model_inputs(), data.model_targets(), batch_size=8, epochs=1, verbose=0, callbacks=callbacks)
 
     multiplexer = plugin_event_multiplexer.EventMultiplexer()
     multiplexer.AddRunsFromDirectory(str(parent))
