@@ -471,6 +471,9 @@ def test_later_fits_reuse_the_guarded_train_function_until_the_model_is_compiled
     guarded, again, own = functions.seen
     assert again is guarded, "the second fit traced the guarded step again"
     assert own is not guarded and "train_step" not in vars(model), "the model did not get its own step back"
+    kept = vars(model)["_ptycho_callbacks_step_guard"]
+    assert kept.shadows and sum(np.size(shadow.numpy()) for shadow in kept.shadows) == 0, \
+        "the weights' snapshot still holds memory after fit"
 
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss={"first": "mse", "second": "mae"},
                   steps_per_execution=3)

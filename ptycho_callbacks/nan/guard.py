@@ -327,6 +327,7 @@ class NaNGuard(RecordingCallback):
         self._in_fit = False
         if self._step_guard is not None:
             self._step_guard.uninstall()
+            self._step_guard.release()
 
     # ------------------------------------------------------------------ details
 

@@ -138,7 +138,11 @@ class StepGuard:
             # The guard counts steps itself: optimizer.iterations stands still on the steps a loss-scale
             # optimizer skips (mixed precision) and between the updates of gradient accumulation.
             self.steps = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="nan_guard_steps")
-            self.shadows = [tf.Variable(v.read_value(), trainable=False, name=f"nan_guard_shadow_{i}")
+            # One replica: shadows of no fixed shape, emptied after fit (`release`) and filled again at `reset`,
+            # so the snapshot holds memory only while a fit runs and the traced function stays valid.
+            self._releasable = strategy is None or strategy.num_replicas_in_sync == 1
+            shape = (lambda v: tf.TensorShape(None)) if self._releasable else (lambda v: v.shape)
+            self.shadows = [tf.Variable(v.read_value(), trainable=False, shape=shape(v), name=f"nan_guard_shadow_{i}")
                             for i, v in enumerate(self.variables)] if keep_snapshot else None
 
     @property
@@ -192,6 +196,12 @@ class StepGuard:
 
         with tf.control_dependencies(updates):
             return tf.cond(fire, on_fire, lambda: tf.constant(False))
+
+    def release(self):
+        """Empties the snapshot after a fit: it costs no memory until `reset` fills it for the next one."""
+        if self.shadows is not None and self._releasable:
+            for shadow, variable in zip(self.shadows, self.variables):
+                shadow.assign(tf.zeros([0] * len(variable.shape), variable.dtype))
 
     def _save_snapshot(self, all_ok, step):
         """Inside a tf.function: copies the variables into the snapshot when the guard is armed and `all_ok`."""
