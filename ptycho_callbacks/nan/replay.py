@@ -464,7 +464,11 @@ def _own_train_step(model):
     return None
 
 
-def replay(model, batch, weights=None, variables=None):
+class WeightsMismatch(ValueError):
+    """The weights given to `replay` do not fit the model's variables."""
+
+
+def replay(model, batch, weights=None, variables=None, names=None):
     """Replays one training step on `batch` to name what went non-finite first.
 
     The step runs eagerly (forward, the compiled losses with their compiled
@@ -479,6 +483,8 @@ def replay(model, batch, weights=None, variables=None):
             arrays, see `assign_weights`); None keeps the model's.
         variables: `model_variables(model, log_scale)`, the variables
             `weights` names; found here if None.
+        names: `same_variable_names` of the model the weights came from,
+            when it is another copy (see `assign_weights`).
 
     Returns:
         A JSON-safe dict: `stage` ("forward", "loss", "gradients" or
@@ -504,7 +510,10 @@ def replay(model, batch, weights=None, variables=None):
     saved = current_weights(variables)
     try:
         if weights is not None:
-            assign_weights(variables, weights)
+            try:
+                assign_weights(variables, weights, names)
+            except ValueError as error:
+                raise WeightsMismatch(str(error)) from None
         result = _Replay(model, x, y, sample_weight).run()
         own_step = _own_train_step(model)
         if own_step is not None:
@@ -707,16 +716,11 @@ def replay_folder(folder, model=None, modules=None, unsafe=False, setup=None):
     elif weights is None:
         raise capture.ForensicsError(f"{folder}: the weights before the failing step were not saved")
     variables = model_variables(model, find_log_scale(model).variable)
-    if weights is not None:
-        names = _names_of_both(capture.read_weight_names(manifest), model, variables)
-        current = current_weights(variables)
-        try:
-            assign_weights(variables, weights, names)
-        except ValueError as error:
-            raise capture.ForensicsError(f"{folder}: the saved weights do not fit the model: {error}") from None
-        weights = current_weights(variables)
-        assign_weights(variables, current)
-    result = replay(model, batch, weights, variables)
+    names = _names_of_both(capture.read_weight_names(manifest), model, variables)
+    try:
+        result = replay(model, batch, weights, variables, names)
+    except WeightsMismatch as error:
+        raise capture.ForensicsError(f"{folder}: the saved weights do not fit the model: {error}") from None
     _original_indices(result, manifest["batch"]["samples"])
     result.update(folder=os.path.abspath(folder), event=manifest.get("event"), dropped=manifest.get("dropped"))
     return result
