@@ -127,7 +127,8 @@ def test_nan_in_log_scale(model, small_data, tmp_path):
 
     record, report = _read_back(run_dir)
     (event,) = record.nan_events
-    assert (event["epoch"], event["batch"], event["components"]) == (1, 1, ["log_scale"])
+    # Assigned between steps, after batch (1, 1): the check at the end of the next step finds it.
+    assert (event["epoch"], event["batch"]) == (1, 2) and "log_scale" in event["components"]
     assert math.isnan(event["values"]["log_scale"]) and math.isfinite(event["last_finite"]["log_scale"])
     assert math.isfinite(float(log_scale.numpy()))
     assert "log_scale" in report
@@ -140,8 +141,10 @@ def test_nan_in_a_weight(model, small_data, tmp_path):
 
     record, _ = _read_back(run_dir)
     (event,) = record.nan_events
-    assert event["components"] == ["weights"] and len(event["nonfinite_weights"]) == 1
-    assert "enc2" in event["nonfinite_weights"][0]
+    # Assigned between steps: the next step ran on it and spread it, and its check found it.
+    assert (event["epoch"], event["batch"]) == (0, 3) and "weights" in event["components"]
+    assert any("enc2" in name for name in event["nonfinite_weights"])
+    assert all(np.all(np.isfinite(v.numpy())) for v in watched_variables(model)), "the suite restores finite weights"
 
 
 def test_non_finite_in_validation_only(model, small_data, tmp_path):

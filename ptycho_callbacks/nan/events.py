@@ -50,6 +50,8 @@ class NonFiniteTrainingError(RuntimeError):
 
 def as_float(value):
     """`value` as a float, None when it is not one number."""
+    if type(value) is float:  # what Keras hands batch hooks, every batch
+        return value
     try:
         return float(np.asarray(value))
     except (TypeError, ValueError):

@@ -8,14 +8,11 @@ from ..callbacks.variables import model_variables, tf_variable, variable_name
 from . import events
 from ..callbacks.loss_discovery import is_loss_name
 from .events import LOG_SCALE, NonFiniteTrainingError, is_finite
-from .step_guard import NAN, NEG_INF, POS_INF, StepGuard
+from .step_guard import HEAD, NAN, NEG_INF, POS_INF, StepGuard
 
 ON_NAN_CHOICES = ("stop", "raise")
 
 DEFAULT_FORENSICS_BYTES = 256 * 2**20
-
-_HEAD = 4
-"""Entries of the batch check's vector before the tracker state."""
 
 
 class NaNGuard(RecordingCallback):
@@ -48,27 +45,31 @@ class NaNGuard(RecordingCallback):
     and gradient accumulation.
 
     Where: the guard wraps the model's `train_step` for the duration of the
-    fit (`StepGuard`), so the check runs inside every step: with
+    fit (`StepGuard`), so the check runs at the end of every step: with
     `steps_per_execution > 1` (one hook per several steps) and under
     `jit_compile=True` (XLA, where `tf.debugging.check_numerics` lets NaN
     through; `tf.math.is_finite` does not) the event still names the exact
     step, and with `restore_weights` the last finite weights are back before
     any other callback (`ModelCheckpoint`, `BackupAndRestore`,
     `EarlyStopping`) sees the step, wherever the guard stands in the list.
-    Under a strategy with several replicas the step is not wrapped and the
-    guard checks in the batch hook. The guarded step is traced once per
-    model and compile: a later fit, even with a new guard of the same
-    settings, uses it again, and Keras's own step is back after each fit.
+    A value another callback assigns between steps is found by the check at
+    the end of the next step, which has run on it by then. Under a strategy
+    with several replicas the step is not wrapped and the guard checks in
+    the batch hook. The guarded step is traced once per model and compile: a
+    later fit, even with a new guard of the same settings, uses it again,
+    and Keras's own step is back after each fit.
 
-    Cost: inside the step, a few `is_finite` reductions and, with
-    `restore_weights` or `forensics`, one device-side copy of the weights
-    (no host copy); in the batch hook, ONE compiled call returning the first
-    bad step and Keras's loss-tracker totals and counts (the per-batch values
-    are their change, as `BatchValues` computes them). Names and values are
-    fetched only when the guard fires. A validation batch costs one read of
-    the trackers. `restore_weights` does not restore the optimizer's state
-    (e.g. Adam's moments), which a NaN gradient may have spoiled: the printed
-    line says so, re-compile before training on.
+    Cost: inside the step, one read and one `is_finite` reduction of each
+    watched variable, one conditional, and with `restore_weights` or
+    `forensics` a device-side copy of the weights after each finite step (no
+    host copy). The step hands its verdict (first bad step, `log_scale`,
+    Keras's loss-tracker totals and counts, from which `BatchValues` takes
+    each batch's values) out with its logs, so the batch hook reads a vector
+    already computed and makes no call to the device of its own. Names and
+    values are fetched only when the guard fires. A validation batch costs
+    one read of the trackers. `restore_weights` does not restore the
+    optimizer's state (e.g. Adam's moments), which a NaN gradient may have
+    spoiled: the printed line says so, re-compile before training on.
 
     With `forensics` (and a `log_dir`), the failing step's batch is kept on
     the device (not under XLA) and, when the guard fires, written with the
@@ -82,10 +83,8 @@ class NaNGuard(RecordingCallback):
             attribute; other callbacks' `on_train_end` do not run).
         restore_weights: on a training event, put back the weights after the
             last step where everything was finite (the weights at train
-            begin if the very first step fails); for a weight another
-            callback made non-finite between steps, the weights the last
-            step started from.
-        check_weights: also check every weight after every batch (catches a
+            begin if the very first step fails).
+        check_weights: also check every weight after every step (catches a
             NaN/Inf update before the loss shows it).
         check_validation: also check validation batches.
         forensics: on a training event, save and replay the failing step;
@@ -143,6 +142,7 @@ class NaNGuard(RecordingCallback):
         self._log_scale = None
         self._step_guard = None
         self._train_check = None
+        self._verdict_fits = None
 
     def step_guard_options(self):
         """The options of the `StepGuard` this guard arms inside each train step.
@@ -164,7 +164,10 @@ class NaNGuard(RecordingCallback):
         variables = [(name, variable) for name, variable in self._all_variables
                      if tf.as_dtype(variable.dtype).is_floating]
         self._variables = variables
-        self._step_guard = StepGuard.for_model(self.model, [v for _, v in variables], **self.step_guard_options())
+        watched = [v for _, v in variables]
+        index = next((i for i, v in enumerate(watched) if v is self._log_scale), None)
+        self._step_guard = StepGuard.for_model(self.model, watched, log_scale_index=index,
+                                               **self.step_guard_options())
         self._step_guard.reset(self.global_step)
         self._in_step = self._step_guard.install()
         self._step_guard.on_error = self.run.abort
@@ -177,58 +180,41 @@ class NaNGuard(RecordingCallback):
                             if is_loss_name(name) for part in (0, 1)]
 
     def _build_train_check(self):
-        """ONE compiled call per batch: the hook's own check, the first bad step, tracker state, log_scale.
+        """The batch hook's own compiled check, for when the step hands out no verdict; returns one.
 
-        Inside the step (when the guard could wrap it) the check already ran
-        per step; here it catches what changed between steps (e.g. a
-        callback assigning a weight) and, under a multi-replica strategy, is
-        the only check. It returns one float64 vector, read in one transfer:
-        [first bad step, must fire, losses finite, log_scale, tracker
-        state...] (float64 holds any step count exactly). Beside the step's
-        check it takes no inputs (the logged losses are weighed on the host,
-        see `_train_verdict`), so nothing is bound per call.
+        Under a strategy with several replicas the step is not wrapped and
+        this is the guard (snapshot included), on the losses Keras logged
+        (`logged_ok`) and its trackers'. A wrapped step whose `train_step`
+        returns no dict has nowhere to put its verdict: this reads it.
         """
         guard = self._step_guard
-        log_scale = self._log_scale
-        in_step = self._in_step
         trackers = self.run.trackers()
 
         def check(logged_ok, step):
-            state = trackers.state()
-            loss_state = tf.gather(state, tf.constant(self._loss_state, tf.int32))
-            losses_ok = tf.logical_and(logged_ok, tf.reduce_all(tf.math.is_finite(loss_state)))
-            if in_step:  # the firing itself, rare, is a call of its own (fire_now)
-                fired = must_fire = tf.cast(guard.must_fire(losses_ok), tf.float64)
-            else:  # no check in the step: this one is the guard, snapshot included
-                fired = guard.check(losses_ok, step, snapshot=True)
-                must_fire = tf.constant(0.0, tf.float64)
-            with tf.control_dependencies([fired]):
-                first_bad = tf.cast(guard.first_bad, tf.float64)
-            scale = tf.cast(log_scale, tf.float64) if log_scale is not None else tf.constant(0.0, tf.float64)
-            head = tf.stack([first_bad, must_fire, tf.cast(losses_ok, tf.float64), tf.reshape(scale, [])])
-            return tf.concat([head, tf.cast(state, tf.float64)], 0)
+            if self._in_step:
+                return guard.report(tf.constant(0))
+            state = tf.gather(trackers.state(), tf.constant(self._loss_state, tf.int32))
+            losses_ok = tf.logical_and(logged_ok, tf.reduce_all(tf.math.is_finite(state)))
+            return guard.report(guard.check(losses_ok, step))
 
-        if in_step:
-            function = tf.function(lambda: check(tf.constant(True), None), autograph=False)
-            return function.get_concrete_function()
-        self._verdicts = {True: tf.constant(True), False: tf.constant(False)}  # made once, not per call
         # A concrete function: each batch skips tf.function's argument dispatch.
         signature = [tf.TensorSpec([], tf.bool), tf.TensorSpec([], tf.int64)]
         return tf.function(check, input_signature=signature, autograph=False).get_concrete_function()
 
     def _train_verdict(self, logged_ok):
-        """(packed check, must fire, losses finite) of this batch.
-
-        Args:
-            logged_ok: every loss entry of the logs Keras passed is finite.
-        """
-        if not self._in_step:
-            packed = self._train_check(self._verdicts[logged_ok], tf.constant(self.global_step, tf.int64)).numpy()
-        else:
-            packed = self._train_check().numpy()
-            if not logged_ok:  # the check in the graph took them as finite
-                return packed, bool(packed[0] < 0), False
-        return packed, bool(packed[1]), bool(packed[2])
+        """[first bad step, log_scale, tracker state...] after this batch: the step's verdict, else the hook's."""
+        guard = self._step_guard
+        packed = guard.take_verdict() if self._in_step else None
+        if packed is not None:
+            if self._verdict_fits is None:  # the trackers the step reports are those the run reads
+                self._verdict_fits = guard.tracker_names == self.run.trackers().names
+            if self._verdict_fits:
+                return packed
+        if self._train_check is None:
+            if self._loss_state is None:
+                self._prepare_trackers()
+            self._train_check = self._build_train_check()
+        return self._train_check(tf.constant(logged_ok), tf.constant(self.global_step, tf.int64)).numpy()
 
     # ------------------------------------------------------------------ hooks
 
@@ -243,25 +229,21 @@ class NaNGuard(RecordingCallback):
         super().on_train_batch_end(batch, logs)  # global_step now counts this batch
         if self.event is not None:
             return
-        if self._train_check is None:
-            if self._variables is None:
-                self._prepare_variables()  # a subclassed model is built by its first step
-            if self._loss_state is None:
-                self._prepare_trackers()
-            self._train_check = self._build_train_check()
+        if self._variables is None:
+            self._prepare_variables()  # a subclassed model is built by its first step
         logged = self._logged_losses(logs, prefix="")
         logged_ok = all(is_finite(v) for v in logged.values())
-        packed, must_fire, losses_ok = self._train_verdict(logged_ok)
+        packed = self._train_verdict(logged_ok)
         first_bad = int(packed[0])
-        if must_fire:
-            first_bad = self._step_guard.fire_now(losses_ok, self.global_step)
+        if first_bad < 0 and not logged_ok:  # a logged loss the step's own check did not see
+            first_bad = self._step_guard.fire_now(False, self.global_step)
         trackers = self.run.trackers()
         values = trackers.latest(self.global_step)  # a callback before this one read them already
         if values is None:
-            values = trackers.values_from(packed[_HEAD:], step=self.global_step)
+            values = trackers.values_from(packed[HEAD:], step=self.global_step)
         values = self._batch_losses(values, logged)
         if self._log_scale is not None:
-            values[LOG_SCALE] = float(packed[3])
+            values[LOG_SCALE] = float(packed[1])
         if first_bad < 0:
             # Finite losses, yet log_scale can be non-finite already (without check_weights it fires nothing).
             self._last_finite["train"].update(events.finite_only(values))

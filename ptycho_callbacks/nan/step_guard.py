@@ -6,24 +6,37 @@ Keras hands callbacks one log per call of its train function, and with
 hook therefore cannot say WHICH step went bad. `StepGuard` wraps the model's
 `train_step`: after each step it checks the step's losses (and the weights)
 with `tf.math.is_finite` (which, unlike `tf.debugging.check_numerics`, is
-honoured under XLA), and at the first failure it stores the step (counted by
-the guard itself) in a variable, freezes the snapshot of the weights the
-failing step started from (putting them back at once when asked), notes
-which variables were non-finite, and keeps the failing batch on the device. Until then a step
-costs a few reductions and, with a snapshot, one device-side copy of the
-weights, taken at the start of the step where it overlaps the forward pass
-(taken at the end, after the optimizer's update, it would hold up every
-step); nothing is copied to the host.
+honoured under XLA). While everything is finite it keeps a device-side copy
+of the weights (the snapshot); at the first failure it stores the step
+(counted by the guard itself), notes which variables were non-finite, puts
+the snapshot back when asked and keeps the failing batch on the device.
+
+The step hands its verdict out with its own results: the guarded step adds
+one vector to the logs it returns (the first bad step, `log_scale` and
+Keras's loss-tracker totals), and the train function Keras calls takes it
+out again before Keras sees the logs (`_ReportingFunction`). A batch hook
+then reads that one vector; it makes no call to the device of its own and
+never waits on one.
 """
 
 import contextlib
 
+import numpy as np
 import tensorflow as tf
 
+from ..callbacks.batch_values import BatchValues
 from ..callbacks.loss_discovery import is_loss_name
 
 FINITE, NAN, POS_INF, NEG_INF = 0, 1, 2, 3
 """Codes of `StepGuard.variable_kinds()`: what a variable held when the guard fired."""
+
+VERDICT = "_ptycho_callbacks_step_verdict"
+"""The key of the verdict in the guarded step's logs; taken out before Keras sees them."""
+
+HEAD = 2
+"""Entries of a verdict before Keras's tracker state: the first bad step and `log_scale`."""
+
+_NOTHING, _SAVE, _FIRE = 0, 1, 2  # what a check does to the guard's state
 
 
 def _uses_xla(model):
@@ -31,19 +44,6 @@ def _uses_xla(model):
     if jit is None:
         jit = getattr(model, "_jit_compile", None)
     return jit is True
-
-
-def _kind(variable):
-    values = tf.convert_to_tensor(variable)
-    return tf.where(tf.reduce_any(tf.math.is_nan(values)), NAN,
-                    tf.where(tf.reduce_any(tf.equal(values, float("inf"))), POS_INF,
-                             tf.where(tf.reduce_any(tf.equal(values, float("-inf"))), NEG_INF, FINITE)))
-
-
-def _all_finite(variables):
-    if not variables:
-        return tf.constant(True)
-    return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in variables]))
 
 
 def _losses_finite(logs):
@@ -64,6 +64,10 @@ def fresh_train_function(model):
     return function if function is not None else model.train_function  # tf_keras returns it, Keras 3 sets it
 
 
+def _constant(value):
+    return lambda: tf.constant(value)
+
+
 _ON_MODEL = "_ptycho_callbacks_step_guard"  # where `StepGuard.for_model` keeps a model's guard
 
 
@@ -75,17 +79,19 @@ class StepGuard:
         variables: the `tf.Variable`s watched (weights and log_scale).
         check_weights: a non-finite watched variable fires the guard
             (otherwise only the losses do).
-        keep_snapshot: keep a device-side copy of the variables each step
-            starts from, while they are finite and the guard is armed.
+        keep_snapshot: keep a device-side copy of the variables after the
+            last step where they and the losses were finite.
         restore_in_step: when the guard fires inside a step, put the
             snapshot back before the step returns, so that no other callback
             ever sees the non-finite weights.
         capture_batch: keep the failing step's batch on the device.
+        log_scale_index: position of `log_scale` among `variables` (None:
+            none), whose value each verdict carries.
 
     Example:
     >>> guard = StepGuard(model, [tf_variable(v) for v in model.weights], True, True, True, False)
     >>> guard.install()           # at train begin
-    >>> guard.first_bad.numpy()   # -1 until a step goes non-finite
+    >>> guard.take_verdict()      # in a batch hook: [first bad step (-1: none), log_scale, tracker state...]
     """
 
     @classmethod
@@ -107,31 +113,38 @@ class StepGuard:
         return guard
 
     def __init__(self, model, variables, check_weights=True, keep_snapshot=False, restore_in_step=False,
-                 capture_batch=False):
+                 capture_batch=False, log_scale_index=None):
         self._options = dict(check_weights=check_weights, keep_snapshot=keep_snapshot,
-                             restore_in_step=restore_in_step, capture_batch=capture_batch)
+                             restore_in_step=restore_in_step, capture_batch=capture_batch,
+                             log_scale_index=log_scale_index)
         self.model = model
         self.variables = list(variables)
         self.check_weights = bool(check_weights)
         self.restore_in_step = bool(restore_in_step and keep_snapshot)
         self.capture_batch = bool(capture_batch)
+        self.log_scale_index = log_scale_index
         self._original_train_step = None
         self._keras_function = None  # Keras's own train function, given back at uninstall
         self._guarded_function = None  # the guarded one, kept while Keras's stays the same
         self._reporting_function = None  # the guarded one as Keras calls it: it reports what it raises
         self.on_error = None
         """Called with the exception when a call of the guarded train function raises (e.g. Ctrl-C in a step)."""
+        self.verdict = None
+        """The verdict of the latest call of the guarded train function (a tensor), until `take_verdict`."""
+        self.tracker_names = None
+        """Names of Keras's trackers whose state the verdicts carry, in order (known once the step is traced)."""
         self.captures_batch = False
         self._batch_structure = None
         self._captured = None
         self._fire_function = None
         strategy = getattr(model, "distribute_strategy", None)
-        scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
-        with scope:
+        count = len(self.variables)
+        with self._scope():
             self.first_bad = tf.Variable(tf.constant(-1, tf.int64), trainable=False, name="nan_guard_first_bad")
             self.losses_failed = tf.Variable(False, trainable=False, name="nan_guard_losses_failed")
-            self.kinds = tf.Variable(tf.zeros([len(self.variables)], tf.int32), trainable=False,
-                                     name="nan_guard_kinds")
+            self.nonfinite = tf.Variable(tf.zeros([count], tf.bool), trainable=False, name="nan_guard_nonfinite")
+            # Each watched variable's sum when the guard fired: NaN, +Inf or -Inf says what it held.
+            self.sums = tf.Variable(tf.zeros([count], tf.float32), trainable=False, name="nan_guard_sums")
             self.batch_captured = tf.Variable(False, trainable=False, name="nan_guard_batch_captured")
             self.snapshot_step = tf.Variable(tf.constant(0, tf.int64), trainable=False,
                                              name="nan_guard_snapshot_step")
@@ -145,6 +158,11 @@ class StepGuard:
             self.shadows = [tf.Variable(v.read_value(), trainable=False, shape=shape(v), name=f"nan_guard_shadow_{i}")
                             for i, v in enumerate(self.variables)] if keep_snapshot else None
 
+    def _scope(self):
+        """The scope the guard's variables are made in: the model's distribution strategy's, if any."""
+        strategy = getattr(self.model, "distribute_strategy", None)
+        return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
     @property
     def installed(self):
         return self._original_train_step is not None
@@ -156,46 +174,9 @@ class StepGuard:
         self.steps.assign(step)
         self.losses_failed.assign(False)
         self.batch_captured.assign(False)
+        self.verdict = None
         for shadow, variable in zip(self.shadows or [], self.variables):
             shadow.assign(variable)
-
-    def _verdict(self, losses_ok, snapshot):
-        """(fire, all_ok) inside a tf.function: fire is True when the guard, still armed, must fire now.
-
-        all_ok (losses and weights finite) serves only a `snapshot` to be taken; without one, and without
-        check_weights, the weights are not read.
-        """
-        watch_all = self.check_weights or (snapshot and self.shadows is not None)
-        weights_ok = _all_finite(self.variables) if watch_all else tf.constant(True)
-        fire_ok = tf.logical_and(losses_ok, weights_ok) if self.check_weights else losses_ok
-        return tf.logical_and(self.first_bad < 0, tf.logical_not(fire_ok)), tf.logical_and(losses_ok, weights_ok)
-
-    def _fire(self, losses_ok, step, batch=None):
-        """The assignments of a firing: first bad step, variable kinds, restore, captured batch."""
-        assigns = [self.first_bad.assign(tf.cast(step, tf.int64)),
-                   self.losses_failed.assign(tf.logical_not(losses_ok))]
-        if self.variables:
-            assigns.append(self.kinds.assign(tf.stack([_kind(v) for v in self.variables])))
-        if self.restore_in_step:
-            assigns += [v.assign(s) for s, v in zip(self.shadows, self.variables)]
-        if batch is not None:
-            assigns += [c.assign(t, read_value=False) for c, t in zip(self._captured, batch)]
-            assigns.append(self.batch_captured.assign(True))
-        return assigns
-
-    def check(self, losses_ok, step, snapshot=True, batch=None):
-        """The check itself (inside a tf.function): returns True when the guard fires at this `step`."""
-        fire, all_ok = self._verdict(losses_ok, snapshot)
-        updates = []
-        if self.shadows is not None and snapshot:
-            updates.append(self._save_snapshot(all_ok, step))
-
-        def on_fire():
-            with tf.control_dependencies(self._fire(losses_ok, step, batch)):
-                return tf.constant(True)
-
-        with tf.control_dependencies(updates):
-            return tf.cond(fire, on_fire, lambda: tf.constant(False))
 
     def release(self):
         """Empties the snapshot after a fit: it costs no memory until `reset` fills it for the next one."""
@@ -203,28 +184,73 @@ class StepGuard:
             for shadow, variable in zip(self.shadows, self.variables):
                 shadow.assign(tf.zeros([0] * len(variable.shape), variable.dtype))
 
-    def _save_snapshot(self, all_ok, step):
-        """Inside a tf.function: copies the variables into the snapshot when the guard is armed and `all_ok`."""
-        def save():
-            assigns = [s.assign(v) for s, v in zip(self.shadows, self.variables)]
-            assigns.append(self.snapshot_step.assign(tf.cast(step, tf.int64)))
-            with tf.control_dependencies(assigns):
-                return tf.constant(True)
-        return tf.cond(tf.logical_and(self.first_bad < 0, all_ok), save, lambda: tf.constant(False))
+    # ------------------------------------------------------------ inside a tf.function
 
-    def must_fire(self, losses_ok):
-        """Inside a tf.function: True when the guard must fire now; `fire_now` then does it.
+    def check(self, losses_ok, step, batch=None):
+        """The check (inside a tf.function): saves the snapshot, or fires, or neither; returns the action taken.
 
-        The light half of `check` for a batch hook that runs beside the
-        in-step check: the firing itself is rare and runs as its own call.
+        All on one read of each variable: its finiteness decides, the
+        snapshot copies it, and at a firing its sum says what it held. One
+        `switch_case` holds both branches, so a step adds one conditional.
         """
-        return self._verdict(losses_ok, snapshot=False)[0]
+        weighed = self.check_weights or self.shadows is not None
+        values = [tf.convert_to_tensor(v) for v in self.variables] if weighed else []
+        finite = tf.stack([tf.reduce_all(tf.math.is_finite(x)) for x in values]) if values else None
+        weights_ok = tf.reduce_all(finite) if values else tf.constant(True)
+        fire = tf.logical_not(tf.logical_and(losses_ok, weights_ok) if self.check_weights else losses_ok)
+        save = tf.logical_and(losses_ok, weights_ok) if self.shadows is not None else tf.constant(False)
+        action = tf.where(self.first_bad >= 0, _NOTHING, tf.where(fire, _FIRE, tf.where(save, _SAVE, _NOTHING)))
+
+        def save_snapshot():
+            assigns = [s.assign(x, read_value=False) for s, x in zip(self.shadows, values)]
+            assigns.append(self.snapshot_step.assign(tf.cast(step, tf.int64), read_value=False))
+            with tf.control_dependencies(assigns):
+                return tf.constant(_SAVE)
+
+        def fire_now():
+            with tf.control_dependencies(self._fire(losses_ok, step, values, finite, batch)):
+                return tf.constant(_FIRE)
+
+        branches = [_constant(_NOTHING), save_snapshot if self.shadows is not None else _constant(_NOTHING), fire_now]
+        return tf.switch_case(action, branches)
+
+    def _fire(self, losses_ok, step, values, finite, batch=None):
+        """The assignments of a firing: first bad step, which variables were non-finite, restore, captured batch."""
+        assigns = [self.first_bad.assign(tf.cast(step, tf.int64), read_value=False),
+                   self.losses_failed.assign(tf.logical_not(losses_ok), read_value=False)]
+        if values:
+            assigns.append(self.nonfinite.assign(tf.logical_not(finite), read_value=False))
+            assigns.append(self.sums.assign(tf.stack([tf.reduce_sum(tf.cast(x, tf.float32)) for x in values]),
+                                            read_value=False))
+        if self.restore_in_step:
+            assigns += [v.assign(s, read_value=False) for s, v in zip(self.shadows, self.variables)]
+        if batch is not None:
+            assigns += [c.assign(t, read_value=False) for c, t in zip(self._captured, batch)]
+            assigns.append(self.batch_captured.assign(True, read_value=False))
+        return assigns
+
+    def report(self, after):
+        """The verdict (inside a tf.function, after `after`): [first bad step, log_scale, tracker state...].
+
+        float64 holds any step count exactly. The tracker list is taken
+        here, after Keras's step, which builds tf_keras's trackers in its
+        first call.
+        """
+        trackers = BatchValues(self.model)
+        self.tracker_names = trackers.names
+        with tf.control_dependencies([after]):
+            scale = (tf.reshape(tf.cast(self.variables[self.log_scale_index], tf.float64), [1])
+                     if self.log_scale_index is not None else tf.zeros([1], tf.float64))
+            head = tf.concat([tf.reshape(tf.cast(self.first_bad, tf.float64), [1]), scale], 0)
+            return tf.concat([head, tf.cast(trackers.state(), tf.float64)], 0)
 
     def fire_now(self, losses_ok, step):
-        """Fires the guard at step `step` (after `must_fire` said so)."""
+        """Fires the guard at step `step` from the host (a loss the step's own check could not see)."""
         if self._fire_function is None:
             def fire(losses_ok, step):
-                with tf.control_dependencies(self._fire(losses_ok, step)):
+                values = [tf.convert_to_tensor(v) for v in self.variables]
+                finite = tf.stack([tf.reduce_all(tf.math.is_finite(x)) for x in values]) if values else None
+                with tf.control_dependencies(self._fire(losses_ok, step, values, finite)):
                     return tf.identity(self.first_bad)
             self._fire_function = tf.function(fire, autograph=False)
         return int(self._fire_function(tf.constant(bool(losses_ok)), tf.constant(int(step), tf.int64)))
@@ -249,10 +275,11 @@ class StepGuard:
         self.captures_batch = self.capture_batch and not _uses_xla(model)  # XLA cannot resize a variable
 
         def guarded_train_step(data):
-            self.before_step()
             logs = original(data)
-            self.after_step(data, logs)
-            return logs
+            checked = self.after_step(data, logs)
+            if not isinstance(logs, dict):  # nowhere to put the verdict: NaNGuard's batch hook reads it
+                return logs
+            return {**logs, VERDICT: self.report(checked)}
 
         model.train_step = guarded_train_step
         self._original_train_step = original
@@ -264,22 +291,10 @@ class StepGuard:
         model.train_function = self._reporting_function
         return True
 
-    def before_step(self):
-        """What the guarded train step does before Keras's (inside its tf.function): the snapshot it starts from.
-
-        Taken while the forward pass reads the same weights, it does not hold up the end of the step.
-        """
-        if self.shadows is not None:
-            self._save_snapshot(_all_finite(self.variables), self.steps)
-
     def after_step(self, data, logs):
         """What the guarded train step adds to Keras's (inside its tf.function): the check, given the batch."""
-        flat = None
-        if self.captures_batch:
-            flat = [tf.convert_to_tensor(t) for t in tf.nest.flatten(data)]
-            self._prepare_capture(data, flat)
         step = self.steps.assign_add(1)
-        return self.check(_losses_finite(logs), step, snapshot=False, batch=flat)
+        return self.check(_losses_finite(logs), step, batch=self._batch_to_capture(data))
 
     def uninstall(self):
         """Gives the model back its own `train_step` and Keras's own train function."""
@@ -290,30 +305,60 @@ class StepGuard:
         self.model.train_function = self._keras_function  # None: Keras makes one at the next fit
         self._original_train_step = None
 
-    def _prepare_capture(self, data, flat):
-        if self._captured is not None:
+    def take_verdict(self):
+        """The latest step's verdict as numpy (None when the step handed none out), and forgets it."""
+        verdict, self.verdict = self.verdict, None
+        return None if verdict is None else verdict.numpy()
+
+    def prepare_capture(self, iterator):
+        """Makes the variables that keep a failing batch, from the structure `iterator` yields.
+
+        Made before the step is traced: a variable made while tracing makes
+        tf.function trace the whole step twice.
+        """
+        self._captured = []
+        spec = getattr(iterator, "element_spec", None)
+        flat = tf.nest.flatten(spec) if spec is not None else []
+        if not flat or not all(isinstance(s, tf.TensorSpec) for s in flat):
             return
+        self._batch_structure = spec
+        with tf.init_scope(), self._scope():
+            self._captured = [tf.Variable(tf.zeros([0] * s.shape.rank if s.shape.rank is not None else [0], s.dtype),
+                                          shape=tf.TensorShape(None), validate_shape=False, trainable=False,
+                                          name=f"nan_guard_batch_{i}") for i, s in enumerate(flat)]
+
+    def _batch_to_capture(self, data):
+        """The step's batch, flat, when it can be kept (the variables made for it fit its structure); else None."""
+        if not self.captures_batch or not self._captured:
+            return None
+        flat = tf.nest.flatten(data)
+        if len(flat) != len(self._captured) or any(
+                not tf.is_tensor(t) or t.dtype != c.dtype for t, c in zip(flat, self._captured)):
+            return None
         self._batch_structure = tf.nest.map_structure(lambda _: None, data)
-        with tf.init_scope():
-            self._captured = [tf.Variable(tf.zeros([0] * len(t.shape), t.dtype), shape=tf.TensorShape(None),
-                                          validate_shape=False, trainable=False, name=f"nan_guard_batch_{i}")
-                              for i, t in enumerate(flat)]
+        return [tf.convert_to_tensor(t) for t in flat]
 
     # ------------------------------------------------------------ on the host
 
     def variable_kinds(self):
-        """[FINITE | NAN | POS_INF | NEG_INF] per watched variable, as they were when the guard fired."""
-        return [int(k) for k in self.kinds.numpy()]
+        """[FINITE | NAN | POS_INF | NEG_INF] per watched variable, as they were when the guard fired.
+
+        A variable that held both +Inf and -Inf (and no NaN) reads NAN: its sum is NaN.
+        """
+        kinds = []
+        for bad, total in zip(self.nonfinite.numpy(), self.sums.numpy()):
+            kinds.append(FINITE if not bad else NAN if np.isnan(total) else POS_INF if total > 0 else NEG_INF)
+        return kinds
 
     def captured_batch(self):
         """The failing step's batch as numpy, structured as Keras fed it to `train_step`; None if not captured."""
-        if self._captured is None or not bool(self.batch_captured.numpy()):
+        if not self._captured or not bool(self.batch_captured.numpy()):
             return None
         arrays = [c.numpy() for c in self._captured]
         return tf.nest.pack_sequence_as(self._batch_structure, arrays)
 
     def snapshot(self):
-        """The snapshot's values as numpy (the variables before the failing step); None without one."""
+        """The snapshot's values as numpy (the variables after the last finite step); None without one."""
         return None if self.shadows is None else [s.numpy() for s in self.shadows]
 
     def snapshot_step_value(self):
@@ -327,25 +372,33 @@ class StepGuard:
 
 
 class _ReportingFunction:
-    """The guarded train function as Keras calls it: an exception from a step is told to the guard first.
+    """The guarded train function as Keras calls it: it takes the verdict out of the logs and reports errors.
 
-    Keras calls no callback when `fit` is left by an exception; a suite
-    built inside the call (`model.fit(..., callbacks=default_callbacks(...))`)
-    is not behind `finish_on_exception`. What raises inside a step (Ctrl-C
-    during the step, a broken input pipeline) still reaches `on_error`.
+    The verdict goes to the guard (`StepGuard.verdict`), and Keras gets the
+    logs of its own step. Keras calls no callback when `fit` is left by an
+    exception; a suite built inside the call
+    (`model.fit(..., callbacks=default_callbacks(...))`) is not behind
+    `finish_on_exception`. What raises inside a step (Ctrl-C during the
+    step, a broken input pipeline) still reaches `on_error`.
     """
 
     def __init__(self, function, guard):
         self.function, self.guard = function, guard
 
     def __call__(self, *args, **kwargs):
+        guard = self.guard
+        if guard.captures_batch and guard._captured is None:
+            guard.prepare_capture(args[0] if args else None)
         try:
-            return self.function(*args, **kwargs)
+            logs = self.function(*args, **kwargs)
         except BaseException as error:
-            if self.guard.on_error is not None:
-                self.guard.on_error(error)
+            if guard.on_error is not None:
+                guard.on_error(error)
             raise
+        if isinstance(logs, dict) and VERDICT in logs:
+            logs = dict(logs)
+            guard.verdict = logs.pop(VERDICT)
+        return logs
 
     def __getattr__(self, name):
         return getattr(self.function, name)
-
