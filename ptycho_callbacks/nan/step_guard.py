@@ -64,6 +64,17 @@ def fresh_train_function(model):
     return function if function is not None else model.train_function  # tf_keras returns it, Keras 3 sets it
 
 
+def _sums(values):
+    """The sum of each tensor of `values` as one float64 vector (16-bit floats summed in float32)."""
+    if not values:
+        return tf.zeros([0], tf.float64)
+    wide = (tf.float32, tf.float64)
+    totals = [tf.reduce_sum(x if x.dtype in wide else tf.cast(x, tf.float32)) for x in values]
+    if all(t.dtype == totals[0].dtype for t in totals):  # one cast for the usual all-float32 model
+        return tf.cast(tf.stack(totals), tf.float64)
+    return tf.stack([tf.cast(t, tf.float64) for t in totals])
+
+
 def _constant(value):
     return lambda: tf.constant(value)
 
@@ -142,9 +153,8 @@ class StepGuard:
         with self._scope():
             self.first_bad = tf.Variable(tf.constant(-1, tf.int64), trainable=False, name="nan_guard_first_bad")
             self.losses_failed = tf.Variable(False, trainable=False, name="nan_guard_losses_failed")
-            self.nonfinite = tf.Variable(tf.zeros([count], tf.bool), trainable=False, name="nan_guard_nonfinite")
             # Each watched variable's sum when the guard fired: NaN, +Inf or -Inf says what it held.
-            self.sums = tf.Variable(tf.zeros([count], tf.float32), trainable=False, name="nan_guard_sums")
+            self.sums = tf.Variable(tf.zeros([count], tf.float64), trainable=False, name="nan_guard_sums")
             self.batch_captured = tf.Variable(False, trainable=False, name="nan_guard_batch_captured")
             self.snapshot_step = tf.Variable(tf.constant(0, tf.int64), trainable=False,
                                              name="nan_guard_snapshot_step")
@@ -189,14 +199,17 @@ class StepGuard:
     def check(self, losses_ok, step, batch=None):
         """The check (inside a tf.function): saves the snapshot, or fires, or neither; returns the action taken.
 
-        All on one read of each variable: its finiteness decides, the
-        snapshot copies it, and at a firing its sum says what it held. One
-        `switch_case` holds both branches, so a step adds one conditional.
+        All on one read of each variable, whose sum decides: a sum is
+        finite exactly when every element is (short of a float32 overflow
+        past 3.4e38), and when the guard fires it also says what the
+        variable held (NaN, +Inf or -Inf). The snapshot copies the same
+        reads. One `switch_case` holds both branches, so a step adds one
+        conditional.
         """
         weighed = self.check_weights or self.shadows is not None
         values = [tf.convert_to_tensor(v) for v in self.variables] if weighed else []
-        finite = tf.stack([tf.reduce_all(tf.math.is_finite(x)) for x in values]) if values else None
-        weights_ok = tf.reduce_all(finite) if values else tf.constant(True)
+        sums = _sums(values)
+        weights_ok = tf.reduce_all(tf.math.is_finite(sums))
         fire = tf.logical_not(tf.logical_and(losses_ok, weights_ok) if self.check_weights else losses_ok)
         save = tf.logical_and(losses_ok, weights_ok) if self.shadows is not None else tf.constant(False)
         action = tf.where(self.first_bad >= 0, _NOTHING, tf.where(fire, _FIRE, tf.where(save, _SAVE, _NOTHING)))
@@ -208,20 +221,18 @@ class StepGuard:
                 return tf.constant(_SAVE)
 
         def fire_now():
-            with tf.control_dependencies(self._fire(losses_ok, step, values, finite, batch)):
+            with tf.control_dependencies(self._fire(losses_ok, step, sums, batch)):
                 return tf.constant(_FIRE)
 
         branches = [_constant(_NOTHING), save_snapshot if self.shadows is not None else _constant(_NOTHING), fire_now]
         return tf.switch_case(action, branches)
 
-    def _fire(self, losses_ok, step, values, finite, batch=None):
-        """The assignments of a firing: first bad step, which variables were non-finite, restore, captured batch."""
+    def _fire(self, losses_ok, step, sums, batch=None):
+        """The assignments of a firing: first bad step, what each variable held, restore, captured batch."""
         assigns = [self.first_bad.assign(tf.cast(step, tf.int64), read_value=False),
                    self.losses_failed.assign(tf.logical_not(losses_ok), read_value=False)]
-        if values:
-            assigns.append(self.nonfinite.assign(tf.logical_not(finite), read_value=False))
-            assigns.append(self.sums.assign(tf.stack([tf.reduce_sum(tf.cast(x, tf.float32)) for x in values]),
-                                            read_value=False))
+        if self.variables:
+            assigns.append(self.sums.assign(sums, read_value=False))
         if self.restore_in_step:
             assigns += [v.assign(s, read_value=False) for s, v in zip(self.shadows, self.variables)]
         if batch is not None:
@@ -248,9 +259,8 @@ class StepGuard:
         """Fires the guard at step `step` from the host (a loss the step's own check could not see)."""
         if self._fire_function is None:
             def fire(losses_ok, step):
-                values = [tf.convert_to_tensor(v) for v in self.variables]
-                finite = tf.stack([tf.reduce_all(tf.math.is_finite(x)) for x in values]) if values else None
-                with tf.control_dependencies(self._fire(losses_ok, step, values, finite)):
+                sums = _sums([tf.convert_to_tensor(v) for v in self.variables])
+                with tf.control_dependencies(self._fire(losses_ok, step, sums)):
                     return tf.identity(self.first_bad)
             self._fire_function = tf.function(fire, autograph=False)
         return int(self._fire_function(tf.constant(bool(losses_ok)), tf.constant(int(step), tf.int64)))
@@ -345,10 +355,8 @@ class StepGuard:
 
         A variable that held both +Inf and -Inf (and no NaN) reads NAN: its sum is NaN.
         """
-        kinds = []
-        for bad, total in zip(self.nonfinite.numpy(), self.sums.numpy()):
-            kinds.append(FINITE if not bad else NAN if np.isnan(total) else POS_INF if total > 0 else NEG_INF)
-        return kinds
+        return [FINITE if np.isfinite(total) else NAN if np.isnan(total) else POS_INF if total > 0 else NEG_INF
+                for total in self.sums.numpy()]
 
     def captured_batch(self):
         """The failing step's batch as numpy, structured as Keras fed it to `train_step`; None if not captured."""
