@@ -310,6 +310,16 @@ def test_inf_weight_ignored_without_check_weights(fresh_model, small_data):
     assert all(math.isfinite(value) for value in event["last_finite"].values()), event["last_finite"]
 
 
+def test_a_guard_of_the_losses_alone_reads_no_weight(fresh_model, small_data):
+    model = fresh_model()
+    counter, guard = Counter(), NaNGuard(check_weights=False, restore_weights=False, verbose=0)
+    _fit(model, small_data, [counter, guard], _targets(small_data, "intensity_scaler_inv", 1))
+    event = _only_event(guard)
+    assert (event["batch"], event["step"]) == (1, 2) and counter.batches[-1] == (0, 1)
+    assert event["components"][0] == "intensity_scaler_inv_loss" and event["nonfinite_weights"] == []
+    assert guard._step_guard.shadows is None
+
+
 def test_raise_on_request(fresh_model, small_data, tmp_path):
     model = fresh_model()
     counter, guard = Counter(), NaNGuard(on_nan="raise", log_dir=tmp_path, verbose=0)

@@ -208,8 +208,8 @@ class StepGuard:
         """
         weighed = self.check_weights or self.shadows is not None
         values = [tf.convert_to_tensor(v) for v in self.variables] if weighed else []
-        sums = _sums(values)
-        weights_ok = tf.reduce_all(tf.math.is_finite(sums))
+        sums = _sums(values) if weighed else None
+        weights_ok = tf.reduce_all(tf.math.is_finite(sums)) if weighed else tf.constant(True)
         fire = tf.logical_not(tf.logical_and(losses_ok, weights_ok) if self.check_weights else losses_ok)
         save = tf.logical_and(losses_ok, weights_ok) if self.shadows is not None else tf.constant(False)
         action = tf.where(self.first_bad >= 0, _NOTHING, tf.where(fire, _FIRE, tf.where(save, _SAVE, _NOTHING)))
@@ -231,7 +231,7 @@ class StepGuard:
         """The assignments of a firing: first bad step, what each variable held, restore, captured batch."""
         assigns = [self.first_bad.assign(tf.cast(step, tf.int64), read_value=False),
                    self.losses_failed.assign(tf.logical_not(losses_ok), read_value=False)]
-        if self.variables:
+        if sums is not None:  # None: the weights are not watched, and read as finite
             assigns.append(self.sums.assign(sums, read_value=False))
         if self.restore_in_step:
             assigns += [v.assign(s, read_value=False) for s, v in zip(self.shadows, self.variables)]
