@@ -10,6 +10,20 @@ import tensorflow as tf
 from .variables import tf_variable
 
 
+def stacked(scalars, dtype):
+    """The scalar tensors or variables `scalars` as one vector of `dtype` (inside a tf.function or not).
+
+    Stacked first and cast once when they share a dtype: on a step this
+    small, every op counts.
+    """
+    if not scalars:
+        return tf.zeros([0], dtype)
+    values = [tf.convert_to_tensor(v) for v in scalars]
+    if any(v.dtype != values[0].dtype for v in values):
+        values = [tf.cast(v, dtype) for v in values]
+    return tf.cast(tf.stack(values), dtype)
+
+
 def _mean_state(metric):
     variables = {v.name.split("/")[-1].split(":")[0]: v for v in metric.variables}
     if set(variables) >= {"total", "count"} and len(variables) == 2:
@@ -56,11 +70,13 @@ class BatchValues:
         self._previous = {}
         self._latest = None
 
-    def state(self):
-        """The trackers' (total, count) pairs as one float32 vector; usable inside a tf.function."""
-        parts = [tf.cast(tf.reshape(v, [1]), tf.float32) for _, total, count in self._trackers
-                 for v in (total, count)]
-        return tf.concat(parts, 0) if parts else tf.zeros([0], tf.float32)
+    def scalars(self):
+        """The trackers' variables, (total, count) per tracker in order: what `state` stacks."""
+        return [v for _, total, count in self._trackers for v in (total, count)]
+
+    def state(self, dtype=tf.float32):
+        """The trackers' (total, count) pairs as one vector; usable inside a tf.function."""
+        return stacked(self.scalars(), dtype)
 
     def values_from(self, state, prefix="", step=None):
         """{prefix + name: value of the last batch} from a `state()` read on the host.

@@ -24,7 +24,7 @@ import contextlib
 import numpy as np
 import tensorflow as tf
 
-from ..callbacks.batch_values import BatchValues
+from ..callbacks.batch_values import BatchValues, stacked
 from ..callbacks.loss_discovery import is_loss_name
 
 FINITE, NAN, POS_INF, NEG_INF = 0, 1, 2, 3
@@ -53,8 +53,11 @@ def _losses_finite(logs):
         values = named or list(logs.values())
     else:
         values = tf.nest.flatten(logs)
-    checks = [tf.reduce_all(tf.math.is_finite(tf.cast(value, tf.float32))) for value in values
-              if tf.is_tensor(value) and value.dtype.is_floating]
+    values = [value for value in values if tf.is_tensor(value) and value.dtype.is_floating]
+    scalars = [value for value in values if value.shape.rank == 0]
+    checks = [tf.reduce_all(tf.math.is_finite(value)) for value in values if value.shape.rank != 0]
+    if scalars:  # Keras's own logs: one check for all
+        checks.append(tf.reduce_all(tf.math.is_finite(stacked(scalars, tf.float32))))
     return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
 
 
@@ -66,13 +69,8 @@ def fresh_train_function(model):
 
 def _sums(values):
     """The sum of each tensor of `values` as one float64 vector (16-bit floats summed in float32)."""
-    if not values:
-        return tf.zeros([0], tf.float64)
     wide = (tf.float32, tf.float64)
-    totals = [tf.reduce_sum(x if x.dtype in wide else tf.cast(x, tf.float32)) for x in values]
-    if all(t.dtype == totals[0].dtype for t in totals):  # one cast for the usual all-float32 model
-        return tf.cast(tf.stack(totals), tf.float64)
-    return tf.stack([tf.cast(t, tf.float64) for t in totals])
+    return stacked([tf.reduce_sum(x if x.dtype in wide else tf.cast(x, tf.float32)) for x in values], tf.float64)
 
 
 def _constant(value):
@@ -250,10 +248,9 @@ class StepGuard:
         trackers = BatchValues(self.model)
         self.tracker_names = trackers.names
         with tf.control_dependencies([after]):
-            scale = (tf.reshape(tf.cast(self.variables[self.log_scale_index], tf.float64), [1])
-                     if self.log_scale_index is not None else tf.zeros([1], tf.float64))
-            head = tf.concat([tf.reshape(tf.cast(self.first_bad, tf.float64), [1]), scale], 0)
-            return tf.concat([head, tf.cast(trackers.state(), tf.float64)], 0)
+            scale = self.variables[self.log_scale_index] if self.log_scale_index is not None else tf.constant(0.0)
+            first_bad = tf.cast(tf.reshape(self.first_bad, [1]), tf.float64)
+            return tf.concat([first_bad, stacked([scale, *trackers.scalars()], tf.float64)], 0)
 
     def fire_now(self, losses_ok, step):
         """Fires the guard at step `step` from the host (a loss the step's own check could not see)."""
