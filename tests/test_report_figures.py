@@ -29,8 +29,10 @@ def _links(report_text):
 
 
 def _fit(model, data, callbacks, epochs=1):
+    """Trains, then waits for the figures, which the run's close draws off the training thread."""
     model.fit(data.model_inputs(), data.model_targets(), batch_size=8, epochs=epochs, verbose=0,
               callbacks=callbacks)
+    assert callbacks[0].run.wait(timeout=300)
 
 
 @needs_matplotlib
