@@ -67,8 +67,7 @@ class ScalarBuffer:
         if not self._steps:
             self._oldest = time.monotonic()
         self._steps.append(int(step))
-        with np.errstate(over="ignore"):
-            self._rows.append(np.asarray([values[tag] for tag in tags], np.float32))
+        self._rows.append(_row(values, tags))
         if len(self._steps) >= self.max_rows or time.monotonic() - self._oldest >= self.max_seconds:
             self.flush()
 
@@ -76,11 +75,27 @@ class ScalarBuffer:
         """Writes the pending rows (nothing when there are none)."""
         if not self._steps:
             return
-        # `_resource` is the handle of the writer's SummaryWriter resource (TensorFlow's summary writers have
-        # no public accessor); passed as an argument, it lets one compiled function serve every writer.
-        _row_writer()(self._writer._resource, np.asarray(self._steps, np.int64), np.stack(self._rows),
-                      np.asarray(self._tags, object))
+        _write_rows(self._writer, self._steps, self._rows, self._tags)
         self._steps, self._rows = [], []
+
+
+def write_scalars(writer, step, values):
+    """Writes the scalars `values` ({tag: number}) at `step` to `writer` now, as `tf.summary.scalar` would,
+    in one compiled call rather than one eager op per value (nothing for an empty `values`)."""
+    tags = tuple(values)
+    if tags:
+        _write_rows(writer, [int(step)], [_row(values, tags)], tags)
+
+
+def _row(values, tags):
+    with np.errstate(over="ignore"):
+        return np.asarray([values[tag] for tag in tags], np.float32)
+
+
+def _write_rows(writer, steps, rows, tags):
+    # `_resource` is the handle of the writer's SummaryWriter resource (TensorFlow's summary writers have
+    # no public accessor); passed as an argument, it lets one compiled function serve every writer.
+    _row_writer()(writer._resource, np.asarray(steps, np.int64), np.stack(rows), np.asarray(tags, object))
 
 
 @functools.cache
