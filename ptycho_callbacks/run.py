@@ -49,6 +49,7 @@ import warnings
 
 import tensorflow as tf
 
+from .background import BACKGROUND
 from .callbacks.batch_values import BatchValues
 from .callbacks.fit_exceptions import tell_fit_exception
 from .callbacks.loss_discovery import compiled_loss_weights
@@ -136,6 +137,7 @@ class Run:
         """Layer outputs on a probe batch, one sub-model and one forward pass per step for all callbacks."""
         self._members = []
         self._closers = []
+        self._deferred = []
         self._writers = {}
         self._buffers = {}
         self._pending = {}  # TensorBoard run name: [step, {tag: value}] of the step being gathered
@@ -170,8 +172,11 @@ class Run:
 
         Keras attaches every callback of a fit before any begins, so a run
         of this model still open here belongs to an earlier fit that was left
-        by an exception nobody told us about: it is closed first.
+        by an exception nobody told us about: it is closed first. Work that
+        an earlier close of this run directory deferred (`defer`) is waited
+        for first, so that nothing of this fit overlaps it.
         """
+        self.wait()
         for stale in list(vars(model).get(_OPEN_ON_MODEL, ())):
             stale.abort(FitEndedUnseen("fit ended by an exception our callbacks were not told about (raised "
                                        "outside the train step, e.g. by another callback); noticed when the "
@@ -212,6 +217,22 @@ class Run:
     def at_close(self, closer):
         """Calls `closer()` when this fit's run closes, after every member ended (e.g. to write the report)."""
         self._closers.append(closer)
+
+    def defer(self, work):
+        """From a closer: `work()` runs off the training thread once the run closed, the run's TensorBoard
+        writers still open for it (e.g. to draw the figures); `wait` waits for it, and so do the next fit
+        of this run directory (`attach`) and the process's exit."""
+        self._deferred.append(work)
+
+    def wait(self, timeout=None):
+        """Waits until the work deferred by the closes of this run directory is done (at most `timeout`
+        seconds); True when it is. Call it before reading what that work writes (the figures)."""
+        return BACKGROUND.wait(self._work_key, timeout)
+
+    @property
+    def _work_key(self):
+        """What names this run's deferred work: its directory, shared by every run that writes there."""
+        return self.log_dir if self.log_dir is not None else self
 
     def _open(self):
         if self.model is not None:
@@ -265,11 +286,11 @@ class Run:
             for closer in closers:
                 closer()
         finally:
-            for writer in self._writers.values():
-                with self.writing(TENSORBOARD_DATA, self.log_dir):
-                    writer.close()
-            self._writers = {}
-            self._buffers = {}
+            deferred, self._deferred = self._deferred, []
+            if deferred:
+                BACKGROUND.submit(lambda: self._finish(deferred), key=self._work_key)
+            else:
+                self._close_writers()
             atexit.unregister(self._close_at_exit)
             model_attributes = vars(self.model) if self.model is not None else {}
             if self in model_attributes.get(_OPEN_ON_MODEL, ()):
@@ -277,6 +298,20 @@ class Run:
             runs = model_attributes.get(_ON_MODEL)
             if runs is not None and runs.get(self.log_dir) is self:
                 del runs[self.log_dir]
+
+    def _finish(self, deferred):
+        try:
+            for work in deferred:
+                work()
+        finally:
+            self._close_writers()
+
+    def _close_writers(self):
+        for writer in self._writers.values():
+            with self.writing(TENSORBOARD_DATA, self.log_dir):
+                writer.close()
+        self._writers = {}
+        self._buffers = {}
 
     def _close_at_exit(self):
         """The process exits with this run open: it closes with the exception that ended the program, if any."""

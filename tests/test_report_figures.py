@@ -2,7 +2,9 @@
 
 import os
 import re
+import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -29,8 +31,10 @@ def _links(report_text):
 
 
 def _fit(model, data, callbacks, epochs=1):
+    """Trains, then waits for the figures, which the run's close draws off the training thread."""
     model.fit(data.model_inputs(), data.model_targets(), batch_size=8, epochs=epochs, verbose=0,
               callbacks=callbacks)
+    assert callbacks[0].run.wait(timeout=300)
 
 
 @needs_matplotlib
@@ -109,6 +113,28 @@ def test_a_figure_that_cannot_be_drawn_costs_a_warning_not_the_training(make_mod
     assert [f["code"] for f in record.findings] == [code]
     text = (run / "report.md").read_text(encoding="utf-8")
     assert "## Scenario: run" in text and not _links(text) and code in text
+
+
+@needs_matplotlib
+def test_a_process_that_ends_right_after_fit_still_draws_and_links_its_figures(tmp_path):
+    """The figures are drawn off the training thread; the process's exit waits for them."""
+    run = tmp_path / "run"
+    code = textwrap.dedent(f"""
+        from ptycho_callbacks.callbacks.summary_report import SummaryReport
+        from ptycho_callbacks.sim.data import simulate
+        from ptycho_callbacks.sim.model import build_model
+
+        data = simulate(N=16, gridsize=2, n_scan=5, nphotons=1e6, seed=3)
+        model = build_model(N=16, n_filters=4, probe=data.probe, intensity_scale=data.intensity_scale)
+        model.fit(data.model_inputs(), data.model_targets(), batch_size=8, epochs=1, verbose=0,
+                  callbacks=[SummaryReport({str(run)!r}, figures=True)])
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    links = _links((run / "report.md").read_text(encoding="utf-8"))
+    assert links == ["figures/losses.png"]  # SummaryReport alone watches no log_scale
+    assert_sane_png(str(run / links[0]))
+    assert os.listdir(run / "figures") == ["losses.png"]  # and no temporary file left
 
 
 def test_figures_are_off_when_the_environment_says_so(monkeypatch, tmp_path):

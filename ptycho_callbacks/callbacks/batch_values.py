@@ -9,6 +9,10 @@ import tensorflow as tf
 
 from .variables import tf_variable
 
+_ON_MODEL = "_ptycho_callbacks_tracker_state"
+"""Attribute of a model holding (ids of its trackers' variables, the compiled `state` reading them), so that
+every fit of the model reads them through one function traced once, not one traced per fit."""
+
 
 def stacked(scalars, dtype):
     """The scalar tensors or variables `scalars` as one vector of `dtype` (inside a tf.function or not).
@@ -52,6 +56,7 @@ class BatchValues:
     """
 
     def __init__(self, model):
+        self._model = model
         self._trackers = []
         for metric in model.metrics:
             state = _mean_state(metric)
@@ -111,5 +116,19 @@ class BatchValues:
         if latest is not None:
             return latest
         if self._compiled_state is None:
-            self._compiled_state = tf.function(self.state, autograph=False).get_concrete_function()
+            self._compiled_state = self._model_state_function()
         return self.values_from(self._compiled_state().numpy(), prefix, step)
+
+    def _model_state_function(self):
+        """The compiled `state` kept on the model, traced anew only when its trackers changed (a new compile).
+
+        The variables are kept by their ids (the function holds them, so the ids stay theirs) rather than
+        themselves, so that nothing walking the model's attributes takes them for the model's variables.
+        """
+        ids = tuple(id(variable) for _, total, count in self._trackers for variable in (total, count))
+        kept = vars(self._model).get(_ON_MODEL)
+        if kept is None or kept[0] != ids:
+            kept = (ids, tf.function(self.state, autograph=False).get_concrete_function())
+            # object.__setattr__ keeps it out of Keras's attribute tracking (and of saved models).
+            object.__setattr__(self._model, _ON_MODEL, kept)
+        return kept[1]

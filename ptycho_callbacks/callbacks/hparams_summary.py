@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from .. import hparams
 from .._keras import keras
+from .scalar_buffer import write_scalars
 
 
 def note_training_setup(record, optimizer, learning_rate):
@@ -86,6 +87,5 @@ def write_hparams(run, step):
         hp.hparams_config(hparams=declared, metrics=metrics, time_created_secs=_seconds(record.started_at))
         hp.hparams(hparams.hparam_values(record), trial_id=hparams.trial_id(record),
                    start_time_secs=_seconds(record.started_at))
-        for tag, value in hparams.metric_values(record).items():
-            tf.summary.scalar(tag, value)
+        write_scalars(writer, step, hparams.metric_values(record))
         tf.summary.experimental.write_raw_pb(hp_summary.session_end_pb(status, ended).SerializeToString(), step=0)

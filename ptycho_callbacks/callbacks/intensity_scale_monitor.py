@@ -3,8 +3,9 @@
 import math
 
 from .. import stats
-from .base import RecordingCallback, summary_value
+from .base import RecordingCallback
 from .probe_inputs import check_probe_inputs, probe_batch
+from .scalar_buffer import write_scalars
 from .scale_discovery import is_trained_by_optimizer, shares_one_variable
 from .variables import variable_value
 
@@ -213,14 +214,12 @@ class IntensityScaleMonitor(RecordingCallback):
                           f"{self.global_step} train steps done; "
                           f"tolerance {100 * self.drift_tolerance:.0f}%): predictions are rescaled by that factor.",
                           "TensorBoard scale/epoch/ratio_to_configured")
-        import tensorflow as tf
-
-        with self.run.summaries("train", step=epoch + 1) as writer:  # epochs completed, as for all epoch series
-            if writer is not None:
-                tf.summary.scalar("scale/epoch/log_scale", summary_value(value))
-                tf.summary.scalar("scale/epoch/exp_log_scale", summary_value(_safe_exp(value)))
-                tf.summary.scalar("scale/epoch/configured_scale", summary_value(configured))
-                tf.summary.scalar("scale/epoch/ratio_to_configured", summary_value(ratio))
+        with self.run.summaries("train") as writer:
+            if writer is not None:  # at the epochs completed, as for all epoch series
+                write_scalars(writer, epoch + 1, {"scale/epoch/log_scale": value,
+                                                  "scale/epoch/exp_log_scale": _safe_exp(value),
+                                                  "scale/epoch/configured_scale": configured,
+                                                  "scale/epoch/ratio_to_configured": ratio})
 
     def on_train_end(self, logs=None):
         state = self.record.log_scale

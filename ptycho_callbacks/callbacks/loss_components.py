@@ -3,8 +3,9 @@
 import re
 
 from ..stats import movement_shares, split_total
-from .base import RecordingCallback, summary_value
+from .base import RecordingCallback
 from .loss_discovery import TOTAL
+from .scalar_buffer import write_scalars
 
 
 def _is_finite(value):
@@ -120,8 +121,6 @@ class LossComponents(RecordingCallback):
         super().on_epoch_end(epoch, logs)
         if self.log_dir is None or not logs:
             return
-        import tensorflow as tf
-
         weights = self.run.loss_weights
         logs = self.numbers(logs)
         train = {k: v for k, v in logs.items() if not k.startswith("val_")}
@@ -129,7 +128,7 @@ class LossComponents(RecordingCallback):
         for run, values in (("train", train), ("validation", validation)):
             if not values:
                 continue
-            with self.run.summaries(run, step=epoch + 1) as writer:  # epochs completed, as for all epoch series
-                for name, value in values.items():
-                    if writer is not None and (name == TOTAL or name in weights):
-                        tf.summary.scalar(f"loss/epoch/{name}", summary_value(value))
+            with self.run.summaries(run) as writer:
+                if writer is not None:  # at the epochs completed, as for all epoch series
+                    write_scalars(writer, epoch + 1, {f"loss/epoch/{name}": value for name, value in values.items()
+                                                      if name == TOTAL or name in weights})

@@ -139,6 +139,16 @@ def layer_output(model, layer_name, where):
     return outputs[0]
 
 
+_ON_MODEL = "_ptycho_callbacks_probe_functions"
+"""Attribute of a model holding {(layer names, one input): the compiled sub-model}, for every run of the model."""
+
+
+def _sub_model(model, outputs, one_input):
+    from .._keras import keras
+
+    return keras.Model(model.inputs[0] if one_input else model.inputs, outputs, name="ptycho_callbacks_probe")
+
+
 class LayerProbe:
     """The outputs of named layers on a probe batch: one sub-model for all of a run's callbacks.
 
@@ -187,22 +197,28 @@ class LayerProbe:
     def _build(self, model, batch, where):
         if self._built == (model, tuple(self._names)):
             return
-        from .._keras import keras
-
         if not getattr(model, "inputs", None):
             raise ValueError(
                 f"{where}: layers are evaluated through a functional sub-model; the model "
                 f"{getattr(model, 'name', model)!r} has no symbolic inputs (subclassed model?)")
         outputs = [layer_output(model, name, where) for name in self._names]
-        inputs = model.inputs
-        one_input = len(inputs) == 1 and not isinstance(batch, (dict, list))
-        sub_model = keras.Model(inputs[0] if one_input else inputs, outputs, name="ptycho_callbacks_probe")
+        one_input = len(model.inputs) == 1 and not isinstance(batch, (dict, list))
         if getattr(model, "run_eagerly", False):
+            sub_model = _sub_model(model, outputs, one_input)
             self._function = lambda batch: sub_model(batch, training=False)
         else:
-            import tensorflow as tf
+            functions = vars(model).get(_ON_MODEL)
+            if functions is None:
+                functions = {}
+                # object.__setattr__ keeps it out of Keras's attribute tracking (and of saved models).
+                object.__setattr__(model, _ON_MODEL, functions)
+            key = (tuple(self._names), one_input)
+            if key not in functions:
+                import tensorflow as tf
 
-            # Traced once: an eager call of a functional model dispatches every layer from Python.
-            self._function = tf.function(lambda batch: sub_model(batch, training=False))
+                sub_model = _sub_model(model, outputs, one_input)
+                # Traced once per model: an eager call of a functional model dispatches every layer from Python.
+                functions[key] = tf.function(lambda batch: sub_model(batch, training=False))
+            self._function = functions[key]
         self._built = (model, tuple(self._names))
         self._cached = None

@@ -4,13 +4,21 @@ An eager `tf.summary.scalar` goes through Python and op dispatch for every
 value; written per batch for every component, that is a visible share of a
 small model's step. The buffer keeps the rows as numpy and writes them with
 one compiled call per flush (`benchmarks/hooks.py` measures the hooks).
+
+The compiled writer takes the summary writer and the tags as arguments, so
+one trace serves every buffer of the process: a sweep that opens a new run
+directory (a new writer) for every fit traces it once, not once per fit.
 """
 
+import functools
 import time
 
 import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.scalar import metadata as scalar_metadata
+
+# What tf.summary.scalar attaches, so that TensorBoard's Scalars dashboard shows the rows.
+_SCALAR_METADATA = scalar_metadata.create_summary_metadata(display_name=None, description=None).SerializeToString()
 
 
 class ScalarBuffer:
@@ -23,7 +31,8 @@ class ScalarBuffer:
     release their writers (also when `fit` ends by an exception).
 
     Args:
-        writer: the `tf.summary` writer to write to.
+        writer: the `tf.summary` writer to write to (made by
+            `tf.summary.create_file_writer`).
         max_rows: most rows held before a write.
         max_seconds: most seconds a row is held before a write.
 
@@ -43,7 +52,6 @@ class ScalarBuffer:
         self._steps = []
         self._rows = []
         self._oldest = None
-        self._write_functions = {}
 
     def __len__(self):
         return len(self._steps)
@@ -56,12 +64,10 @@ class ScalarBuffer:
         if tags != self._tags:
             self.flush()
             self._tags = tags
-            self._write_function(tags)  # compiled and run once now, not at a later batch
         if not self._steps:
             self._oldest = time.monotonic()
         self._steps.append(int(step))
-        with np.errstate(over="ignore"):
-            self._rows.append(np.asarray([values[tag] for tag in tags], np.float32))
+        self._rows.append(_row(values, tags))
         if len(self._steps) >= self.max_rows or time.monotonic() - self._oldest >= self.max_seconds:
             self.flush()
 
@@ -69,40 +75,48 @@ class ScalarBuffer:
         """Writes the pending rows (nothing when there are none)."""
         if not self._steps:
             return
-        write = self._write_function(self._tags)
-        write(np.asarray(self._steps, np.int64), np.stack(self._rows))
+        _write_rows(self._writer, self._steps, self._rows, self._tags)
         self._steps, self._rows = [], []
 
-    def _write_function(self, tags):
-        write = self._write_functions.get(tags)
-        if write is None:
-            signature = [tf.TensorSpec([None], tf.int64), tf.TensorSpec([None, len(tags)], tf.float32)]
-            write = tf.function(_RowWriter(self._writer, tags), input_signature=signature, autograph=False)
-            write = self._write_functions[tags] = write.get_concrete_function()
-            write(np.zeros([0], np.int64), np.zeros([0, len(tags)], np.float32))  # the first call sets up the graph
-        return write
+
+def write_scalars(writer, step, values):
+    """Writes the scalars `values` ({tag: number}) at `step` to `writer` now, as `tf.summary.scalar` would,
+    in one compiled call rather than one eager op per value (nothing for an empty `values`)."""
+    tags = tuple(values)
+    if tags:
+        _write_rows(writer, [int(step)], [_row(values, tags)], tags)
 
 
-class _RowWriter:
-    """Writes rows of scalars (one column per tag) at their steps; compiled by `ScalarBuffer`.
+def _row(values, tags):
+    with np.errstate(over="ignore"):
+        return np.asarray([values[tag] for tag in tags], np.float32)
 
-    A callable object rather than a closure: TensorFlow counts the traces of
-    all closures of one function together and would warn of retracing when
-    many fits each compile their own writer.
+
+def _write_rows(writer, steps, rows, tags):
+    # `_resource` is the handle of the writer's SummaryWriter resource (TensorFlow's summary writers have
+    # no public accessor); passed as an argument, it lets one compiled function serve every writer.
+    _row_writer()(writer._resource, np.asarray(steps, np.int64), np.stack(rows), np.asarray(tags, object))
+
+
+@functools.cache
+def _row_writer():
+    """The one compiled function of the process that writes rows of scalars (one column per tag) at their steps.
+
+    Arguments: the summary writer's resource handle, the steps [rows], the
+    values [rows, tags] and the tags [tags]. Traced at its first use in the
+    process; a new writer or a new set of tags traces nothing.
     """
+    def write(writer, steps, rows, tags):
+        columns = tf.shape(tags)[0]
 
-    # What tf.summary.scalar would attach; written with tf.summary.write
-    # because the loop's name scope would otherwise prefix every tag.
-    METADATA = scalar_metadata.create_summary_metadata(display_name=None, description=None).SerializeToString()
-
-    def __init__(self, writer, tags):
-        self.writer, self.tags = writer, tags
-
-    def __call__(self, steps, rows):
-        def write_row(index):
-            for column, tag in enumerate(self.tags):
-                tf.summary.write(tag, rows[index, column], step=steps[index], metadata=self.METADATA)
+        def write_value(index):
+            row, column = index // columns, index % columns
+            tf.raw_ops.WriteSummary(writer=writer, step=steps[row], tensor=rows[row, column], tag=tags[column],
+                                    summary_metadata=_SCALAR_METADATA)
             return (index + 1,)
 
-        with self.writer.as_default():
-            tf.while_loop(lambda index: index < tf.shape(steps)[0], write_row, (tf.constant(0),))
+        tf.while_loop(lambda index: index < tf.size(rows), write_value, (tf.constant(0),))
+
+    signature = [tf.TensorSpec([], tf.resource), tf.TensorSpec([None], tf.int64),
+                 tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.string)]
+    return tf.function(write, input_signature=signature, autograph=False).get_concrete_function()

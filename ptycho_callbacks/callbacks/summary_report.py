@@ -48,13 +48,17 @@ class SummaryReport(RecordingCallback):
     written a last time and the report (every section of the intensity-bias
     summary, for this run) next to it, also shown in TensorBoard's Text tab
     under `report/summary`. With matplotlib (`pip install
-    'ptycho_callbacks[plots]'`) the report's figures are drawn first into
+    'ptycho_callbacks[plots]'`) the report's figures are drawn into
     `figures/` beside it (`ptycho_callbacks.figures`: prediction vs truth,
-    bias histograms, losses, `log_scale`, stage means; 1 to 3 seconds),
-    linked from the report and shown in TensorBoard's Images tab under
-    `figures/<name>`; without it the report says how to get them. A figure
-    that cannot be drawn or written costs a warning and a finding, never the
-    training.
+    bias histograms, losses, `log_scale`, stage means), linked from the
+    report and shown in TensorBoard's Images tab under `figures/<name>`;
+    without it the report says how to get them. Drawing them takes about a
+    second, so it is done off the training thread once `fit` has returned
+    (`Run.defer`): report.md is written at once without them, then again
+    with them linked. `callback.run.wait()` waits for them; the next fit
+    into the same directory and the process's exit wait for them on their
+    own. A figure that cannot be drawn or written costs a warning and a
+    finding, never the training.
 
     Args:
         log_dir: the run directory, when `run` is None.
@@ -155,26 +159,44 @@ class SummaryReport(RecordingCallback):
         super().on_fit_exception(error)
 
     def _close(self):
-        """The run's last act (`Run.at_close`): the figures, the record, the report, and these in TensorBoard."""
-        drawn = self._draw_figures() if self.log_dir is not None else []
+        """The run's last act (`Run.at_close`): the record, the report and these in TensorBoard; the figures
+        are drawn off the training thread (`Run.defer`), and the report is written again to link them."""
         self._save_record()
-        report = render_report([self.record], title=self.title, spec_prefix=self.spec_prefix)
-        if self.log_dir is not None:
-            linked = run_figures.figures_text(drawn, self.log_dir)
-            with self.run.writing(REPORT_FILE, self.report_path):
-                atomic_write_text(self.report_path, report + linked)
-            import tensorflow as tf
+        if self.log_dir is None:
+            return
+        step = self.global_step
+        write_hparams(self.run, step)
+        if self.figures and run_figures.missing_matplotlib() is None:
+            self._write_report([], step, in_tensorboard=False)  # the report is there even if the process dies
+            self.run.defer(lambda: self._write_report_with_figures(step))
+        else:
+            self._write_report(self._draw_figures(), step)
 
-            with self.run.summaries("train", step=self.global_step) as writer:
-                if writer is not None:
-                    tf.summary.text("report/summary", report + run_figures.figures_text(drawn, None))
-                    for figure in drawn:
-                        if figure.path:
-                            with open(figure.path, "rb") as handle:
-                                image = tf.io.decode_png(handle.read(), channels=3)
-                            tf.summary.image(f"{FIGURES_FOLDER}/{os.path.splitext(figure.name)[0]}", image[None],
-                                             description=figure.title)
-            write_hparams(self.run, self.global_step)
+    def _write_report(self, drawn, step, in_tensorboard=True):
+        """Writes report.md linking the `drawn` figures and, `in_tensorboard`, shows it and them there."""
+        report = render_report([self.record], title=self.title, spec_prefix=self.spec_prefix)
+        with self.run.writing(REPORT_FILE, self.report_path):
+            atomic_write_text(self.report_path, report + run_figures.figures_text(drawn, self.log_dir))
+        if not in_tensorboard:
+            return
+        import tensorflow as tf
+
+        with self.run.summaries("train", step=step) as writer:
+            if writer is not None:
+                tf.summary.text("report/summary", report + run_figures.figures_text(drawn, None))
+                for figure in drawn:
+                    if figure.path:
+                        with open(figure.path, "rb") as handle:
+                            image = tf.io.decode_png(handle.read(), channels=3)
+                        tf.summary.image(f"{FIGURES_FOLDER}/{os.path.splitext(figure.name)[0]}", image[None],
+                                         description=figure.title)
+
+    def _write_report_with_figures(self, step):
+        findings = len(self.record.findings)
+        drawn = self._draw_figures()
+        if len(self.record.findings) > findings:  # a figure failed: the record says so too
+            self._save_record()
+        self._write_report(drawn, step)
 
     def _draw_figures(self):
         """The run's figures (`figures.write_run_figures`), [] when switched off; a failure costs a warning."""
