@@ -95,28 +95,28 @@ def _row(values, tags):
 def _write_rows(writer, steps, rows, tags):
     # `_resource` is the handle of the writer's SummaryWriter resource (TensorFlow's summary writers have
     # no public accessor); passed as an argument, it lets one compiled function serve every writer.
-    _row_writer()(writer._resource, np.asarray(steps, np.int64), np.stack(rows), np.asarray(tags, object))
+    _row_writer(len(tags))(writer._resource, np.asarray(steps, np.int64), np.stack(rows), np.asarray(tags, object))
 
 
 @functools.cache
-def _row_writer():
-    """The one compiled function of the process that writes rows of scalars (one column per tag) at their steps.
+def _row_writer(columns):
+    """The compiled function of the process that writes rows of `columns` scalars (one per tag) at their steps.
 
     Arguments: the summary writer's resource handle, the steps [rows], the
-    values [rows, tags] and the tags [tags]. Traced at its first use in the
-    process; a new writer or a new set of tags traces nothing.
+    values [rows, columns] and the tags [columns]. Traced once per number
+    of columns in the process, not per writer or set of tags; a loop turn
+    writes a whole row, since each turn of a compiled loop costs more than
+    the writes in it.
     """
     def write(writer, steps, rows, tags):
-        columns = tf.shape(tags)[0]
-
-        def write_value(index):
-            row, column = index // columns, index % columns
-            tf.raw_ops.WriteSummary(writer=writer, step=steps[row], tensor=rows[row, column], tag=tags[column],
-                                    summary_metadata=_SCALAR_METADATA)
+        def write_row(index):
+            for column in range(columns):
+                tf.raw_ops.WriteSummary(writer=writer, step=steps[index], tensor=rows[index, column],
+                                        tag=tags[column], summary_metadata=_SCALAR_METADATA)
             return (index + 1,)
 
-        tf.while_loop(lambda index: index < tf.size(rows), write_value, (tf.constant(0),))
+        tf.while_loop(lambda index: index < tf.shape(steps)[0], write_row, (tf.constant(0),))
 
     signature = [tf.TensorSpec([], tf.resource), tf.TensorSpec([None], tf.int64),
-                 tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.string)]
+                 tf.TensorSpec([None, columns], tf.float32), tf.TensorSpec([columns], tf.string)]
     return tf.function(write, input_signature=signature, autograph=False).get_concrete_function()
