@@ -88,14 +88,15 @@ def write_scalars(writer, step, values):
 
 
 def _row(values, tags):
-    with np.errstate(over="ignore"):
-        return np.asarray([values[tag] for tag in tags], np.float32)
+    return [values[tag] for tag in tags]  # made float32 at the write, with every row of it at once
 
 
 def _write_rows(writer, steps, rows, tags):
     # `_resource` is the handle of the writer's SummaryWriter resource (TensorFlow's summary writers have
     # no public accessor); passed as an argument, it lets one compiled function serve every writer.
-    _row_writer(len(tags))(writer._resource, np.asarray(steps, np.int64), np.stack(rows), np.asarray(tags, object))
+    with np.errstate(over="ignore"):  # beyond float32's range is +-inf, as tf.summary.scalar writes it
+        values = np.asarray(rows, np.float64).astype(np.float32)
+    _row_writer(len(tags))(writer._resource, np.asarray(steps, np.int64), values, np.asarray(tags, object))
 
 
 @functools.cache
