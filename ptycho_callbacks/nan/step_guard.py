@@ -36,8 +36,6 @@ VERDICT = "_ptycho_callbacks_step_verdict"
 HEAD = 2
 """Entries of a verdict before Keras's tracker state: the first bad step and `log_scale`."""
 
-_NOTHING, _SAVE, _FIRE = 0, 1, 2  # what a check does to the guard's state
-
 
 def _uses_xla(model):
     jit = getattr(model, "jit_compile", None)
@@ -195,35 +193,38 @@ class StepGuard:
     # ------------------------------------------------------------ inside a tf.function
 
     def check(self, losses_ok, step, batch=None):
-        """The check (inside a tf.function): saves the snapshot, or fires, or neither; returns the action taken.
+        """The check (inside a tf.function): saves the snapshot or fires (or neither); returns whether it fired.
 
         All on one read of each variable, whose sum decides: a sum is
         finite exactly when every element is (short of a float32 overflow
         past 3.4e38), and when the guard fires it also says what the
         variable held (NaN, +Inf or -Inf). The snapshot copies the same
-        reads. One `switch_case` holds both branches, so a step adds one
-        conditional.
+        reads. Two conditionals, not one `switch_case`: every branch of a
+        case takes the inputs of all of them, which costs tracing time.
         """
         weighed = self.check_weights or self.shadows is not None
         values = [tf.convert_to_tensor(v) for v in self.variables] if weighed else []
         sums = _sums(values) if weighed else None
         weights_ok = tf.reduce_all(tf.math.is_finite(sums)) if weighed else tf.constant(True)
-        fire = tf.logical_not(tf.logical_and(losses_ok, weights_ok) if self.check_weights else losses_ok)
-        save = tf.logical_and(losses_ok, weights_ok) if self.shadows is not None else tf.constant(False)
-        action = tf.where(self.first_bad >= 0, _NOTHING, tf.where(fire, _FIRE, tf.where(save, _SAVE, _NOTHING)))
-
-        def save_snapshot():
-            assigns = [s.assign(x, read_value=False) for s, x in zip(self.shadows, values)]
-            assigns.append(self.snapshot_step.assign(tf.cast(step, tf.int64), read_value=False))
-            with tf.control_dependencies(assigns):
-                return tf.constant(_SAVE)
+        armed = self.first_bad < 0
+        all_ok = tf.logical_and(losses_ok, weights_ok)
+        if self.shadows is not None:
+            def save_snapshot():
+                assigns = [s.assign(x, read_value=False) for s, x in zip(self.shadows, values)]
+                assigns.append(self.snapshot_step.assign(tf.cast(step, tf.int64), read_value=False))
+                with tf.control_dependencies(assigns):
+                    return tf.constant(True)
+            saved = tf.cond(tf.logical_and(armed, all_ok), save_snapshot, _constant(False))
+        else:
+            saved = tf.constant(False)
 
         def fire_now():
             with tf.control_dependencies(self._fire(losses_ok, step, sums, batch)):
-                return tf.constant(_FIRE)
+                return tf.constant(True)
 
-        branches = [_constant(_NOTHING), save_snapshot if self.shadows is not None else _constant(_NOTHING), fire_now]
-        return tf.switch_case(action, branches)
+        ok = all_ok if self.check_weights else losses_ok
+        with tf.control_dependencies([saved]):
+            return tf.cond(tf.logical_and(armed, tf.logical_not(ok)), fire_now, _constant(False))
 
     def _fire(self, losses_ok, step, sums, batch=None):
         """The assignments of a firing: first bad step, what each variable held, restore, captured batch."""
