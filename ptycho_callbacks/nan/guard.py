@@ -385,7 +385,7 @@ class NaNGuard(RecordingCallback):
 
         guard = self._step_guard
         # The snapshot holds the floating-point variables; the others (a complex probe) are as they are.
-        snapshot = {id(variable): value for (_, variable), value in zip(self._variables, guard.snapshot() or [])}
+        snapshot = {id(variable): value for (_, variable), value in zip(self._variables, guard.snapshot_values() or [])}
         before = [(name, snapshot[id(variable)] if id(variable) in snapshot else variable.numpy())
                   for name, variable in self._all_variables]
         batch = guard.captured_batch()
@@ -420,7 +420,7 @@ class NaNGuard(RecordingCallback):
         return [(variable_name(v), np.asarray(tf_variable(v).numpy())) for v in variables]
 
     def _restore(self, event):
-        if self._step_guard is None or not self._step_guard.shadows:
+        if self._step_guard is None or self._step_guard.snapshot is None:
             return " No weights were restored: no snapshot exists (the model had no weights at train begin)."
         self._step_guard.restore()
         event["weights_restored"] = True

@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from ..callbacks.batch_values import BatchValues, stacked
 from ..callbacks.loss_discovery import is_loss_name
+from .snapshot import Snapshot
 
 FINITE, NAN, POS_INF, NEG_INF = 0, 1, 2, 3
 """Codes of `StepGuard.variable_kinds()`: what a variable held when the guard fired."""
@@ -157,12 +158,15 @@ class StepGuard:
             # The guard counts steps itself: optimizer.iterations stands still on the steps a loss-scale
             # optimizer skips (mixed precision) and between the updates of gradient accumulation.
             self.steps = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="nan_guard_steps")
-            # One replica: shadows of no fixed shape, emptied after fit (`release`) and filled again at `reset`,
-            # so the snapshot holds memory only while a fit runs and the traced function stays valid.
-            self._releasable = strategy is None or strategy.num_replicas_in_sync == 1
-            shape = (lambda v: tf.TensorShape(None)) if self._releasable else (lambda v: v.shape)
-            self.shadows = [tf.Variable(v.read_value(), trainable=False, shape=shape(v), name=f"nan_guard_shadow_{i}")
-                            for i, v in enumerate(self.variables)] if keep_snapshot else None
+            # One replica: a snapshot of no fixed shape, emptied after fit (`release`) and filled again at
+            # `reset`, so it holds memory only while a fit runs and the traced function stays valid.
+            releasable = strategy is None or strategy.num_replicas_in_sync == 1
+            self.snapshot = Snapshot(self.variables, releasable) if keep_snapshot else None
+
+    @property
+    def shadows(self):
+        """The snapshot's flat copies (`tf.Variable`s, one per dtype), None without a snapshot."""
+        return None if self.snapshot is None else self.snapshot.shadows
 
     def _scope(self):
         """The scope the guard's variables are made in: the model's distribution strategy's, if any."""
@@ -181,14 +185,13 @@ class StepGuard:
         self.losses_failed.assign(False)
         self.batch_captured.assign(False)
         self.verdict = None
-        for shadow, variable in zip(self.shadows or [], self.variables):
-            shadow.assign(variable)
+        if self.snapshot is not None:
+            self.snapshot.fill()
 
     def release(self):
         """Empties the snapshot after a fit: it costs no memory until `reset` fills it for the next one."""
-        if self.shadows is not None and self._releasable:
-            for shadow, variable in zip(self.shadows, self.variables):
-                shadow.assign(tf.zeros([0] * len(variable.shape), variable.dtype))
+        if self.snapshot is not None:
+            self.snapshot.release()
 
     # ------------------------------------------------------------ inside a tf.function
 
@@ -202,15 +205,17 @@ class StepGuard:
         reads. Two conditionals, not one `switch_case`: every branch of a
         case takes the inputs of all of them, which costs tracing time.
         """
-        weighed = self.check_weights or self.shadows is not None
+        weighed = self.check_weights or self.snapshot is not None
         values = [tf.convert_to_tensor(v) for v in self.variables] if weighed else []
         sums = _sums(values) if weighed else None
         weights_ok = tf.reduce_all(tf.math.is_finite(sums)) if weighed else tf.constant(True)
         armed = self.first_bad < 0
         all_ok = tf.logical_and(losses_ok, weights_ok)
-        if self.shadows is not None:
+        if self.snapshot is not None:
+            flats = self.snapshot.flat(values)
+
             def save_snapshot():
-                assigns = [s.assign(x, read_value=False) for s, x in zip(self.shadows, values)]
+                assigns = self.snapshot.save_flat(flats)
                 assigns.append(self.snapshot_step.assign(tf.cast(step, tf.int64), read_value=False))
                 with tf.control_dependencies(assigns):
                     return tf.constant(True)
@@ -233,7 +238,7 @@ class StepGuard:
         if sums is not None:  # None: the weights are not watched, and read as finite
             assigns.append(self.sums.assign(sums, read_value=False))
         if self.restore_in_step:
-            assigns += [v.assign(s, read_value=False) for s, v in zip(self.shadows, self.variables)]
+            assigns += self.snapshot.restore()
         if batch is not None:
             assigns += [c.assign(t, read_value=False) for c, t in zip(self._captured, batch)]
             assigns.append(self.batch_captured.assign(True, read_value=False))
@@ -363,9 +368,9 @@ class StepGuard:
         arrays = [c.numpy() for c in self._captured]
         return tf.nest.pack_sequence_as(self._batch_structure, arrays)
 
-    def snapshot(self):
+    def snapshot_values(self):
         """The snapshot's values as numpy (the variables after the last finite step); None without one."""
-        return None if self.shadows is None else [s.numpy() for s in self.shadows]
+        return None if self.snapshot is None else self.snapshot.values()
 
     def snapshot_step_value(self):
         """The step after which the snapshot was taken."""
@@ -373,8 +378,8 @@ class StepGuard:
 
     def restore(self):
         """Puts the snapshot back into the variables."""
-        for shadow, variable in zip(self.shadows or [], self.variables):
-            variable.assign(shadow)
+        if self.snapshot is not None:
+            self.snapshot.restore()
 
 
 class _ReportingFunction:

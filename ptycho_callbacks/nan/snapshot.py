@@ -1,0 +1,89 @@
+"""Snapshot: a device-side copy of a model's variables, kept flat.
+
+The NaN guard copies the weights after every finite step and puts them back
+when a step goes non-finite, both inside the train step. Kept as one flat
+vector per dtype rather than one copy per variable, the copy is one
+assignment: the conditional that takes it has one input instead of one per
+variable, which is what makes such a conditional slow to trace.
+"""
+
+import tensorflow as tf
+
+
+class Snapshot:
+    """One flat copy per dtype of `variables`, saved and put back inside a tf.function or eagerly.
+
+    Args:
+        variables: the `tf.Variable`s to copy.
+        releasable: the copies may be emptied (`release`) and filled again,
+            which needs variables of no fixed shape (not under a strategy
+            with several replicas, whose variables keep their shape).
+
+    Example:
+    >>> snapshot = Snapshot(watched_variables, releasable=True)
+    >>> snapshot.fill()                        # at train begin
+    >>> flats = snapshot.flat(values)          # in the step, `values` read from the variables
+    >>> assigns = snapshot.save_flat(flats)    # (in a conditional: its one input per dtype)
+    >>> snapshot.restore()                     # on the host
+    """
+
+    def __init__(self, variables, releasable=True):
+        self.variables = list(variables)
+        self.releasable = bool(releasable)
+        groups = {}
+        for index, variable in enumerate(self.variables):
+            groups.setdefault(tf.as_dtype(variable.dtype), []).append(index)
+        self._groups = list(groups.values())
+        self.shadows = []
+        """The flat copies, one `tf.Variable` per dtype of the variables."""
+        for number, indices in enumerate(self._groups):
+            flat = self._flat([self.variables[i].read_value() for i in indices])
+            shape = tf.TensorShape(None) if self.releasable else flat.shape
+            self.shadows.append(tf.Variable(flat, trainable=False, shape=shape, name=f"nan_guard_snapshot_{number}"))
+
+    @staticmethod
+    def _flat(values):
+        return tf.concat([tf.reshape(value, [-1]) for value in values], 0)
+
+    def _parts(self, flat, indices):
+        """The variables' values of group `indices` out of its flat copy `flat`, each in its variable's shape."""
+        variables = [self.variables[i] for i in indices]
+        sizes = [v.shape.num_elements() if v.shape.is_fully_defined() else tf.size(v) for v in variables]
+        parts = tf.split(flat, sizes) if len(variables) > 1 else [flat]
+        return [tf.reshape(part, v.shape if v.shape.is_fully_defined() else tf.shape(v))
+                for part, v in zip(parts, variables)]
+
+    def fill(self):
+        """Copies the variables' current values (eagerly)."""
+        for shadow, indices in zip(self.shadows, self._groups):
+            shadow.assign(self._flat([self.variables[i].read_value() for i in indices]))
+
+    def release(self):
+        """Empties the copies, which then hold no memory until the next `fill`; a no-op when not releasable."""
+        if self.releasable:
+            for shadow in self.shadows:
+                shadow.assign(tf.zeros([0], shadow.dtype))
+
+    def flat(self, values):
+        """`values` (one tensor per variable) as the flat vectors `save_flat` takes, one per copy."""
+        return [self._flat([values[i] for i in indices]) for indices in self._groups]
+
+    def save_flat(self, flats):
+        """The assignments that copy the flat vectors `flats` (from `flat`)."""
+        return [shadow.assign(flat, read_value=False) for shadow, flat in zip(self.shadows, flats)]
+
+    def restore(self):
+        """Puts the copies back into the variables (inside a tf.function or eagerly); returns the assignments."""
+        assigns = []
+        for shadow, indices in zip(self.shadows, self._groups):
+            for index, value in zip(indices, self._parts(shadow.read_value(), indices)):
+                assigns.append(self.variables[index].assign(value, read_value=False))
+        return assigns
+
+    def values(self):
+        """The copies as numpy, one array per variable, in order."""
+        arrays = [None] * len(self.variables)
+        for shadow, indices in zip(self.shadows, self._groups):
+            for index, value in zip(indices, self._parts(shadow.read_value(), indices)):
+                arrays[index] = value.numpy()
+        return arrays
