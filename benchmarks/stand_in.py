@@ -6,9 +6,14 @@ only starts benchmark subprocesses (memory.py) does not load it.
 
 
 def add_arguments(parser):
-    """The flags that size the stand-in: --N, --gridsize, --n-scan, --batch-size."""
+    """The flags that size the stand-in: --N, --gridsize, --n-filters, --n-scan, --batch-size.
+
+    PtychoPINN's real size is N=64, gridsize 2 and 64 first filters
+    (`n_filters_scale=2` x 32): `--N 64 --n-filters 64`.
+    """
     parser.add_argument("--N", type=int, default=64)
     parser.add_argument("--gridsize", type=int, default=2)
+    parser.add_argument("--n-filters", type=int, default=16, help="width of the encoder's first convolution")
     parser.add_argument("--n-scan", type=int, default=9)
     parser.add_argument("--batch-size", type=int, default=16)
 
@@ -33,4 +38,5 @@ def model(args, data):
     from ptycho_callbacks.sim.model import build_model
 
     keras.utils.set_random_seed(0)
-    return build_model(N=args.N, gridsize=args.gridsize, probe=data.probe, intensity_scale=data.intensity_scale)
+    return build_model(N=args.N, gridsize=args.gridsize, n_filters=args.n_filters, probe=data.probe,
+                       intensity_scale=data.intensity_scale)
