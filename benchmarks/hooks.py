@@ -45,7 +45,7 @@ def timed(callback, hook, calls):
 
 def measure(args):
     data = stand_in.simulated_data(args)
-    dataset = stand_in.dataset(data).repeat().batch(args.batch_size).prefetch(2)
+    dataset = stand_in.batches(args, data)
     model = stand_in.model(args, data)
     calls = {}
     with tempfile.TemporaryDirectory() as root:

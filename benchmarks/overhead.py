@@ -74,6 +74,13 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+if __name__ == "__main__" and "--targets" in sys.argv[1:]:
+    # The driver only runs this script and memory.py in subprocesses: it loads no TensorFlow and needs no
+    # malloc setting of its own.
+    import targets
+
+    sys.exit(targets.main([arg for arg in sys.argv[1:] if arg != "--targets"]))
+
 KEEP_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(10 ** 12)}
 if (__name__ == "__main__" and sys.platform.startswith("linux") and "--system-malloc" not in sys.argv
         and any(os.environ.get(name) != value for name, value in KEEP_FREED_MEMORY.items())):
@@ -85,11 +92,15 @@ import tensorflow as tf  # noqa: E402
 
 from ptycho_callbacks import NaNGuard, default_callbacks  # noqa: E402
 from ptycho_callbacks._keras import keras  # noqa: E402
-from ptycho_callbacks.callbacks.scale_discovery import find_log_scale  # noqa: E402
-from ptycho_callbacks.callbacks.variables import model_variables, tf_variable  # noqa: E402
-from ptycho_callbacks.nan.step_guard import StepGuard, fresh_train_function  # noqa: E402
 
+import first_trace  # noqa: E402
+import fixed_cost  # noqa: E402
 import stand_in  # noqa: E402
+from guarded import call_step, fresh_train_function, guarded_train_function, nan_guard  # noqa: E402
+from intervals import interval  # noqa: E402
+
+PARTS = ("steady", "fixed-cost", "first-trace")
+"""What the script measures (`--parts`): time per step, fixed cost per fit, first trace of the guarded step."""
 
 CONFIGS = ("bare", "keras", "suite", "unguarded", "guard", "lossguard", "rollback", "forensics", "null")
 
@@ -298,9 +309,7 @@ def bootstrap_picks(generator, turns_per_repeat):
 
 def measure_fits(args, data, dataset):
     """The whole-fit comparison: lock-step fits of every config, repeated; ratios with bootstrap intervals."""
-    models = [stand_in.model(args, data) for _ in args.configs]
-    for model in models:  # compiled and warmed up once, untimed
-        model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
+    models = [stand_in.built_model(args, data, dataset) for _ in args.configs]
     seconds = {name: [] for name in args.configs}
     hook_seconds = {name: 0.0 for name in args.configs}
     page_faults = {name: [] for name in args.configs}
@@ -348,8 +357,13 @@ def measure_fits(args, data, dataset):
 
 
 def _intervals(resampled):
-    return {name: [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
-            for name, values in resampled.items()}
+    return {name: interval(values) for name, values in resampled.items()}
+
+
+def step_guard_options(name, model):
+    """The options of the `StepGuard` that config `name`'s `NaNGuard` arms in the train step."""
+    with tempfile.TemporaryDirectory() as log_dir:
+        return nan_guard(callbacks_for(name, model, log_dir)).step_guard_options()
 
 
 def measure_in_step(args, data, dataset):
@@ -367,15 +381,8 @@ def measure_in_step(args, data, dataset):
     traced afresh `--step-traces` times, and the bootstrap draws traces
     before rounds, as `measure_fits` draws repeats before turns.
     """
-    model = stand_in.model(args, data)
-    model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)  # builds the model, its optimizer and metrics
-    variables = [tf_variable(v) for _, v in model_variables(model, find_log_scale(model).variable)
-                 if tf.as_dtype(v.dtype).is_floating]
-    options = {}
-    for name in [name for name in args.configs if name in GUARDED]:
-        with tempfile.TemporaryDirectory() as log_dir:
-            options[name] = next(callback for callback in callbacks_for(name, model, log_dir)
-                                 if isinstance(callback, NaNGuard)).step_guard_options()
+    model = stand_in.built_model(args, data, dataset)
+    options = {name: step_guard_options(name, model) for name in args.configs if name in GUARDED}
     iterator = iter(dataset)
     seconds = {name: [] for name in ["keras", *options]}  # per trace, the seconds of each round's call
     page_faults = []
@@ -383,12 +390,8 @@ def measure_in_step(args, data, dataset):
         functions = {"keras": fresh_train_function(model)}
         functions["keras"](iterator)  # traced now, with the model's own train_step
         for name, guard_options in options.items():
-            guard = StepGuard(model, variables, **guard_options)
-            guard.reset()
-            guard.install()
-            functions[name] = model.train_function
-            functions[name](iterator)  # traced now, while the model's train_step is the guarded one
-            guard.uninstall()
+            with guarded_train_function(model, guard_options) as functions[name]:
+                functions[name](iterator)  # traced now, while the model's train_step is the guarded one
         trace_seconds, trace_faults = calls_in_rounds(functions, iterator, args.step_rounds, random.Random(trace))
         for name, values in trace_seconds.items():
             seconds[name].append(values)
@@ -423,7 +426,7 @@ def calls_in_rounds(functions, iterator, rounds, shuffler):
         shuffler.shuffle(order)
         for name in order:
             start, start_faults = time.perf_counter(), _page_faults()
-            np.asarray(tf.nest.flatten(functions[name](iterator))[0])  # the step's results, so it has ended
+            call_step(functions[name], iterator)
             if round_:
                 seconds[name].append(time.perf_counter() - start)
                 page_faults.append(_page_faults() - start_faults)
@@ -431,16 +434,23 @@ def calls_in_rounds(functions, iterator, rounds, shuffler):
 
 
 def measure(args):
+    """Every part in `args.parts`, on the stand-in the flags size, in one result."""
     data = stand_in.simulated_data(args)
-    dataset = stand_in.dataset(data).repeat().batch(args.batch_size).prefetch(2)
-    result = measure_fits(args, data, dataset)
-    result.update(repeats=args.repeats, epochs=args.epochs, steps=args.steps, warmup=args.warmup, N=args.N,
-                  gridsize=args.gridsize, batch_size=args.batch_size, keras=keras.__version__,
-                  tensorflow=tf.__version__,
-                  malloc={name: os.environ.get(name) for name in KEEP_FREED_MEMORY})
-    if args.step_rounds and any(name in GUARDED for name in args.configs):
-        result["in_step"] = measure_in_step(args, data, dataset)
-    result["parts_ratio_vs_bare"] = parts_ratios(result)
+    dataset = stand_in.batches(args, data)
+    result = {"parts": args.parts, "N": args.N, "gridsize": args.gridsize, "n_filters": args.n_filters,
+              "batch_size": args.batch_size, "keras": keras.__version__, "tensorflow": tf.__version__,
+              "malloc": {name: os.environ.get(name) for name in KEEP_FREED_MEMORY}}
+    if "steady" in args.parts:
+        result.update(measure_fits(args, data, dataset), repeats=args.repeats, epochs=args.epochs,
+                      steps=args.steps, warmup=args.warmup)
+        if args.step_rounds and any(name in GUARDED for name in args.configs):
+            result["in_step"] = measure_in_step(args, data, dataset)
+        result["parts_ratio_vs_bare"] = parts_ratios(result)
+    if "fixed-cost" in args.parts:
+        result["fixed_cost"] = fixed_cost.measure(args, data, dataset)
+    if "first-trace" in args.parts:
+        model = stand_in.built_model(args, data, dataset)
+        result["first_trace"] = first_trace.measure(args, model, dataset, step_guard_options("suite", model))
     return result
 
 
@@ -488,7 +498,13 @@ def print_table(result, args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="overhead.py --targets [--quick] [--json] runs every part at both sizes under both Keras versions "
+               "and reads them against issue 23's targets (targets.py).")
+    parser.add_argument("--parts", nargs="+", default=["steady"], choices=PARTS,
+                        help="steady: time per step (lock-step fits); fixed-cost: per fit (fixed_cost.py); "
+                             "first-trace: the guarded step's first trace (first_trace.py)")
     parser.add_argument("--steps", type=int, default=30, help="steps per epoch")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per fit (epoch ends are timed too)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of each fit")
@@ -500,6 +516,8 @@ def main(argv=None):
                         help="traces of each function in the in-place step comparison")
     parser.add_argument("--step-rounds", type=int, default=150,
                         help="rounds per trace of the in-place step comparison, one call per function each (0: skip)")
+    fixed_cost.add_arguments(parser)
+    first_trace.add_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--system-malloc", action="store_true",
                         help="keep glibc's malloc as it is (it returns freed buffers, and steps fault them in again)")
@@ -512,11 +530,20 @@ def main(argv=None):
         parser.error("need --steps, --epochs and --warmup >= 1 and at least 2 timed steps per fit")
     if args.repeats < 1 or args.bootstrap < 1 or args.step_rounds < 0 or args.step_traces < 1:
         parser.error("need --repeats >= 1, --bootstrap >= 1, --step-traces >= 1 and --step-rounds >= 0")
+    if args.fits < 1 or args.fit_steps < 4:
+        parser.error("need --fits >= 1 and --fit-steps >= 4 (its second half gives the steady step)")
+    if args.trace_repeats < 1 or args.trace_calls < 1:
+        parser.error("need --trace-repeats >= 1 and --trace-calls >= 1")
     result = measure(args)
     if args.json:
         print(json.dumps(result, indent=2))
-    else:
+        return 0
+    if "steady" in args.parts:
         print_table(result, args)
+    if "fixed_cost" in result:
+        fixed_cost.print_table(result["fixed_cost"])
+    if "first_trace" in result:
+        first_trace.print_table(result["first_trace"])
     return 0
 
 

@@ -32,6 +32,11 @@ def dataset(data):
     return tf.data.Dataset.from_tensor_slices((data.model_inputs(), data.model_targets()))
 
 
+def batches(args, data):
+    """`data` as the endless, batched and prefetched stream the training benchmarks fit on."""
+    return dataset(data).repeat().batch(args.batch_size).prefetch(2)
+
+
 def model(args, data):
     """A freshly seeded stand-in PtychoPINN model for `data`: every config starts from the same weights."""
     from ptycho_callbacks._keras import keras
@@ -40,3 +45,10 @@ def model(args, data):
     keras.utils.set_random_seed(0)
     return build_model(N=args.N, gridsize=args.gridsize, n_filters=args.n_filters, probe=data.probe,
                        intensity_scale=data.intensity_scale)
+
+
+def built_model(args, data, dataset):
+    """A stand-in model fitted for two untimed steps of `dataset`: built, its optimizer's and metrics' variables made."""
+    fitted = model(args, data)
+    fitted.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
+    return fitted

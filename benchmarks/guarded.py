@@ -1,0 +1,70 @@
+"""What the benchmarks take from the NaN guard's device-side half, in one place: its API is still moving.
+
+`NaNGuard` arms a `StepGuard` inside Keras's train step at every fit. The
+benchmarks need that guarded train function outside a fit (to compare it
+with Keras's own, in place and at its first trace), and the size of the
+weights' snapshot it keeps. Everything that touches `StepGuard` is here, so
+that a change of its API is adapted in one file.
+"""
+
+import contextlib
+
+import numpy as np
+import tensorflow as tf
+
+from ptycho_callbacks import NaNGuard
+from ptycho_callbacks.callbacks.scale_discovery import find_log_scale
+from ptycho_callbacks.callbacks.variables import model_variables, tf_variable
+from ptycho_callbacks.nan.step_guard import StepGuard, fresh_train_function
+
+__all__ = ["fresh_train_function", "nan_guard", "guarded_train_function", "call_step", "step_guard_of",
+           "snapshot_bytes", "trainable_bytes"]
+
+
+def nan_guard(callbacks):
+    """The `NaNGuard` among `callbacks`."""
+    return next(callback for callback in callbacks if isinstance(callback, NaNGuard))
+
+
+def _computed_with(model):
+    """The `tf.Variable`s `model` computes with, `log_scale` included even where Keras does not track it."""
+    return [tf_variable(v) for _, v in model_variables(model, find_log_scale(model).variable)]
+
+
+@contextlib.contextmanager
+def guarded_train_function(model, options):
+    """Inside: `model.train_function` is the one a `NaNGuard` with these `step_guard_options()` installs.
+
+    The `StepGuard` is new, as at a model's first guarded fit, so the
+    function is made anew and traced at its first call, which must come
+    inside (the trace reads the guarded `train_step`). Outside, the model has
+    Keras's own step back; the function keeps the guarded one.
+    """
+    variables = [v for v in _computed_with(model) if tf.as_dtype(v.dtype).is_floating]
+    guard = StepGuard(model, variables, **options)
+    guard.reset()
+    guard.install()
+    try:
+        yield model.train_function
+    finally:
+        guard.uninstall()
+
+
+def call_step(function, iterator):
+    """One call of a train function, waited for: its results are on the host when it returns."""
+    np.asarray(tf.nest.flatten(function(iterator))[0])
+
+
+def step_guard_of(guard):
+    """The `StepGuard` a `NaNGuard` armed for the fit it is in (None outside a fit or without one)."""
+    return guard.run.step_guard
+
+
+def snapshot_bytes(step_guard):
+    """Bytes the weights' snapshot of `step_guard` holds now (0 without a snapshot)."""
+    return sum(int(tf.size(shadow)) * shadow.dtype.size for shadow in step_guard.shadows or [])
+
+
+def trainable_bytes(model):
+    """Bytes of the trainable variables `model` computes with: one copy of the weights the snapshot is held to."""
+    return sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in _computed_with(model) if v.trainable)
