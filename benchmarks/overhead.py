@@ -58,7 +58,18 @@ Also printed, to say where the time goes:
   cpu      the process's CPU time per timed step, every thread's: work
            added anywhere shows in it, time spent waiting does not.
 
+That is the `steady` part, the default. `--parts` adds the others issue 23
+sets targets for, in the same process and on the same stand-in:
+  fixed-cost   what the suite adds once per fit, beyond its steps
+               (fixed_cost.py);
+  first-trace  what tracing the guarded train step costs against Keras's
+               own (first_trace.py).
+`--targets` runs every part at both sizes under both Keras versions and
+reads them against the targets (targets.py).
+
     python benchmarks/overhead.py --steps 30 --repeats 3
+    python benchmarks/overhead.py --N 16 --parts steady fixed-cost first-trace
+    python benchmarks/overhead.py --targets
     python benchmarks/overhead.py --json
 """
 

@@ -1,11 +1,13 @@
 """The committed benchmarks still run and report what the README quotes (tiny settings; no timing is asserted)."""
 
+import importlib
 import json
 import math
 import os
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -20,14 +22,13 @@ def _run(script, *args):
     return json.loads(done.stdout)
 
 
-def _overhead_module():
-    """benchmarks/overhead.py imported as a module (benchmarks/ is not a package)."""
+def _module(name):
+    """benchmarks/<name>.py imported as a module (benchmarks/ is not a package)."""
     sys.path.insert(0, BENCHMARKS)
     try:
-        import overhead
+        return importlib.import_module(name)
     finally:
         sys.path.remove(BENCHMARKS)
-    return overhead
 
 
 @pytest.mark.slow
@@ -81,7 +82,7 @@ def test_overhead_benchmark_reports_every_part_it_is_asked_for():
 
 @pytest.mark.keras
 def test_lock_step_rounds_give_each_fit_one_turn_and_survive_a_fit_that_ends_early():
-    Baton = _overhead_module().Baton
+    Baton = _module("overhead").Baton
     names, turns = ["a", "b", "c"], {"a": 4, "b": 1, "c": 4}
     baton, order = Baton(names), []
 
@@ -105,7 +106,7 @@ def test_lock_step_rounds_give_each_fit_one_turn_and_survive_a_fit_that_ends_ear
 
 @pytest.mark.keras
 def test_models_rotate_so_that_every_config_has_every_model_once_in_as_many_repeats():
-    models_of_repeat = _overhead_module().models_of_repeat
+    models_of_repeat = _module("overhead").models_of_repeat
     configs, models = ["bare", "keras", "suite"], ["m0", "m1", "m2"]
     repeats = [models_of_repeat(configs, models, repeat) for repeat in range(len(configs))]
     for assigned in repeats:
@@ -117,7 +118,7 @@ def test_models_rotate_so_that_every_config_has_every_model_once_in_as_many_repe
 
 @pytest.mark.keras
 def test_bootstrap_draws_whole_repeats_so_that_a_repeat_s_own_speed_widens_the_interval():
-    overhead = _overhead_module()
+    overhead = _module("overhead")
     # Within each repeat every turn took the same time; the config ran 10% slower than bare in repeat 1 only.
     bare, config = [np.full(4, 1.0), np.full(4, 1.0)], [np.full(4, 1.0), np.full(4, 1.1)]
     generator = np.random.default_rng(1)
@@ -134,7 +135,7 @@ def test_bootstrap_draws_whole_repeats_so_that_a_repeat_s_own_speed_widens_the_i
 
 @pytest.mark.keras
 def test_parts_ratio_leaves_out_a_guarded_config_whose_step_was_not_compared_in_place():
-    parts_ratios = _overhead_module().parts_ratios
+    parts_ratios = _module("overhead").parts_ratios
     result = {"step_ms": {"bare": 100.0}, "hook_ms_per_step": {"bare": 0.0, "keras": 4.0, "guard": 1.0}}
     parts = parts_ratios(result)  # --step-rounds 0: the guard's hooks alone would understate it
     assert set(parts) == {"bare", "keras"} and math.isclose(parts["keras"], 1.04)
@@ -161,3 +162,108 @@ def test_hooks_benchmark_times_every_hook_of_every_callback_of_the_suite():
         assert "last_tenth_mean_ms" in timed[(name, "on_epoch_end")]
     # The guard's batch hook makes a compiled call each batch: it cannot take no time.
     assert timed[("NaNGuard", "on_train_batch_end")]["median_ms"] > 0
+
+
+@pytest.mark.slow
+def test_targets_driver_runs_every_part_under_both_keras_versions_and_reads_each_against_its_target():
+    done = _run("overhead.py", "--targets", "--quick")
+    assert [(entry["keras"], entry["script"]) for entry in done] == [
+        ("Keras 3", "overhead.py"), ("Keras 3", "memory.py"), ("tf_keras", "overhead.py"), ("tf_keras", "memory.py")]
+    assert all("error" not in entry for entry in done), [entry.get("error") for entry in done]
+    # Each version ran in a process of its own, under its own Keras.
+    versions = {entry["keras"]: entry["result"]["keras"] for entry in done if entry["script"] == "overhead.py"}
+    assert versions["Keras 3"].startswith("3.") and versions["tf_keras"].startswith("2.")
+    for entry in done:
+        measures = [row["measure"] for row in entry["rows"]]
+        if entry["script"] == "overhead.py":
+            assert measures == ["steady step, suite / bare", "fixed cost per fit, ms", "first trace, guarded / Keras"]
+            result = entry["result"]
+            fixed = result["fixed_cost"]
+            # The parts of the suite's fixed cost, each paired with bare's, add up to it.
+            assert math.isclose(sum(fixed["added_ms_by_part"].values()), fixed["added_ms_per_fit"], abs_tol=1e-6)
+            trace = result["first_trace"]
+            assert set(trace["trace_seconds"]) == {"keras", "guarded"} and trace["repeats"] == 2
+            assert math.isclose(trace["trace_ratio"],
+                                trace["trace_seconds"]["guarded"] / trace["trace_seconds"]["keras"])
+        else:
+            assert measures == ["weight snapshot while training, MB", "weight snapshot after fit, bytes",
+                                "peak RSS, suite - bare, MB"]
+            result = entry["result"]
+            # The snapshot was read while the fit ran, against the trainable variables (log_scale included,
+            # which Keras 3 does not track), and again after it; what the target says of them is the table's.
+            assert 0 < result["snapshot_bytes_during_fit"] and 0 < result["trainable_bytes"]
+            assert 0 <= result["snapshot_bytes_after_fit"] < result["snapshot_bytes_during_fit"]
+            assert result["configs"]["bare"]["device_peak_mb"] is None  # no GPU in CI
+        for row in entry["rows"]:
+            assert row["verdict"] in ("met", "not met", "not resolved", "-")
+            if row["interval"] is not None:
+                low, high = row["interval"]
+                assert low <= high and math.isfinite(low) and math.isfinite(high)
+
+
+@pytest.mark.core
+def test_a_verdict_is_met_only_when_the_whole_interval_is_within_the_target_and_unresolved_when_it_straddles():
+    verdict = _module("intervals").verdict
+    assert verdict(0.99, 1.02, 1.03) == "met"
+    assert verdict(1.031, 1.05, 1.03) == "not met"
+    assert verdict(1.01, 1.05, 1.03) == "not resolved"
+
+
+@pytest.mark.core
+def test_paired_interval_draws_whole_repetitions_so_that_a_difference_that_never_varies_has_no_width():
+    paired_interval = _module("intervals").paired_interval
+    # The machine's speed moves both configs of a repetition alike; their difference is always 5.
+    bare = np.array([100.0, 140.0, 90.0, 180.0, 120.0])
+    suite = bare + 5
+    low, high = paired_interval(lambda b, s: (s - b).mean(), bare, suite, resamples=200)
+    assert math.isclose(low, 5) and math.isclose(high, 5)
+    # Drawn apart, the same figures would give an interval as wide as the speed's swings.
+    low, high = paired_interval(np.mean, suite, resamples=200)
+    assert high - low > 20
+
+
+@pytest.mark.core
+def test_targets_table_reads_each_part_against_issue_23s_bounds():
+    targets = _module("targets")
+    overhead = {
+        "time_ratio_vs_bare": {"bare": 1.0, "suite": 1.02, "null": 1.0},
+        "time_ratio_95_interval": {"bare": [1.0, 1.0], "suite": [1.01, 1.04], "null": [0.99, 1.01]},
+        "step_ms": {"bare": 5.0}, "hook_ms_per_step": {"suite": 0.1},
+        "fixed_cost": {"added_ms_per_fit": 30.0, "added_ms_95_interval": [20.0, 45.0],
+                       "added_ms_by_part": {"train_end": 25.0, "setup": 5.0}},
+        "first_trace": {"trace_ratio": 1.2, "trace_ratio_95_interval": [1.15, 1.3], "added_seconds": 0.2,
+                        "added_seconds_95_interval": [0.15, 0.3], "trace_seconds": {"keras": 1.0, "guarded": 1.2}},
+    }
+    rows = {row["measure"]: row for row in targets.overhead_rows(overhead)}
+    assert rows["steady step, suite / bare"]["verdict"] == "not resolved"  # 1.01-1.04 straddles 1.03
+    assert rows["fixed cost per fit, ms"]["verdict"] == "met"
+    assert rows["first trace, guarded / Keras"]["verdict"] == "not met"
+    memory = {"trainable_bytes": 1000, "snapshot_bytes_during_fit": 1000, "snapshot_bytes_after_fit": 4,
+              "suite_adds_peak_mb": 50.0, "suite_adds_peak_mb_95_interval": [45.0, 55.0],
+              "configs": {"bare": {"peak_rss_mb": 600.0, "device_peak_mb": None},
+                          "suite": {"peak_rss_mb": 650.0, "device_peak_mb": None}}}
+    rows = {row["measure"]: row for row in targets.memory_rows(memory)}
+    assert rows["weight snapshot while training, MB"]["verdict"] == "met"  # one copy, no more
+    assert rows["weight snapshot after fit, bytes"]["verdict"] == "not met"  # "nothing" means 0 bytes
+    assert "device n/a (CPU)" in rows["peak RSS, suite - bare, MB"]["detail"]
+
+
+@pytest.mark.keras
+def test_a_fit_s_parts_add_up_to_its_wall_time_less_its_steady_steps():
+    fixed_cost = _module("fixed_cost")
+
+    class Model:  # calls the hooks as Keras's fit does, and records nothing else
+        def fit(self, dataset, epochs, steps_per_epoch, verbose, callbacks):
+            for callback in callbacks:
+                callback.on_train_begin()
+            for step in range(steps_per_epoch):
+                for callback in callbacks:
+                    callback.on_train_batch_begin(step)
+                time.sleep(0.002 if step else 0.01)
+            for hook in ("on_epoch_end", "on_train_end"):
+                for callback in callbacks:
+                    getattr(callback, hook)(*([0] if hook == "on_epoch_end" else []))
+
+    parts = fixed_cost.timed_fit(Model(), None, steps=6)
+    assert set(parts) == {*fixed_cost.PARTS, "steady_step", "wall"}
+    assert math.isclose(sum(parts[part] for part in fixed_cost.PARTS), parts["wall"] - 6 * parts["steady_step"])
