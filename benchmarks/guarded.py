@@ -27,21 +27,29 @@ def nan_guard(callbacks):
 
 
 def _computed_with(model):
-    """The `tf.Variable`s `model` computes with, `log_scale` included even where Keras does not track it."""
-    return [tf_variable(v) for _, v in model_variables(model, find_log_scale(model).variable)]
+    """The `tf.Variable`s `model` computes with, and its `log_scale` among them (None without one).
+
+    `log_scale` is there even where Keras does not track it (Keras 3).
+    """
+    log_scale = find_log_scale(model).variable
+    variables = [tf_variable(v) for _, v in model_variables(model, log_scale)]
+    return variables, None if log_scale is None else tf_variable(log_scale)
 
 
 @contextlib.contextmanager
 def guarded_train_function(model, options):
     """Inside: `model.train_function` is the one a `NaNGuard` with these `step_guard_options()` installs.
 
-    The `StepGuard` is new, as at a model's first guarded fit, so the
-    function is made anew and traced at its first call, which must come
-    inside (the trace reads the guarded `train_step`). Outside, the model has
-    Keras's own step back; the function keeps the guarded one.
+    The `StepGuard` watches what `NaNGuard` makes it watch, and is new, as
+    at a model's first guarded fit: the function is made anew and traced at
+    its first call, which must come inside (the trace reads the guarded
+    `train_step`). Outside, the model has Keras's own step back; the
+    function keeps the guarded one.
     """
-    variables = [v for v in _computed_with(model) if tf.as_dtype(v.dtype).is_floating]
-    guard = StepGuard(model, variables, **options)
+    variables, log_scale = _computed_with(model)
+    watched = [v for v in variables if tf.as_dtype(v.dtype).is_floating]
+    index = next((i for i, v in enumerate(watched) if v is log_scale), None)
+    guard = StepGuard(model, watched, log_scale_index=index, **options)
     guard.reset()
     guard.install()
     try:
@@ -67,4 +75,4 @@ def snapshot_bytes(step_guard):
 
 def trainable_bytes(model):
     """Bytes of the trainable variables `model` computes with: one copy of the weights the snapshot is held to."""
-    return sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in _computed_with(model) if v.trainable)
+    return sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in _computed_with(model)[0] if v.trainable)
