@@ -88,6 +88,6 @@ def print_table(result):
     print(f"\nfirst-fit trace ({result['repeats']} repetitions, each one fresh trace of each function; a trace is "
           f"the first call less the median of the {result['calls']} after it):")
     print(f"  Keras's train function {traces['keras']:.2f} s, guarded {traces['guarded']:.2f} s: ratio "
-          f"{result['trace_ratio']:.3f} ({low:.3f}-{high:.3f}), {result['added_seconds']:+.2f} s "
+          f"{result['trace_ratio']:.3f} ({low:.3f} to {high:.3f}), {result['added_seconds']:+.2f} s "
           f"({added_low:+.2f} to {added_high:+.2f}); steady calls {steady['keras']:.1f} and "
           f"{steady['guarded']:.1f} ms")

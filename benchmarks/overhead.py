@@ -445,12 +445,19 @@ def calls_in_rounds(functions, iterator, rounds, shuffler):
 
 
 def measure(args):
-    """Every part in `args.parts`, on the stand-in the flags size, in one result."""
+    """Every part in `args.parts`, on the stand-in the flags size, in one result.
+
+    The first trace goes first: it is about a process's first fit, so it
+    runs before the other parts have traced and fitted in the process.
+    """
     data = stand_in.simulated_data(args)
     dataset = stand_in.batches(args, data)
     result = {"parts": args.parts, "N": args.N, "gridsize": args.gridsize, "n_filters": args.n_filters,
               "batch_size": args.batch_size, "keras": keras.__version__, "tensorflow": tf.__version__,
               "malloc": {name: os.environ.get(name) for name in KEEP_FREED_MEMORY}}
+    if "first-trace" in args.parts:
+        model = stand_in.built_model(args, data, dataset)
+        result["first_trace"] = first_trace.measure(args, model, dataset, step_guard_options("suite", model))
     if "steady" in args.parts:
         result.update(measure_fits(args, data, dataset), repeats=args.repeats, epochs=args.epochs,
                       steps=args.steps, warmup=args.warmup)
@@ -459,9 +466,6 @@ def measure(args):
         result["parts_ratio_vs_bare"] = parts_ratios(result)
     if "fixed-cost" in args.parts:
         result["fixed_cost"] = fixed_cost.measure(args, data, dataset)
-    if "first-trace" in args.parts:
-        model = stand_in.built_model(args, data, dataset)
-        result["first_trace"] = first_trace.measure(args, model, dataset, step_guard_options("suite", model))
     return result
 
 

@@ -230,7 +230,7 @@ def test_targets_table_reads_each_part_against_issue_23s_bounds():
         "time_ratio_95_interval": {"bare": [1.0, 1.0], "suite": [1.01, 1.04], "null": [0.99, 1.01]},
         "step_ms": {"bare": 5.0}, "hook_ms_per_step": {"suite": 0.1},
         "fixed_cost": {"added_ms_per_fit": 30.0, "added_ms_95_interval": [20.0, 45.0],
-                       "added_ms_by_part": {"train_end": 25.0, "setup": 5.0}},
+                       "added_ms_by_part": {"train_end": 25.0, "setup": 5.0}, "background_ms_per_fit": 900.0},
         "first_trace": {"trace_ratio": 1.2, "trace_ratio_95_interval": [1.15, 1.3], "added_seconds": 0.2,
                         "added_seconds_95_interval": [0.15, 0.3], "trace_seconds": {"keras": 1.0, "guarded": 1.2}},
     }
@@ -265,5 +265,5 @@ def test_a_fit_s_parts_add_up_to_its_wall_time_less_its_steady_steps():
                     getattr(callback, hook)(*([0] if hook == "on_epoch_end" else []))
 
     parts = fixed_cost.timed_fit(Model(), None, steps=6)
-    assert set(parts) == {*fixed_cost.PARTS, "steady_step", "wall"}
+    assert set(parts) == {*fixed_cost.PARTS, "steady_step", "wall", "background"}
     assert math.isclose(sum(parts[part] for part in fixed_cost.PARTS), parts["wall"] - 6 * parts["steady_step"])
