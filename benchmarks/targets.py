@@ -136,10 +136,11 @@ def memory_rows(result):
     ]
 
 
-def measure(runs, sizes):
-    """Every run under every Keras version: [{keras, size, script, seconds, result or error, rows}]."""
+def measure(runs, sizes, versions=tuple(KERAS_VERSIONS)):
+    """Every run under each of `versions`: [{keras, size, script, seconds, result or error, rows}]."""
     done = []
-    for name, legacy in KERAS_VERSIONS.items():
+    for name in versions:
+        legacy = KERAS_VERSIONS[name]
         for size, script, flags in runs:
             print(f"{name}, {size}: {script} ...", file=sys.stderr, flush=True)
             start = time.monotonic()
@@ -174,9 +175,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="overhead.py --targets", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings: checks that every part runs")
     parser.add_argument("--json", action="store_true", help="print the runs and the table's rows as JSON")
+    parser.add_argument("--keras", nargs="+", choices=list(KERAS_VERSIONS), default=list(KERAS_VERSIONS),
+                        help="the Keras versions to measure (default: both)")
     args = parser.parse_args(argv)
     runs, sizes = (QUICK_RUNS, QUICK_SIZES) if args.quick else (RUNS, SIZES)
-    done = measure(runs, sizes)
+    done = measure(runs, sizes, args.keras)
     if args.json:
         print(json.dumps(done, indent=2))
     else:

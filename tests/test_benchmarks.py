@@ -160,19 +160,18 @@ def test_hooks_benchmark_times_every_hook_of_every_callback_of_the_suite():
         assert timed[(name, "on_train_batch_end")]["calls"] == 2 * 3  # the first epoch is left out
         assert timed[(name, "on_epoch_end")]["calls"] == 2
         assert "last_tenth_mean_ms" in timed[(name, "on_epoch_end")]
-    # The guard's batch hook makes a compiled call each batch: it cannot take no time.
+    # The guard's batch hook reads the step's verdict each batch: it cannot take no time.
     assert timed[("NaNGuard", "on_train_batch_end")]["median_ms"] > 0
 
 
 @pytest.mark.slow
-def test_targets_driver_runs_every_part_under_both_keras_versions_and_reads_each_against_its_target():
-    done = _run("overhead.py", "--targets", "--quick")
-    assert [(entry["keras"], entry["script"]) for entry in done] == [
-        ("Keras 3", "overhead.py"), ("Keras 3", "memory.py"), ("tf_keras", "overhead.py"), ("tf_keras", "memory.py")]
+def test_targets_driver_runs_every_part_under_the_keras_version_asked_and_reads_each_against_its_target():
+    # One version keeps CI short; each runs in processes of its own, under the Keras it names.
+    done = _run("overhead.py", "--targets", "--quick", "--keras", "tf_keras")
+    assert [(entry["keras"], entry["script"]) for entry in done] == [("tf_keras", "overhead.py"),
+                                                                     ("tf_keras", "memory.py")]
     assert all("error" not in entry for entry in done), [entry.get("error") for entry in done]
-    # Each version ran in a process of its own, under its own Keras.
-    versions = {entry["keras"]: entry["result"]["keras"] for entry in done if entry["script"] == "overhead.py"}
-    assert versions["Keras 3"].startswith("3.") and versions["tf_keras"].startswith("2.")
+    assert all(entry["result"]["keras"].startswith("2.") for entry in done if entry["script"] == "overhead.py")
     for entry in done:
         measures = [row["measure"] for row in entry["rows"]]
         if entry["script"] == "overhead.py":

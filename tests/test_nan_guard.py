@@ -316,8 +316,8 @@ def test_a_guard_of_the_losses_alone_reads_no_weight(fresh_model, small_data):
     _fit(model, small_data, [counter, guard], _targets(small_data, "intensity_scaler_inv", 1))
     event = _only_event(guard)
     assert (event["batch"], event["step"]) == (1, 2) and counter.batches[-1] == (0, 1)
-    assert event["components"][0] == "intensity_scaler_inv_loss" and event["nonfinite_weights"] == []
-    assert guard._step_guard.shadows is None
+    assert event["components"][0] == "intensity_scaler_inv_loss" and "weights" not in event["components"]
+    assert guard._step_guard.shadows is None and guard._train_check is None
 
 
 def test_raise_on_request(fresh_model, small_data, tmp_path):

@@ -59,17 +59,19 @@ class NaNGuard(RecordingCallback):
     later fit, even with a new guard of the same settings, uses it again,
     and Keras's own step is back after each fit.
 
-    Cost: inside the step, one read and one `is_finite` reduction of each
-    watched variable, one conditional, and with `restore_weights` or
-    `forensics` a device-side copy of the weights after each finite step (no
-    host copy). The step hands its verdict (first bad step, `log_scale`,
-    Keras's loss-tracker totals and counts, from which `BatchValues` takes
-    each batch's values) out with its logs, so the batch hook reads a vector
-    already computed and makes no call to the device of its own. Names and
-    values are fetched only when the guard fires. A validation batch costs
-    one read of the trackers. `restore_weights` does not restore the
-    optimizer's state (e.g. Adam's moments), which a NaN gradient may have
-    spoiled: the printed line says so, re-compile before training on.
+    Cost: inside the step, one read of each watched variable and, with
+    `restore_weights` or `forensics`, one flat device-side copy of them
+    after each finite step (no host copy), checked with one `is_finite`
+    reduction per dtype; two conditionals. The step hands its verdict
+    (first bad step, `log_scale`, Keras's loss-tracker totals and counts,
+    from which `BatchValues` takes each batch's values) out with its logs,
+    so the batch hook reads a vector already computed and makes no call to
+    the device of its own. When the guard fires, what each variable held
+    is read and the weights are put back on the host, as the train
+    function returns. A validation batch costs one read of the trackers.
+    `restore_weights` does not restore the optimizer's state (e.g. Adam's
+    moments), which a NaN gradient may have spoiled: the printed line says
+    so, re-compile before training on.
 
     With `forensics` (and a `log_dir`), the failing step's batch is kept on
     the device (not under XLA) and, when the guard fires, written with the
@@ -236,7 +238,7 @@ class NaNGuard(RecordingCallback):
         packed = self._train_verdict(logged_ok)
         first_bad = int(packed[0])
         if first_bad < 0 and not logged_ok:  # a logged loss the step's own check did not see
-            first_bad = self._step_guard.fire_now(False, self.global_step)
+            first_bad = self._step_guard.fire_now(self.global_step)
         trackers = self.run.trackers()
         values = trackers.latest(self.global_step)  # a callback before this one read them already
         if values is None:

@@ -8,15 +8,19 @@ hook therefore cannot say WHICH step went bad. `StepGuard` wraps the model's
 with `tf.math.is_finite` (which, unlike `tf.debugging.check_numerics`, is
 honoured under XLA). While everything is finite it keeps a device-side copy
 of the weights (the snapshot); at the first failure it stores the step
-(counted by the guard itself), notes which variables were non-finite, puts
-the snapshot back when asked and keeps the failing batch on the device.
+(counted by the guard itself) and keeps the failing batch on the device.
 
 The step hands its verdict out with its own results: the guarded step adds
 one vector to the logs it returns (the first bad step, `log_scale` and
 Keras's loss-tracker totals), and the train function Keras calls takes it
-out again before Keras sees the logs (`_ReportingFunction`). A batch hook
-then reads that one vector; it makes no call to the device of its own and
-never waits on one.
+out again before Keras sees the logs (`_ReportingFunction`). When the
+verdict says the guard fired, that function notes which variables are
+non-finite and puts the snapshot back, on the host, before it returns:
+before any callback runs. A batch hook then reads the one vector; it makes
+no call to the device of its own and never waits on one. What the step
+itself adds is kept small, since it is traced at every new compile and run
+at every step: one read of each variable, one finiteness reduction per
+dtype, and two conditionals with few inputs.
 """
 
 import contextlib
@@ -66,10 +70,13 @@ def fresh_train_function(model):
     return function if function is not None else model.train_function  # tf_keras returns it, Keras 3 sets it
 
 
-def _sums(values):
-    """The sum of each tensor of `values` as one float64 vector (16-bit floats summed in float32)."""
-    wide = (tf.float32, tf.float64)
-    return stacked([tf.reduce_sum(x if x.dtype in wide else tf.cast(x, tf.float32)) for x in values], tf.float64)
+def _kind(array):
+    """FINITE, NAN, POS_INF or NEG_INF: what the numpy `array` holds (NaN first)."""
+    if np.isnan(array).any():
+        return NAN
+    if np.isposinf(array).any():
+        return POS_INF
+    return NEG_INF if np.isneginf(array).any() else FINITE
 
 
 def _constant(value):
@@ -90,8 +97,9 @@ class StepGuard:
         keep_snapshot: keep a device-side copy of the variables after the
             last step where they and the losses were finite.
         restore_in_step: when the guard fires inside a step, put the
-            snapshot back before the step returns, so that no other callback
-            ever sees the non-finite weights.
+            snapshot back as soon as the train function returns, before
+            any callback runs, so that no other callback ever sees the
+            non-finite weights.
         capture_batch: keep the failing step's batch on the device.
         log_scale_index: position of `log_scale` among `variables` (None:
             none), whose value each verdict carries.
@@ -138,20 +146,18 @@ class StepGuard:
         self.on_error = None
         """Called with the exception when a call of the guarded train function raises (e.g. Ctrl-C in a step)."""
         self.verdict = None
-        """The verdict of the latest call of the guarded train function (a tensor), until `take_verdict`."""
+        """The verdict of the latest call of the guarded train function (numpy), until `take_verdict`."""
         self.tracker_names = None
         """Names of Keras's trackers whose state the verdicts carry, in order (known once the step is traced)."""
         self.captures_batch = False
         self._batch_structure = None
         self._captured = None
-        self._fire_function = None
+        self._kinds = None  # what each watched variable held when the guard fired, noted on the host
+        self._fired_state = None  # the variable keeping Keras's tracker state of the failing step
+        self._fired_values = None  # its value, read when the guard fired
         strategy = getattr(model, "distribute_strategy", None)
-        count = len(self.variables)
         with self._scope():
             self.first_bad = tf.Variable(tf.constant(-1, tf.int64), trainable=False, name="nan_guard_first_bad")
-            self.losses_failed = tf.Variable(False, trainable=False, name="nan_guard_losses_failed")
-            # Each watched variable's sum when the guard fired: NaN, +Inf or -Inf says what it held.
-            self.sums = tf.Variable(tf.zeros([count], tf.float64), trainable=False, name="nan_guard_sums")
             self.batch_captured = tf.Variable(False, trainable=False, name="nan_guard_batch_captured")
             self.snapshot_step = tf.Variable(tf.constant(0, tf.int64), trainable=False,
                                              name="nan_guard_snapshot_step")
@@ -182,9 +188,9 @@ class StepGuard:
         self.first_bad.assign(-1)
         self.snapshot_step.assign(step)
         self.steps.assign(step)
-        self.losses_failed.assign(False)
         self.batch_captured.assign(False)
         self.verdict = None
+        self._kinds = self._fired_values = None
         if self.snapshot is not None:
             self.snapshot.fill()
 
@@ -195,25 +201,28 @@ class StepGuard:
 
     # ------------------------------------------------------------ inside a tf.function
 
-    def check(self, losses_ok, step, batch=None):
+    def check(self, losses_ok, step, batch=None, state=None):
         """The check (inside a tf.function): saves the snapshot or fires (or neither); returns whether it fired.
 
-        All on one read of each variable, whose sum decides: a sum is
-        finite exactly when every element is (short of a float32 overflow
-        past 3.4e38), and when the guard fires it also says what the
-        variable held (NaN, +Inf or -Inf). The snapshot copies the same
-        reads. Two conditionals, not one `switch_case`: every branch of a
-        case takes the inputs of all of them, which costs tracing time.
+        One read of each variable: with a snapshot, the flat copy made of
+        those reads is checked whole (one reduction per dtype) and is what
+        the save assigns; without one, each read is checked. The firing
+        itself only stores the step (and the batch): which variables were
+        non-finite, and putting the snapshot back, is done on the host
+        (`fired`), outside the traced step.
         """
         weighed = self.check_weights or self.snapshot is not None
         values = [tf.convert_to_tensor(v) for v in self.variables] if weighed else []
-        sums = _sums(values) if weighed else None
-        weights_ok = tf.reduce_all(tf.math.is_finite(sums)) if weighed else tf.constant(True)
+        if self.snapshot is not None:
+            flats = self.snapshot.flat(values)
+            checked = flats
+        else:
+            checked = values
+        weights_ok = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(x)) for x in checked])) if checked \
+            else tf.constant(True)
         armed = self.first_bad < 0
         all_ok = tf.logical_and(losses_ok, weights_ok)
         if self.snapshot is not None:
-            flats = self.snapshot.flat(values)
-
             def save_snapshot():
                 assigns = self.snapshot.save_flat(flats)
                 assigns.append(self.snapshot_step.assign(tf.cast(step, tf.int64), read_value=False))
@@ -223,50 +232,56 @@ class StepGuard:
         else:
             saved = tf.constant(False)
 
+        keeper = self._state_keeper(state.shape[0]) if state is not None else None
+
         def fire_now():
-            with tf.control_dependencies(self._fire(losses_ok, step, sums, batch)):
+            assigns = [self.first_bad.assign(tf.cast(step, tf.int64), read_value=False)]
+            if keeper is not None:
+                assigns.append(keeper.assign(state, read_value=False))
+            if batch is not None:
+                assigns += [c.assign(t, read_value=False) for c, t in zip(self._captured, batch)]
+                assigns.append(self.batch_captured.assign(True, read_value=False))
+            with tf.control_dependencies(assigns):
                 return tf.constant(True)
 
         ok = all_ok if self.check_weights else losses_ok
         with tf.control_dependencies([saved]):
             return tf.cond(tf.logical_and(armed, tf.logical_not(ok)), fire_now, _constant(False))
 
-    def _fire(self, losses_ok, step, sums, batch=None):
-        """The assignments of a firing: first bad step, what each variable held, restore, captured batch."""
-        assigns = [self.first_bad.assign(tf.cast(step, tf.int64), read_value=False),
-                   self.losses_failed.assign(tf.logical_not(losses_ok), read_value=False)]
-        if sums is not None:  # None: the weights are not watched, and read as finite
-            assigns.append(self.sums.assign(sums, read_value=False))
-        if self.restore_in_step:
-            assigns += self.snapshot.restore()
-        if batch is not None:
-            assigns += [c.assign(t, read_value=False) for c, t in zip(self._captured, batch)]
-            assigns.append(self.batch_captured.assign(True, read_value=False))
-        return assigns
-
-    def report(self, after):
+    def report(self, after, state=None):
         """The verdict (inside a tf.function, after `after`): [first bad step, log_scale, tracker state...].
 
-        float64 holds any step count exactly. The tracker list is taken
-        here, after Keras's step, which builds tf_keras's trackers in its
-        first call.
+        float64 holds any step count exactly. `state` is the tracker state
+        (`_tracker_state`) if it was read already.
         """
-        trackers = BatchValues(self.model)
-        self.tracker_names = trackers.names
+        if state is None:
+            state = self._tracker_state()
         with tf.control_dependencies([after]):
             scale = self.variables[self.log_scale_index] if self.log_scale_index is not None else tf.constant(0.0)
-            first_bad = tf.cast(tf.reshape(self.first_bad, [1]), tf.float64)
-            return tf.concat([first_bad, stacked([scale, *trackers.scalars()], tf.float64)], 0)
+            head = stacked([self.first_bad, scale], tf.float64)
+            return tf.concat([head, state], 0)
 
-    def fire_now(self, losses_ok, step):
+    def fire_now(self, step):
         """Fires the guard at step `step` from the host (a loss the step's own check could not see)."""
-        if self._fire_function is None:
-            def fire(losses_ok, step):
-                sums = _sums([tf.convert_to_tensor(v) for v in self.variables])
-                with tf.control_dependencies(self._fire(losses_ok, step, sums)):
-                    return tf.identity(self.first_bad)
-            self._fire_function = tf.function(fire, autograph=False)
-        return int(self._fire_function(tf.constant(bool(losses_ok)), tf.constant(int(step), tf.int64)))
+        self.first_bad.assign(int(step))
+        self.fired(in_step=False)
+        return int(step)
+
+    def fired(self, in_step=True):
+        """On the host, once the guard has fired: notes what each variable holds, then puts the snapshot back.
+
+        Called as soon as the train function whose step fired returns
+        (before any callback runs), or by the batch hook that fired it; only
+        the first call of a firing does anything. Returns Keras's tracker
+        state after the failing step when the step kept it, else None.
+        """
+        if self._kinds is None:
+            self._kinds = [_kind(variable.numpy()) for variable in self.variables]
+            if in_step and self._fired_state is not None:
+                self._fired_values = self._fired_state.numpy()
+            if self.restore_in_step:
+                self.restore()
+        return self._fired_values
 
     # ------------------------------------------------------------ in the step
 
@@ -286,13 +301,17 @@ class StepGuard:
         self.uninstall()
         original = model.train_step
         self.captures_batch = self.capture_batch and not _uses_xla(model)  # XLA cannot resize a variable
+        built = BatchValues(model).scalars()
+        if built:  # made now, not while tracing: a variable made while tracing makes tf.function trace twice
+            self._state_keeper(len(built))
 
         def guarded_train_step(data):
             logs = original(data)
-            checked = self.after_step(data, logs)
+            state = self._tracker_state()
+            checked = self.after_step(data, logs, state)
             if not isinstance(logs, dict):  # nowhere to put the verdict: NaNGuard's batch hook reads it
                 return logs
-            return {**logs, VERDICT: self.report(checked)}
+            return {**logs, VERDICT: self.report(checked, state)}
 
         model.train_step = guarded_train_step
         self._original_train_step = original
@@ -304,10 +323,37 @@ class StepGuard:
         model.train_function = self._reporting_function
         return True
 
-    def after_step(self, data, logs):
-        """What the guarded train step adds to Keras's (inside its tf.function): the check, given the batch."""
+    def after_step(self, data, logs, state=None):
+        """What the guarded train step adds to Keras's (inside its tf.function): the check, given the batch.
+
+        `state` (Keras's tracker state after this step) is kept when the
+        guard fires: with several steps per call, the steps after the
+        failing one change it before the call returns.
+        """
         step = self.steps.assign_add(1)
-        return self.check(_losses_finite(logs), step, batch=self._batch_to_capture(data))
+        return self.check(_losses_finite(logs), step, batch=self._batch_to_capture(data), state=state)
+
+    def _tracker_state(self):
+        """Keras's tracker state now (inside the step, after Keras's): float64, in `tracker_names` order.
+
+        The tracker list is taken here, after Keras's step, which builds
+        tf_keras's trackers in its first call.
+        """
+        trackers = BatchValues(self.model)
+        self.tracker_names = trackers.names
+        return trackers.state(tf.float64)
+
+    def _state_keeper(self, size):
+        """The variable that keeps the tracker state of the failing step, made before the first trace if it can be.
+
+        Keras 3 has built its trackers by then; tf_keras builds them in the
+        first step, whose trace then makes this one too.
+        """
+        if self._fired_state is None or self._fired_state.shape[0] != size:
+            with tf.init_scope(), self._scope():
+                self._fired_state = tf.Variable(tf.zeros([size], tf.float64), trainable=False,
+                                                name="nan_guard_fired_state")
+        return self._fired_state
 
     def uninstall(self):
         """Gives the model back its own `train_step` and Keras's own train function."""
@@ -321,7 +367,7 @@ class StepGuard:
     def take_verdict(self):
         """The latest step's verdict as numpy (None when the step handed none out), and forgets it."""
         verdict, self.verdict = self.verdict, None
-        return None if verdict is None else verdict.numpy()
+        return verdict
 
     def prepare_capture(self, iterator):
         """Makes the variables that keep a failing batch, from the structure `iterator` yields.
@@ -354,12 +400,9 @@ class StepGuard:
     # ------------------------------------------------------------ on the host
 
     def variable_kinds(self):
-        """[FINITE | NAN | POS_INF | NEG_INF] per watched variable, as they were when the guard fired.
-
-        A variable that held both +Inf and -Inf (and no NaN) reads NAN: its sum is NaN.
-        """
-        return [FINITE if np.isfinite(total) else NAN if np.isnan(total) else POS_INF if total > 0 else NEG_INF
-                for total in self.sums.numpy()]
+        """[FINITE | NAN | POS_INF | NEG_INF] per watched variable, as they were when the guard fired."""
+        self.fired()
+        return list(self._kinds)
 
     def captured_batch(self):
         """The failing step's batch as numpy, structured as Keras fed it to `train_step`; None if not captured."""
@@ -408,7 +451,12 @@ class _ReportingFunction:
             raise
         if isinstance(logs, dict) and VERDICT in logs:
             logs = dict(logs)
-            guard.verdict = logs.pop(VERDICT)
+            verdict = logs.pop(VERDICT).numpy()
+            if verdict[0] >= 0:
+                state = guard.fired()
+                if state is not None and len(state) == len(verdict) - HEAD:
+                    verdict[HEAD:] = state  # the failing step's, not those of the steps after it in this call
+            guard.verdict = verdict
         return logs
 
     def __getattr__(self, name):
