@@ -54,6 +54,7 @@ def measure(args):
             for hook in HOOKS:
                 timed(callback, hook, calls.setdefault((type(callback).__name__, hook), []))
         model.fit(dataset, epochs=args.epochs, steps_per_epoch=args.steps, verbose=0, callbacks=suite)
+        suite[0].run.wait()  # the figures, drawn off the training thread, before their directory goes
     tenth = max(1, args.epochs // 10)
     hooks = []
     for (name, hook), timings in calls.items():

@@ -95,6 +95,8 @@ def train(config, args):
         sampler = Sampler(nan_guard(callbacks) if callbacks else None)
         model.fit(dataset, steps_per_epoch=args.steps_per_epoch, epochs=args.epochs, shuffle=False, verbose=0,
                   callbacks=callbacks + [sampler])
+        if callbacks:
+            callbacks[0].run.wait()  # the figures, drawn off the training thread, are part of the suite's memory
         record_path = os.path.join(run_dir, "record.json")
         record_kb = os.path.getsize(record_path) / 1024.0 if os.path.exists(record_path) else 0.0
     return {"config": config, "peak_rss_mb": status_mb("VmHWM"), "rss_before_fit_mb": rss_before,

@@ -273,6 +273,8 @@ def lock_step_fits(args, models, dataset, root, repeat):
                          + [turns[name].last()])
             models[name].fit(dataset, epochs=args.epochs, steps_per_epoch=args.steps, callbacks=callbacks,
                              verbose=0)
+            for run in {callback.run for callback in callbacks if hasattr(callback, "run")}:
+                run.wait()  # untimed: the figures drawn off the training thread, before their directory goes
         except BaseException as error:  # re-raised in the main thread
             errors.append(error)
         finally:

@@ -44,9 +44,9 @@ class BatchValues:
 
     Our callbacks share one reader, the run's (`Run.trackers`): each batch's
     values are read from the device once, by the first callback that asks
-    for that step (`read(step=...)`, or the NaN guard's own compiled check
-    through `values_from(..., step=...)`), and the others get them from its
-    cache.
+    for that step (`read(step=...)`, or the NaN guard from the verdict the
+    train step hands out, through `values_from(..., step=...)`), and the
+    others get them from its cache.
 
     Example:
     >>> values = BatchValues(model)   # in the first on_train_batch_end
