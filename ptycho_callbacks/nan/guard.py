@@ -153,7 +153,7 @@ class NaNGuard(RecordingCallback):
         back in the failing step) and for `forensics` (saved with the batch).
         """
         return dict(check_weights=self.check_weights, keep_snapshot=self.restore_weights or self.forensics,
-                    restore_in_step=self.restore_weights, capture_batch=self.forensics)
+                    restore_when_fired=self.restore_weights, capture_batch=self.forensics)
 
     def _prepare_variables(self):
         """Finds the watched variables (weights and log_scale) and arms the device-side guard.

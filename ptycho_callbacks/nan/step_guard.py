@@ -96,9 +96,9 @@ class StepGuard:
             (otherwise only the losses do).
         keep_snapshot: keep a device-side copy of the variables after the
             last step where they and the losses were finite.
-        restore_in_step: when the guard fires inside a step, put the
-            snapshot back as soon as the train function returns, before
-            any callback runs, so that no other callback ever sees the
+        restore_when_fired: when the guard fires, put the snapshot back
+            (on the host, as soon as the train function returns, before
+            any callback runs), so that no other callback ever sees the
             non-finite weights.
         capture_batch: keep the failing step's batch on the device.
         log_scale_index: position of `log_scale` among `variables` (None:
@@ -128,15 +128,15 @@ class StepGuard:
             object.__setattr__(model, _ON_MODEL, guard)
         return guard
 
-    def __init__(self, model, variables, check_weights=True, keep_snapshot=False, restore_in_step=False,
+    def __init__(self, model, variables, check_weights=True, keep_snapshot=False, restore_when_fired=False,
                  capture_batch=False, log_scale_index=None):
         self._options = dict(check_weights=check_weights, keep_snapshot=keep_snapshot,
-                             restore_in_step=restore_in_step, capture_batch=capture_batch,
+                             restore_when_fired=restore_when_fired, capture_batch=capture_batch,
                              log_scale_index=log_scale_index)
         self.model = model
         self.variables = list(variables)
         self.check_weights = bool(check_weights)
-        self.restore_in_step = bool(restore_in_step and keep_snapshot)
+        self.restore_when_fired = bool(restore_when_fired and keep_snapshot)
         self.capture_batch = bool(capture_batch)
         self.log_scale_index = log_scale_index
         self._original_train_step = None
@@ -279,7 +279,7 @@ class StepGuard:
             self._kinds = [_kind(variable.numpy()) for variable in self.variables]
             if in_step and self._fired_state is not None:
                 self._fired_values = self._fired_state.numpy()
-            if self.restore_in_step:
+            if self.restore_when_fired:
                 self.restore()
         return self._fired_values
 
