@@ -1,7 +1,7 @@
 """Snapshot: a device-side copy of a model's variables, kept flat.
 
-The NaN guard copies the weights after every finite step and puts them back
-when a step goes non-finite, both inside the train step. Kept as one flat
+The NaN guard copies the weights after every finite step, inside the train
+step, and puts them back on the host when a step goes non-finite. Kept as one flat
 vector per dtype rather than one copy per variable, the copy is one
 assignment: the conditional that takes it has one input instead of one per
 variable, which is what makes such a conditional slow to trace.
@@ -11,7 +11,7 @@ import tensorflow as tf
 
 
 class Snapshot:
-    """One flat copy per dtype of `variables`, saved and put back inside a tf.function or eagerly.
+    """One flat copy per dtype of `variables`, saved inside a tf.function (or eagerly) and put back eagerly.
 
     Args:
         variables: the `tf.Variable`s to copy.
@@ -36,8 +36,7 @@ class Snapshot:
         self._groups = list(groups.values())
         self.shadows = []
         """The flat copies, one `tf.Variable` per dtype of the variables."""
-        for number, indices in enumerate(self._groups):
-            flat = self._flat([self.variables[i].read_value() for i in indices])
+        for number, flat in enumerate(self.flat([variable.read_value() for variable in self.variables])):
             shape = tf.TensorShape(None) if self.releasable else flat.shape
             self.shadows.append(tf.Variable(flat, trainable=False, shape=shape, name=f"nan_guard_snapshot_{number}"))
 
@@ -55,8 +54,7 @@ class Snapshot:
 
     def fill(self):
         """Copies the variables' current values (eagerly)."""
-        for shadow, indices in zip(self.shadows, self._groups):
-            shadow.assign(self._flat([self.variables[i].read_value() for i in indices]))
+        self.save_flat(self.flat([variable.read_value() for variable in self.variables]))
 
     def release(self):
         """Empties the copies, which then hold no memory until the next `fill`; a no-op when not releasable."""
@@ -72,18 +70,19 @@ class Snapshot:
         """The assignments that copy the flat vectors `flats` (from `flat`)."""
         return [shadow.assign(flat, read_value=False) for shadow, flat in zip(self.shadows, flats)]
 
-    def restore(self):
-        """Puts the copies back into the variables (inside a tf.function or eagerly); returns the assignments."""
-        assigns = []
+    def _copied(self):
+        """(index of a variable, its value in the copy, in its shape) for every variable."""
         for shadow, indices in zip(self.shadows, self._groups):
-            for index, value in zip(indices, self._parts(shadow.read_value(), indices)):
-                assigns.append(self.variables[index].assign(value, read_value=False))
-        return assigns
+            yield from zip(indices, self._parts(shadow.read_value(), indices))
+
+    def restore(self):
+        """Puts the copies back into the variables (eagerly)."""
+        for index, value in self._copied():
+            self.variables[index].assign(value)
 
     def values(self):
         """The copies as numpy, one array per variable, in order."""
         arrays = [None] * len(self.variables)
-        for shadow, indices in zip(self.shadows, self._groups):
-            for index, value in zip(indices, self._parts(shadow.read_value(), indices)):
-                arrays[index] = value.numpy()
+        for index, value in self._copied():
+            arrays[index] = value.numpy()
         return arrays

@@ -455,7 +455,8 @@ class _ReportingFunction:
             if verdict[0] >= 0:
                 state = guard.fired()
                 if state is not None and len(state) == len(verdict) - HEAD:
-                    verdict[HEAD:] = state  # the failing step's, not those of the steps after it in this call
+                    # The failing step's, not those of the steps after it in this call.
+                    verdict = np.concatenate([verdict[:HEAD], state])
             guard.verdict = verdict
         return logs
 
