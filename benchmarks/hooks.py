@@ -6,8 +6,10 @@ per callback and hook, the calls and the median and mean milliseconds; for
 epoch ends also the mean over the first and the last tenth of the epochs,
 where a cost that grows with the run (a record rewritten in full each epoch)
 shows. The first epoch (tracing, writers opening) is left out of the median
-and mean. `overhead.py` measures what the hooks cost together against bare
-training; this says which callback to look at.
+and mean. It also times what Keras itself spends on a batch once any
+callback has batch hooks (it turns the logs into Python numbers then), with
+one callback that does nothing. `overhead.py` measures what the hooks cost
+together against bare training; this says which callback to look at.
 
     python benchmarks/hooks.py --N 16 --steps 10 --epochs 400
     python benchmarks/hooks.py --json
@@ -23,7 +25,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import tensorflow as tf  # noqa: E402
+
 from ptycho_callbacks import default_callbacks  # noqa: E402
+from ptycho_callbacks._keras import keras  # noqa: E402
 
 import stand_in  # noqa: E402
 
@@ -43,6 +48,27 @@ def timed(callback, hook, calls):
     setattr(callback, hook, run_and_time)
 
 
+def keras_dispatch_us(names, batches=2000):
+    """Microseconds a batch that Keras spends handing batch hooks (logs `names`, as tensors) to a callback doing nothing."""
+    class Nothing(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            pass
+
+        def on_train_batch_end(self, batch, logs=None):
+            pass
+
+    callbacks = keras.callbacks.CallbackList([Nothing()], add_history=True)
+    logs = {name: tf.constant(1.0) for name in names}
+    for batch in range(batches // 10):  # warm-up, untimed
+        callbacks.on_train_batch_begin(batch)
+        callbacks.on_train_batch_end(batch, logs)
+    start = time.perf_counter()
+    for batch in range(batches):
+        callbacks.on_train_batch_begin(batch)
+        callbacks.on_train_batch_end(batch, logs)
+    return 1e6 * (time.perf_counter() - start) / batches
+
+
 def measure(args):
     data = stand_in.simulated_data(args)
     dataset = stand_in.batches(args, data)
@@ -53,7 +79,7 @@ def measure(args):
         for callback in suite:
             for hook in HOOKS:
                 timed(callback, hook, calls.setdefault((type(callback).__name__, hook), []))
-        model.fit(dataset, epochs=args.epochs, steps_per_epoch=args.steps, verbose=0, callbacks=suite)
+        history = model.fit(dataset, epochs=args.epochs, steps_per_epoch=args.steps, verbose=0, callbacks=suite)
         suite[0].run.wait()  # the figures, drawn off the training thread, before their directory goes
     tenth = max(1, args.epochs // 10)
     hooks = []
@@ -67,7 +93,8 @@ def measure(args):
             entry["last_tenth_mean_ms"] = statistics.mean(
                 1000 * seconds for epoch, seconds in timings if epoch >= args.epochs - tenth)
         hooks.append(entry)
-    return {"N": args.N, "steps": args.steps, "epochs": args.epochs, "hooks": hooks}
+    return {"N": args.N, "steps": args.steps, "epochs": args.epochs, "hooks": hooks,
+            "keras_dispatch_us_per_batch": keras_dispatch_us(list(history.history))}
 
 
 def main(argv=None):
@@ -90,6 +117,8 @@ def main(argv=None):
                  if "last_tenth_mean_ms" in entry else "")
         print(f"{entry['callback']:<24} {entry['hook']:<22} {entry['calls']:>6} {entry['median_ms']:8.3f} "
               f"{entry['mean_ms']:8.3f}{trend}")
+    print(f"Keras's own handing of batch hooks to one callback doing nothing: "
+          f"{result['keras_dispatch_us_per_batch']:.1f} us per batch")
     return 0
 
 

@@ -162,6 +162,7 @@ def test_hooks_benchmark_times_every_hook_of_every_callback_of_the_suite():
         assert "last_tenth_mean_ms" in timed[(name, "on_epoch_end")]
     # The guard's batch hook reads the step's verdict each batch: it cannot take no time.
     assert timed[("NaNGuard", "on_train_batch_end")]["median_ms"] > 0
+    assert result["keras_dispatch_us_per_batch"] > 0  # Keras's own part, timed apart
 
 
 @pytest.mark.slow
