@@ -50,6 +50,7 @@ import warnings
 import tensorflow as tf
 
 from .background import BACKGROUND
+from .batch_log import BatchLog, row_groups
 from .callbacks.batch_values import BatchValues
 from .callbacks.fit_exceptions import tell_fit_exception
 from .callbacks.loss_discovery import compiled_loss_weights
@@ -140,14 +141,14 @@ class Run:
         self._deferred = []
         self._writers = {}
         self._buffers = {}
-        self._pending = {}  # TensorBoard run name: [step, {tag: value}] of the step being gathered
+        self._batches = BatchLog()
+        self._batch_writers = {}
         self._trackers = None
         self._given_log_scale = None
         self._scale = None
         self._given_loss_weights = None
         self._loss_weights = None
         self._charts = {}
-        self._log_scale_read = (None, None)
         self._lost = {}  # what could not be written (TensorBoard, record.json, report.md): the error
         self.aborted_by = None
         """The exception that ended the last fit from inside a train step (`abort`), or None."""
@@ -246,7 +247,8 @@ class Run:
         self._trackers = None
         self._scale = None
         self._loss_weights = None
-        self._log_scale_read = (None, None)
+        self._batches = BatchLog()
+        self._batch_writers = {}
         self.step_guard = None
         self.record.status = "running"
         self.record.ended_at = None
@@ -342,15 +344,6 @@ class Run:
             self._scale = found
         return self._scale
 
-    def note_log_scale(self, step, value):
-        """Keeps `log_scale`'s value read at optimizer step `step`, so that no one reads it again."""
-        self._log_scale_read = (step, value)
-
-    def log_scale_at(self, step):
-        """The value of `log_scale` noted at `step` (`note_log_scale`), or None."""
-        noted_step, value = self._log_scale_read
-        return value if noted_step == step else None
-
     def use_loss_weights(self, weights):
         """Declares {component: weight} (a user's choice wins over the compiled weights)."""
         self._given_loss_weights = dict(weights)
@@ -374,9 +367,48 @@ class Run:
         return self._trackers
 
     def reset_trackers(self):
-        """Keras resets its trackers at each epoch and evaluation start; so does the reader."""
+        """Keras resets its trackers at each epoch and evaluation start; so do the reader and the batch log.
+
+        The batches noted before are taken first, against the state they were noted in.
+        """
+        self.take_batches()
+        self._batches.reset()
         if self._trackers is not None:
             self._trackers.reset()
+
+    # ------------------------------------------------------------ batches
+
+    @property
+    def batches(self):
+        """The fit's `BatchLog`: what the batch hooks noted, and the last batch values taken out of it."""
+        return self._batches
+
+    def note_batch(self, step, state=None, log_scale=None):
+        """From a batch hook: Keras's tracker state (`BatchValues.state()` on the host) and/or `log_scale`
+        after the batch ending at optimizer step `step`; the notes are taken in blocks (`take_batches`), and
+        written when 64 are noted or the oldest is 10 s old, so that TensorBoard stays live."""
+        self._batches.note(step, state, log_scale)
+        if self._batches.due():
+            self.flush_scalars()
+
+    def add_batch_writer(self, owner, columns):
+        """`columns(block)` turns each `Block` of batches into TensorBoard columns {tag: masked array}
+        (a masked entry is no point), for this fit; `owner` (a callback) has one writer at most."""
+        self._batch_writers[owner] = columns
+
+    def take_batches(self):
+        """Turns the batches noted so far into each writer's columns, and those into queued TensorBoard rows."""
+        if not len(self._batches):
+            return
+        block = self._batches.take(self.trackers().names)
+        columns = {}
+        for writer in list(self._batch_writers.values()):
+            columns.update(writer(block))
+        if self.log_dir is None or TENSORBOARD_DATA in self._lost:
+            return
+        with self.writing(TENSORBOARD_DATA, self.log_dir):
+            for steps, tags, values in row_groups(block.steps, columns):
+                self._buffer("train").add_rows(steps, tags, values)
 
     # ------------------------------------------------------------ writing
 
@@ -434,23 +466,6 @@ class Run:
         with self.writing(TENSORBOARD_DATA, self.log_dir), writer.as_default(step=step):
             yield writer
 
-    def add_batch_scalars(self, step, values, name="train"):
-        """Queues {tag: value} at `step`; the values of all callbacks at one step go out as one row.
-
-        Rows reach the event file in batches (`ScalarBuffer`): at the latest
-        at each epoch end (`flush_scalars`) and when the run closes.
-        """
-        if self.log_dir is None or not values or TENSORBOARD_DATA in self._lost:
-            return
-        pending = self._pending.get(name)
-        if pending is not None and pending[0] != step:
-            with self.writing(TENSORBOARD_DATA, self.log_dir):
-                self._buffer(name).add(*pending)
-            pending = None
-        if pending is None:
-            pending = self._pending[name] = [step, {}]
-        pending[1].update(values)
-
     def _buffer(self, name):
         buffer = self._buffers.get(name)
         if buffer is None:
@@ -458,13 +473,11 @@ class Run:
         return buffer
 
     def flush_scalars(self):
-        """Writes every queued per-batch scalar now."""
-        pending, self._pending = self._pending, {}
-        if self.lost(TENSORBOARD_DATA):
+        """Takes the noted batches and writes every queued per-batch scalar now."""
+        self.take_batches()
+        if self.log_dir is None or self.lost(TENSORBOARD_DATA):
             return
         with self.writing(TENSORBOARD_DATA, self.log_dir):
-            for name, row in pending.items():
-                self._buffer(name).add(*row)
             for buffer in self._buffers.values():
                 buffer.flush()
 

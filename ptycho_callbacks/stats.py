@@ -639,6 +639,64 @@ def split_total(values: Mapping, weights: Mapping, total_key: str = "loss") -> t
     return weighted, residual
 
 
+def split_total_rows(rows: Mapping[str, np.ma.MaskedArray], weights: Mapping,
+                     total_key: str = "loss") -> tuple[dict, np.ma.MaskedArray]:
+    """`split_total` for many rows at once: {name: masked [n]} in, a masked entry being a value not there.
+
+    Returns:
+        (weighted, residual): {name: weight * value} (masked where the value
+        is) and the residual per row, masked where `split_total` gives None.
+    """
+    weighted = {name: rows[name] * weights[name] for name in weights if name in rows}
+    total = rows.get(total_key)
+    if total is None or not weighted:
+        size = len(next(iter(rows.values()))) if rows else 0
+        return weighted, np.ma.masked_all(size)
+    present = np.stack([~np.ma.getmaskarray(value) for value in weighted.values()])
+    data = np.stack([np.ma.getdata(value) for value in weighted.values()])
+    with np.errstate(invalid="ignore", over="ignore"):
+        defined = (~np.ma.getmaskarray(total) & np.isfinite(np.ma.getdata(total)) & present.any(axis=0)
+                   & np.all(np.isfinite(data) | ~present, axis=0))
+        residual = np.ma.getdata(total) - np.where(present, data, 0.0).sum(axis=0)
+    return weighted, np.ma.masked_array(residual, mask=~defined)
+
+
+def movement_share_rows(first: Mapping[str, Any], rows: Mapping[str, np.ma.MaskedArray],
+                        weights: Mapping[str, float]) -> dict:
+    """`movement_shares(first, row, weights)["shares"]` for many rows at once.
+
+    Args:
+        first: {name: value} at the first point of the movement.
+        rows: {name: masked [n]}, a masked entry being a value not there.
+        weights: {component name: weight}.
+
+    Returns:
+        {name: masked [n]}: each component's share in each row, masked in
+        the rows where `movement_shares` defines none (empty if `weights` is).
+    """
+    if not weights:
+        return {}
+    size = len(next(iter(rows.values())))
+    defined = np.ones(size, bool)
+    changes = {}
+    with np.errstate(invalid="ignore", over="ignore"):
+        for name, weight in weights.items():
+            weight = finite_or_none(weight)
+            if weight == 0.0:
+                changes[name] = np.zeros(size)
+                continue
+            start, row = finite_or_none(first.get(name)), rows.get(name)
+            if weight is None or start is None or row is None:
+                return {name: np.ma.masked_all(size) for name in weights}
+            change = weight * (np.ma.getdata(row) - start)
+            defined &= ~np.ma.getmaskarray(row) & np.isfinite(change)
+            changes[name] = np.abs(change)
+        moved = np.sum(list(changes.values()), axis=0)
+        defined &= np.isfinite(moved) & (moved > 0)
+        return {name: np.ma.masked_array(change / np.where(defined, moved, 1.0), mask=~defined)
+                for name, change in changes.items()}
+
+
 def _paired(pred: Any, truth: Any, transform) -> tuple[np.ndarray, np.ndarray]:
     """Flattened float64 (pred, truth) restricted to pairs where both are finite."""
     pred_array, truth_array = transform(pred), transform(truth)

@@ -93,7 +93,8 @@ def test_per_batch_shares_are_of_the_loss_movement_and_in_zero_one(make_model, s
 
 @pytest.mark.parametrize("order", ["guard first", "guard last"])
 def test_values_shared_with_the_guard_are_still_those_of_each_batch(make_model, small_data, order):
-    """The guard's check reads the trackers once per batch for both callbacks, whichever comes first."""
+    """One note of the trackers per batch serves both callbacks, whichever comes first; the event's last finite
+    values come from the same notes."""
     inputs, targets = small_data.model_inputs(), small_data.model_targets()
     model = make_model(SEED, loss_weights=WEIGHTS)
     hand = HandComputedLosses(inputs, targets, batch_size=5)
@@ -107,7 +108,10 @@ def test_values_shared_with_the_guard_are_still_those_of_each_batch(make_model, 
     for name in ("loss",) + NAMES:
         np.testing.assert_allclose(record.batch_history[name], [e[name] for e in hand.expected],
                                    rtol=2e-4, err_msg=name)
-    assert set(guard._last_finite["train"]) == {"loss"} | set(NAMES) | {"log_scale"}
+    last_finite = guard.run.batches.last_finite
+    assert set(last_finite) == {"loss"} | set(NAMES) | {"log_scale"}
+    for name in ("loss",) + NAMES:
+        assert last_finite[name] == pytest.approx(hand.expected[-1][name], rel=2e-4), name
 
 
 def test_epoch_values_for_training_and_validation(make_model, small_data, tmp_path):

@@ -164,3 +164,26 @@ def test_the_record_keeps_the_loss_weights_the_model_weighs_with(make_model, sma
     assert record.config["configured_loss_weights"]["pred_intensity_loss"] == 2.0
     (finding,) = [f for f in record.findings if f["code"] == "loss_weights_differ"]
     assert "pred_intensity_loss 2.0 in the config, 1 in the model" in finding["message"]
+
+
+def test_per_batch_points_reach_tensorboard_during_a_long_epoch(make_model, small_data, tmp_path):
+    """The batch hooks only note; the notes are written every 64 batches, not held until the epoch ends."""
+    import tensorflow as tf
+
+    seen = {}
+
+    class ReadBack(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 69:  # step 70, six steps after the 64th note
+                seen.update(tensorboard_events.scalars(str(tmp_path / "run")))
+
+    model = make_model(SEED)
+    data = tf.data.Dataset.from_tensor_slices((small_data.model_inputs(), small_data.model_targets()))
+    ours = default_callbacks(model, str(tmp_path / "run"), verbose=0)
+    model.fit(data.repeat().batch(4), steps_per_epoch=80, epochs=1, verbose=0, callbacks=ours + [ReadBack()])
+    ours[0].run.wait()
+    steps = [step for step, _ in seen["loss/batch/loss"]]
+    assert steps[:60] == list(range(1, 61)) and max(steps) <= 70, steps
+    assert [step for step, _ in seen["scale/batch/log_scale"]][:60] == list(range(1, 61))
+    final = tensorboard_events.scalars(str(tmp_path / "run"))
+    assert [step for step, _ in final["loss/batch/loss"]] == list(range(1, 81))

@@ -124,10 +124,6 @@ class RecordingCallback(keras.callbacks.Callback):
         """The run's summary writer of TensorBoard run `name`, or None without log_dir."""
         return self.run.writer(name)
 
-    def write_batch_scalars(self, values, name="train"):
-        """Queues the scalars {tag: value} at `global_step`; they reach TensorBoard in batches."""
-        self.run.add_batch_scalars(self.global_step, values, name)
-
     def on_train_begin(self, logs=None):
         self.run.begin(self)
         self.global_step = self._fit_start_step = optimizer_step(self.model)

@@ -5,8 +5,10 @@ far. Their `Mean` trackers keep a `total` and a `count`; the change of both
 over one batch gives that batch's value exactly, whatever weights Keras used.
 """
 
+import numpy as np
 import tensorflow as tf
 
+from ..batch_log import tracker_batch_values
 from .variables import tf_variable
 
 _ON_MODEL = "_ptycho_callbacks_tracker_state"
@@ -36,23 +38,24 @@ def _mean_state(metric):
 
 
 class BatchValues:
-    """Reads per-batch values of a model's mean-type metrics (the loss and its components).
+    """Reads Keras's mean-type trackers (the loss and its components): their state, and per-batch values.
 
     Args:
         model: a compiled Keras model that has run at least one step (its
             metrics exist then).
 
-    Our callbacks share one reader, the run's (`Run.trackers`): each batch's
-    values are read from the device once, by the first callback that asks
-    for that step (`read(step=...)`, or the NaN guard from the verdict the
-    train step hands out, through `values_from(..., step=...)`), and the
-    others get them from its cache.
+    The train step's verdict carries the trackers' state after each step
+    when `NaNGuard` guards it; without it, `read_state()` reads it (one
+    compiled call). The run notes the states of the training batches and
+    turns them into each batch's values in blocks (`BatchLog`);
+    `read(prefix=...)` gives one batch's values at once (the validation
+    batches the NaN guard checks).
 
     Example:
     >>> values = BatchValues(model)   # in the first on_train_batch_end
-    >>> values.reset()                # at each epoch start
-    >>> values.read()                 # in on_train_batch_end
-    {'loss': -3.9e6, 'pred_intensity_loss': -3.9e6, ...}
+    >>> values.reset()                # at each epoch and evaluation start
+    >>> values.read(prefix="val_")    # in on_test_batch_end
+    {'val_loss': -3.9e6, 'val_pred_intensity_loss': -3.9e6, ...}
     """
 
     def __init__(self, model):
@@ -62,9 +65,8 @@ class BatchValues:
             state = _mean_state(metric)
             if state is not None:
                 self._trackers.append((metric.name, tf_variable(state[0]), tf_variable(state[1])))
-        self._previous = {}
+        self._previous = None
         self._compiled_state = None
-        self._latest = None  # (step, prefix, values) of the latest read
 
     @property
     def names(self):
@@ -72,8 +74,7 @@ class BatchValues:
 
     def reset(self):
         """Forget the previous totals: Keras resets its trackers at epoch and evaluation start."""
-        self._previous = {}
-        self._latest = None
+        self._previous = None
 
     def scalars(self):
         """The trackers' variables, (total, count) per tracker in order: what `state` stacks."""
@@ -83,41 +84,26 @@ class BatchValues:
         """The trackers' (total, count) pairs as one vector; usable inside a tf.function."""
         return stacked(self.scalars(), dtype)
 
-    def values_from(self, state, prefix="", step=None):
+    def read_state(self):
+        """`state()` now, as numpy, in one device-to-host read."""
+        if self._compiled_state is None:
+            self._compiled_state = self._model_state_function()
+        return self._compiled_state().numpy()
+
+    def values_from(self, state, prefix=""):
         """{prefix + name: value of the last batch} from a `state()` read on the host.
 
         A metric that counted no sample since the previous read is left out.
-        With `step`, the values are kept as that step's for `read(step=...)`.
         """
-        values = {}
-        for index, (name, _, _) in enumerate(self._trackers):
-            total, count = float(state[2 * index]), float(state[2 * index + 1])
-            previous_total, previous_count = self._previous.get(name, (0.0, 0.0))
-            self._previous[name] = (total, count)
-            if count > previous_count:
-                values[prefix + name] = (total - previous_total) / (count - previous_count)
-        self._latest = (step, prefix, values) if step is not None else None
-        return dict(values)
+        state = np.asarray(state, np.float64)[:2 * len(self._trackers)]
+        previous = np.zeros_like(state) if self._previous is None else self._previous
+        values, counted = tracker_batch_values(state[None], previous)
+        self._previous = state
+        return {prefix + name: float(values[0, j]) for j, name in enumerate(self.names) if counted[0, j]}
 
-    def latest(self, step, prefix=""):
-        """The values already read at optimizer step `step` (with `prefix`), or None."""
-        latest = self._latest
-        if step is None or latest is None or latest[:2] != (step, prefix):
-            return None
-        return dict(latest[2])
-
-    def read(self, prefix="", step=None):
-        """Returns {prefix + metric name: value of the last batch}, in one device-to-host read.
-
-        With `step` (the optimizer step after the batch), a second read at
-        the same step returns the first one's values without reading again.
-        """
-        latest = self.latest(step, prefix)
-        if latest is not None:
-            return latest
-        if self._compiled_state is None:
-            self._compiled_state = self._model_state_function()
-        return self.values_from(self._compiled_state().numpy(), prefix, step)
+    def read(self, prefix=""):
+        """Returns {prefix + metric name: value of the last batch}, in one device-to-host read."""
+        return self.values_from(self.read_state(), prefix)
 
     def _model_state_function(self):
         """The compiled `state` kept on the model, traced anew only when its trackers changed (a new compile).

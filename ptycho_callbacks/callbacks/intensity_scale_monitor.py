@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 from .. import stats
 from .base import RecordingCallback
 from .probe_inputs import check_probe_inputs, probe_batch
@@ -35,7 +37,9 @@ class IntensityScaleMonitor(RecordingCallback):
     - whether both scaler layers share one variable, and whether it moved.
 
     TensorBoard tags (run `ptycho/train`): `scale/batch/log_scale`,
-    `scale/batch/exp_log_scale` at the global step; `scale/epoch/log_scale`,
+    `scale/batch/exp_log_scale` at the global step (noted by the batch hook,
+    from the `NaNGuard`'s verdict when there is one, and written in blocks
+    of batches with the run's other per-batch points); `scale/epoch/log_scale`,
     `scale/epoch/exp_log_scale`, `scale/epoch/configured_scale`,
     `scale/epoch/ratio_to_configured` at the epoch.
 
@@ -116,6 +120,8 @@ class IntensityScaleMonitor(RecordingCallback):
             check_probe_inputs(self.model, self.probe_inputs)
         variable, how, scalers = self.run.log_scale
         self._variable = variable
+        if variable is not None and self.log_dir is not None and self.update_freq != "epoch":
+            self.run.add_batch_writer(self, self._batch_columns)
         if variable is None:
             self.record.log_scale = {"found": False, "how_found": how, "note": HOW_TO_NAME}
             self.announce("warning", "log_scale_not_found",
@@ -190,10 +196,14 @@ class IntensityScaleMonitor(RecordingCallback):
         if (self._variable is None or self.log_dir is None or self.update_freq == "epoch"
                 or self.global_step % self.update_freq):
             return
-        value = self.run.log_scale_at(self.global_step)
-        if value is None:  # no NaN guard before this callback read it at this step
-            value = self._value()
-        self.write_batch_scalars({"scale/batch/log_scale": value, "scale/batch/exp_log_scale": _safe_exp(value)})
+        if not self.run.batches.has_log_scale(self.global_step):  # no NaN guard before this callback noted it
+            self.run.note_batch(self.global_step, log_scale=self._value())
+
+    def _batch_columns(self, block):
+        """TensorBoard columns of a `Block` of batches: log_scale and exp(log_scale), every `update_freq` steps."""
+        scale = np.ma.masked_where(block.steps % self.update_freq != 0, block.log_scale)
+        with np.errstate(over="ignore"):
+            return {"scale/batch/log_scale": scale, "scale/batch/exp_log_scale": np.ma.exp(scale)}
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)

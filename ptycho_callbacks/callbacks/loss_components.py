@@ -2,14 +2,12 @@
 
 import re
 
-from ..stats import movement_shares, split_total
+import numpy as np
+
+from ..stats import movement_share_rows, split_total_rows
 from .base import RecordingCallback
 from .loss_discovery import TOTAL
 from .scalar_buffer import write_scalars
-
-
-def _is_finite(value):
-    return value is not None and value == value and abs(value) != float("inf")
 
 
 class LossComponents(RecordingCallback):
@@ -31,6 +29,12 @@ class LossComponents(RecordingCallback):
     moved). Per batch, the data differ from batch to batch, so a component's
     change also holds the change of the data (and of a data-dependent term a
     loss drops); the report's shares compare epochs over the same data.
+
+    The batch hook only notes the trackers' state (read once, unless a
+    `NaNGuard` noted it from its step's verdict); the batches' values,
+    their TensorBoard points and the record's batch history are computed
+    for blocks of batches (`Run.take_batches`): at epoch ends, every 64
+    batches or 10 seconds, and when the run closes.
 
     TensorBoard tags (run `ptycho/train`, and `ptycho/validation` for epochs):
     `loss/batch/<name>` (value), `loss/batch_weighted/<name>` (weight x
@@ -80,42 +84,69 @@ class LossComponents(RecordingCallback):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self._first = None
+        if self.update_freq != "epoch":
+            self.run.add_batch_writer(self, self._batch_columns)
 
     def on_train_batch_end(self, batch, logs=None):
         super().on_train_batch_end(batch, logs)
         if self.update_freq == "epoch" or self.global_step % self.update_freq:
             return
-        values = self.run.trackers().read(step=self.global_step)
-        self._remember_batch(values)
-        if self.log_dir is not None:
-            self._write_batch(values)
+        if not self.run.batches.has_state(self.global_step):  # no NaN guard before this callback noted it
+            self.run.note_batch(self.global_step, state=self.run.trackers().read_state())
 
-    def _remember_batch(self, values):
+    def _batch_columns(self, block):
+        """The record's batch history and the TensorBoard columns of a `Block` of batches (every `update_freq`)."""
+        kept = block.steps % self.update_freq == 0
+        values = {name: np.ma.masked_where(~kept, column) for name, column in block.values.items()}
+        self._remember_batches(block.steps[kept], {name: column[kept] for name, column in values.items()})
+        if self.log_dir is None or not values:
+            return {}
+        weights = self.run.loss_weights
+        weighted, residual = split_total_rows(values, weights, TOTAL)
+        columns = {f"loss/batch/{name}": value for name, value in values.items()}
+        columns.update((f"loss/batch_weighted/{name}", value) for name, value in weighted.items())
+        since = self._first_finite(values, weights, kept)
+        if self._first is not None:
+            before = np.arange(len(block)) < since
+            for name, value in values.items():
+                if name in self._first:
+                    columns[f"loss/batch_change/{name}"] = np.ma.masked_where(before, value - self._first[name])
+            shares = movement_share_rows(self._first, values, weights)
+            columns.update((f"loss/batch_movement_share/{name}", np.ma.masked_where(before, share))
+                           for name, share in shares.items())
+        columns["loss/batch/residual"] = residual
+        return columns
+
+    def _first_finite(self, values, weights, kept):
+        """Sets t0 of the movement (`_first`) at the block's first kept batch whose weighted components are all
+        finite, if not set before; returns the index in the block from which it holds (len(kept): nowhere)."""
+        if self._first is not None:
+            return 0
+        finite = kept.copy()
+        for name, weight in weights.items():
+            if weight == 0:
+                continue
+            column = values.get(name)
+            if column is None:
+                return len(kept)
+            finite &= ~np.ma.getmaskarray(column) & np.isfinite(np.ma.getdata(column))
+        if not finite.any():
+            return len(kept)
+        index = int(np.argmax(finite))
+        self._first = {name: float(value[index]) for name, value in values.items()
+                       if not np.ma.getmaskarray(value)[index]}
+        return index
+
+    def _remember_batches(self, steps, values):
         record = self.record
-        record.batch_steps.append(self.global_step)
-        for name, value in values.items():
-            record.batch_history.setdefault(name, []).append(value)
+        record.batch_steps.extend(steps.tolist())
+        for name, column in values.items():
+            record.batch_history.setdefault(name, []).extend(np.ma.getdata(column)[~np.ma.getmaskarray(column)].tolist())
         overflow = len(record.batch_steps) - self.batch_history_limit
         if overflow > 0:
             del record.batch_steps[:overflow]
             for series in record.batch_history.values():
                 del series[:overflow]
-
-    def _write_batch(self, values):
-        weights = self.run.loss_weights
-        weighted, residual = split_total(values, weights, TOTAL)
-        if self._first is None and all(_is_finite(values.get(name)) for name in weights if weights[name] != 0):
-            self._first = dict(values)
-        scalars = {f"loss/batch/{name}": value for name, value in values.items()}
-        scalars.update((f"loss/batch_weighted/{name}", value) for name, value in weighted.items())
-        if self._first is not None:
-            scalars.update((f"loss/batch_change/{name}", value - self._first[name])
-                           for name, value in values.items() if name in self._first)
-            shares = movement_shares(self._first, values, weights)["shares"]
-            scalars.update((f"loss/batch_movement_share/{name}", value) for name, value in shares.items())
-        if residual is not None:
-            scalars["loss/batch/residual"] = residual
-        self.write_batch_scalars(scalars)
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)

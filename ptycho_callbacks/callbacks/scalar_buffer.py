@@ -71,6 +71,11 @@ class ScalarBuffer:
         if len(self._steps) >= self.max_rows or time.monotonic() - self._oldest >= self.max_seconds:
             self.flush()
 
+    def add_rows(self, steps, tags, values):
+        """Adds rows: the scalars `values[i]` (one per tag of `tags`) at `steps[i]`."""
+        for step, row in zip(steps, values):
+            self.add(step, dict(zip(tags, row)))
+
     def flush(self):
         """Writes the pending rows (nothing when there are none)."""
         if not self._steps:

@@ -63,10 +63,11 @@ class NaNGuard(RecordingCallback):
     `restore_weights` or `forensics`, one flat device-side copy of them
     after each finite step (no host copy), checked with one `is_finite`
     reduction per dtype; two conditionals. The step hands its verdict
-    (first bad step, `log_scale`, Keras's loss-tracker totals and counts,
-    from which `BatchValues` takes each batch's values) out with its logs,
-    so the batch hook reads a vector already computed and makes no call to
-    the device of its own. When the guard fires, what each variable held
+    (first bad step, `log_scale`, Keras's loss-tracker totals and counts)
+    out with its logs, so the batch hook reads a vector already computed,
+    makes no call to the device of its own and only notes the vector in
+    the run (`Run.note_batch`), whose blocks of batches give each batch's
+    values to every callback (`BatchLog`). When the guard fires, what each variable held
     is read and the weights are put back on the host, as the train
     function returns. A validation batch costs one read of the trackers.
     `restore_weights` does not restore the optimizer's state (e.g. Adam's
@@ -145,6 +146,7 @@ class NaNGuard(RecordingCallback):
         self._step_guard = None
         self._train_check = None
         self._verdict_fits = None
+        self._untracked = None  # names of the losses in the logs that no tracker counts
 
     def step_guard_options(self):
         """The options of the `StepGuard` this guard arms inside each train step.
@@ -203,8 +205,12 @@ class NaNGuard(RecordingCallback):
         signature = [tf.TensorSpec([], tf.bool), tf.TensorSpec([], tf.int64)]
         return tf.function(check, input_signature=signature, autograph=False).get_concrete_function()
 
-    def _train_verdict(self, logged_ok):
-        """[first bad step, log_scale, tracker state...] after this batch: the step's verdict, else the hook's."""
+    def _train_verdict(self, logs):
+        """[first bad step, log_scale, tracker state...] after this batch: the step's verdict, else the hook's.
+
+        The step's own check has seen every loss of the logs Keras hands on;
+        the hook's checks them here.
+        """
         guard = self._step_guard
         packed = guard.take_verdict() if self._in_step else None
         if packed is not None:
@@ -216,7 +222,22 @@ class NaNGuard(RecordingCallback):
             if self._loss_state is None:
                 self._prepare_trackers()
             self._train_check = self._build_train_check()
+        logged_ok = all(is_finite(v) for v in self._logged_losses(logs, prefix="").values())
         return self._train_check(tf.constant(logged_ok), tf.constant(self.global_step, tf.int64)).numpy()
+
+    def _untracked_losses(self, logs, state):
+        """The losses in `logs` that no tracker counts (a custom train step's own), as floats; {} for Keras's.
+
+        Which they are is told by the fit's first batch: a tracker that
+        counts a batch has a count above 0 after the first one (`state`).
+        """
+        if self._untracked is None:
+            names = self.run.trackers().names
+            counted = {name for index, name in enumerate(names) if state[2 * index + 1] > 0}
+            self._untracked = [name for name in (logs or {}) if is_loss_name(name) and name not in counted]
+        if not self._untracked:
+            return {}
+        return self._logged_losses({name: logs[name] for name in self._untracked if name in logs}, prefix="")
 
     # ------------------------------------------------------------------ hooks
 
@@ -233,25 +254,25 @@ class NaNGuard(RecordingCallback):
             return
         if self._variables is None:
             self._prepare_variables()  # a subclassed model is built by its first step
-        logged = self._logged_losses(logs, prefix="")
-        logged_ok = all(is_finite(v) for v in logged.values())
-        packed = self._train_verdict(logged_ok)
+        packed = self._train_verdict(logs)
         first_bad = int(packed[0])
-        if first_bad < 0 and not logged_ok:  # a logged loss the step's own check did not see
-            first_bad = self._step_guard.fire_now(self.global_step)
-        trackers = self.run.trackers()
-        values = trackers.latest(self.global_step)  # a callback before this one read them already
-        if values is None:
-            values = trackers.values_from(packed[HEAD:], step=self.global_step)
-        values = self._batch_losses(values, logged)
-        if self._log_scale is not None:
-            values[LOG_SCALE] = float(packed[1])
+        log_scale = float(packed[1]) if self._log_scale is not None else None
+        untracked = self._untracked_losses(logs, packed[HEAD:])
         if first_bad < 0:
-            # Finite losses, yet log_scale can be non-finite already (without check_weights it fires nothing).
-            self._last_finite["train"].update(events.finite_only(values))
-            if self._log_scale is not None:  # the scale monitor's value of this step
-                self.run.note_log_scale(self.global_step, values[LOG_SCALE])
+            # The batch's values are taken out of the notes in blocks (`Run.take_batches`), not here.
+            self.run.note_batch(self.global_step, packed[HEAD:], log_scale)
+            if untracked:
+                self._last_finite["train"].update(events.finite_only(untracked))
             return
+        batches = self.run.batches
+        self.run.take_batches()  # the finite batches before this one: their last finite values
+        self._last_finite["train"].update((name, value) for name, value in batches.last_finite.items()
+                                          if is_loss_name(name) or name == LOG_SCALE)
+        self.run.note_batch(self.global_step, packed[HEAD:], log_scale)
+        self.run.take_batches()
+        values = self._batch_losses(batches.last, untracked)
+        if log_scale is not None:
+            values[LOG_SCALE] = log_scale
         self._on_event("train", first_bad - self._epoch_start_step - 1, values, step=first_bad)
 
     def on_epoch_end(self, epoch, logs=None):
