@@ -239,7 +239,9 @@ def _write_serialized(writer, steps, rows):
         chunk = rows[start:start + _SLOTS]
         padded_steps = np.zeros(_SLOTS, np.int64)
         padded_steps[:len(chunk)] = steps[start:start + _SLOTS]
-        write(writer, padded_steps, chunk, (np.arange(_SLOTS) < len(chunk)).astype(np.int32))
+        counts = (np.arange(_SLOTS) < len(chunk)).astype(np.int32)
+        # Made tensors here: the concrete function converts numpy arguments by a slower path.
+        write(writer, tf.constant(padded_steps), tf.constant(chunk), tf.constant(counts))
 
 
 @functools.cache
