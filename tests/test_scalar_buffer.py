@@ -50,8 +50,9 @@ def _same(series, expected):
         for (step, value), (want_step, want) in zip(series, expected))
 
 
-# Values float32 keeps apart from each other and from 0: NaN, infinities, beyond its range, tiny and negative ones.
-AWKWARD = [float("nan"), math.inf, -math.inf, 1e39, -1e39, -2.5, 1e-30, -1e-45, 3.4028234e38, 0.1, 0.0, -0.0, 123456.789]
+# NaN, infinities, beyond float32's range (+-inf then), its largest, tiny (-1e-45 a subnormal), negative, zeros.
+AWKWARD = [float("nan"), math.inf, -math.inf, 1e39, -1e39, -2.5, 1e-30, -1e-45, 3.4028234e38, 0.1, 0.0, -0.0,
+           123456.789]
 
 
 def test_rows_arrive_in_order_with_a_write_every_max_rows(tmp_path):

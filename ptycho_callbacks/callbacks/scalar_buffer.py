@@ -149,7 +149,7 @@ def write_scalars(writer, step, values):
     in one compiled call rather than one eager op per value (nothing for an empty `values`)."""
     tags = tuple(values)
     if tags:
-        _write_rows(writer, np.array([step], np.int64), _as_float32([[values[tag] for tag in tags]]), tags)
+        _write_rows(writer, np.array([int(step)], np.int64), _as_float32([[values[tag] for tag in tags]]), tags)
 
 
 def _as_float32(rows):
