@@ -31,8 +31,8 @@ from tensorboard.plugins.scalar import metadata as scalar_metadata
 # What tf.summary.scalar attaches, so that TensorBoard's Scalars dashboard shows the rows.
 _SCALAR_METADATA = scalar_metadata.create_summary_metadata(display_name=None, description=None).SerializeToString()
 
-# Sentinel i has the little-endian bytes (i & 255, i >> 8, 0xFF, 0x7E): a finite float32 near 1.7e38 whose
-# 0xFF byte never occurs in UTF-8, so no tag can hold one; the template check still looks for every one.
+# Sentinel i (i below _MAX_COLUMNS) has the little-endian bytes (i & 255, i >> 8, 0xFF, 0x7E): a finite float32
+# near 1.7e38 whose 0xFF byte never occurs in UTF-8, so no tag can hold one; the template check still looks.
 _SENTINEL_BITS = 0x7EFF0000
 _MAX_COLUMNS = 1 << 16
 
@@ -179,7 +179,7 @@ class _RowTemplate:
     def fill(self, values):
         """The serialized rows of `values` [rows, columns] (float32), as a numpy bytes array [rows]."""
         rows = np.tile(self.bytes, (len(values), 1))
-        rows[:, self.positions] = values.astype("<f4", copy=False).view(np.uint8).reshape(len(values), -1, 4)
+        rows[:, self.positions] = np.ascontiguousarray(values, "<f4").view(np.uint8).reshape(len(values), -1, 4)
         return rows.view(f"S{rows.shape[1]}").reshape(-1)
 
 
@@ -257,6 +257,7 @@ def _raw_row_writer():
     given no row writes nothing.
     """
     def write(writer, steps, rows, counts):
+        # tf.function runs the ops that use one resource in the order they were traced: the rows keep theirs.
         for step, row in zip(tf.unstack(steps, num=_SLOTS), tf.split(rows, counts, num=_SLOTS)):
             tf.raw_ops.WriteRawProtoSummary(writer=writer, step=step, tensor=row)
 
