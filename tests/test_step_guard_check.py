@@ -1,9 +1,8 @@
 """StepGuard.check on plain variables: which step saves the snapshot, which fires, and what a firing keeps.
 
-The check runs one conditional on a finite step (the save) and fires from
-the other branch; these cases walk every branch, with and without the
-snapshot, the weights' check, and the batch and tracker state kept at a
-firing, in a tf.function as in the train step.
+These cases walk every outcome (save, fire, neither, nothing once fired),
+with and without the snapshot and the weights' check, and the batch and
+tracker state kept at a firing, in a tf.function as in the train step.
 """
 
 import types

@@ -42,8 +42,7 @@ class Snapshot:
 
     @staticmethod
     def _flat(values):
-        # A vector needs no reshape: one op less per bias, in every step.
-        return tf.concat([value if value.shape.rank == 1 else tf.reshape(value, [-1]) for value in values], 0)
+        return tf.concat([tf.reshape(value, [-1]) for value in values], 0)
 
     def _parts(self, flat, indices):
         """The variables' values of group `indices` out of its flat copy `flat`, each in its variable's shape."""

@@ -20,7 +20,7 @@ before any callback runs. A batch hook then reads the one vector; it makes
 no call to the device of its own and never waits on one. What the step
 itself adds is kept small, since it is traced at every new compile and run
 at every step: one read of each variable, one finiteness reduction per
-dtype, and one conditional on a finite step (the firing is nested in it).
+dtype, and two conditionals with few inputs.
 """
 
 import contextlib
@@ -58,16 +58,10 @@ def _losses_finite(logs):
         values = tf.nest.flatten(logs)
     values = [value for value in values if tf.is_tensor(value) and value.dtype.is_floating]
     scalars = [value for value in values if value.shape.rank == 0]
-    others = [value for value in values if value.shape.rank != 0]
-    return _all_finite(([stacked(scalars, tf.float32)] if scalars else []) + others)  # Keras's logs: one check
-
-
-def _all_finite(tensors):
-    """True when every element of every tensor in `tensors` is finite (True for none)."""
-    checks = [tf.reduce_all(tf.math.is_finite(tensor)) for tensor in tensors]
-    if len(checks) > 1:
-        return tf.reduce_all(tf.stack(checks))
-    return checks[0] if checks else tf.constant(True)
+    checks = [tf.reduce_all(tf.math.is_finite(value)) for value in values if value.shape.rank != 0]
+    if scalars:  # Keras's own logs: one check for all
+        checks.append(tf.reduce_all(tf.math.is_finite(stacked(scalars, tf.float32))))
+    return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
 
 
 def fresh_train_function(model):
@@ -212,19 +206,32 @@ class StepGuard:
 
         One read of each variable: with a snapshot, the flat copy made of
         those reads is checked whole (one reduction per dtype) and is what
-        the save assigns; without one, each read is checked. A finite step
-        runs one conditional, the save; the firing is nested in its other
-        branch, so that it costs nothing on the finite path. The firing
+        the save assigns; without one, each read is checked. The firing
         itself only stores the step (and the batch): which variables were
         non-finite, and putting the snapshot back, is done on the host
         (`fired`), outside the traced step.
         """
         weighed = self.check_weights or self.snapshot is not None
         values = [tf.convert_to_tensor(v) for v in self.variables] if weighed else []
-        flats = self.snapshot.flat(values) if self.snapshot is not None else None
-        all_ok = tf.logical_and(losses_ok, _all_finite(values if flats is None else flats)) if weighed \
-            else losses_ok
+        if self.snapshot is not None:
+            flats = self.snapshot.flat(values)
+            checked = flats
+        else:
+            checked = values
+        weights_ok = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(x)) for x in checked])) if checked \
+            else tf.constant(True)
         armed = self.first_bad < 0
+        all_ok = tf.logical_and(losses_ok, weights_ok)
+        if self.snapshot is not None:
+            def save_snapshot():
+                assigns = self.snapshot.save_flat(flats)
+                assigns.append(self.snapshot_step.assign(tf.cast(step, tf.int64), read_value=False))
+                with tf.control_dependencies(assigns):
+                    return tf.constant(True)
+            saved = tf.cond(tf.logical_and(armed, all_ok), save_snapshot, _constant(False))
+        else:
+            saved = tf.constant(False)
+
         keeper = self._state_keeper(state.shape[0]) if state is not None else None
 
         def fire_now():
@@ -237,22 +244,9 @@ class StepGuard:
             with tf.control_dependencies(assigns):
                 return tf.constant(True)
 
-        if self.snapshot is None:
-            ok = all_ok if self.check_weights else losses_ok
+        ok = all_ok if self.check_weights else losses_ok
+        with tf.control_dependencies([saved]):
             return tf.cond(tf.logical_and(armed, tf.logical_not(ok)), fire_now, _constant(False))
-
-        def fire_if_bad():
-            # Reached unless armed and all_ok: with check_weights, being armed means being bad.
-            bad = armed if self.check_weights else tf.logical_and(armed, tf.logical_not(losses_ok))
-            return tf.cond(bad, fire_now, _constant(False))
-
-        def save_snapshot():
-            assigns = self.snapshot.save_flat(flats)
-            assigns.append(self.snapshot_step.assign(tf.cast(step, tf.int64), read_value=False))
-            with tf.control_dependencies(assigns):
-                return tf.constant(False)
-
-        return tf.cond(tf.logical_and(armed, all_ok), save_snapshot, fire_if_bad)
 
     def report(self, after, state=None):
         """The verdict (inside a tf.function, after `after`): [first bad step, log_scale, tracker state...].
