@@ -389,7 +389,7 @@ class Run:
         written when 64 are noted or the oldest is 10 s old, so that TensorBoard stays live."""
         self._batches.note(step, state, log_scale)
         if self._batches.due():
-            self.flush_scalars()
+            self.flush()
 
     def add_batch_writer(self, owner, columns):
         """`columns(block)` turns each `Block` of batches into TensorBoard columns {tag: masked array}

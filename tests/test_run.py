@@ -183,7 +183,7 @@ def test_per_batch_points_reach_tensorboard_during_a_long_epoch(make_model, smal
     model.fit(data.repeat().batch(4), steps_per_epoch=80, epochs=1, verbose=0, callbacks=ours + [ReadBack()])
     ours[0].run.wait()
     steps = [step for step, _ in seen["loss/batch/loss"]]
-    assert steps[:60] == list(range(1, 61)) and max(steps) <= 70, steps
-    assert [step for step, _ in seen["scale/batch/log_scale"]][:60] == list(range(1, 61))
+    assert steps == list(range(1, 65)), steps  # written, and on disk, at the 64th
+    assert [step for step, _ in seen["scale/batch/log_scale"]] == list(range(1, 65))
     final = tensorboard_events.scalars(str(tmp_path / "run"))
     assert [step for step, _ in final["loss/batch/loss"]] == list(range(1, 81))

@@ -261,23 +261,18 @@ class StepGuard:
             head = stacked([self.first_bad, scale], tf.float64)
             return tf.concat([head, state], 0)
 
-    def fire_now(self, step):
-        """Fires the guard at step `step` from the host (a loss the step's own check could not see)."""
-        self.first_bad.assign(int(step))
-        self.fired(in_step=False)
-        return int(step)
-
-    def fired(self, in_step=True):
+    def fired(self):
         """On the host, once the guard has fired: notes what each variable holds, then puts the snapshot back.
 
         Called as soon as the train function whose step fired returns
-        (before any callback runs), or by the batch hook that fired it; only
+        (before any callback runs), or when the batch hook that checked the
+        step itself asks what each variable held (`variable_kinds`); only
         the first call of a firing does anything. Returns Keras's tracker
         state after the failing step when the step kept it, else None.
         """
         if self._kinds is None:
             self._kinds = [_kind(variable.numpy()) for variable in self.variables]
-            if in_step and self._fired_state is not None:
+            if self._fired_state is not None:
                 self._fired_values = self._fired_state.numpy()
             if self.restore_when_fired:
                 self.restore()
