@@ -398,10 +398,6 @@ def log_scale_state(
     }
 
 
-def _is_finite(value: Any) -> bool:
-    return value is not None and math.isfinite(value)
-
-
 def _float_or_nan(value: Any) -> float:
     """`float(value)`, or NaN when it is not a number (e.g. None)."""
     try:
@@ -617,35 +613,22 @@ def loss_composition(
     }
 
 
-def split_total(values: Mapping, weights: Mapping, total_key: str = "loss") -> tuple[dict, float | None]:
-    """Weighted values and the residual for one set of values.
+def split_total_rows(rows: Mapping[str, np.ma.MaskedArray], weights: Mapping,
+                     total_key: str = "loss") -> tuple[dict, np.ma.MaskedArray]:
+    """Weighted values and the residual of rows of values: {name: masked [n]}, a masked entry a value not there.
 
     Args:
-        values: {name: value} holding the total and the components.
+        rows: {name: masked [n]} holding the total and the components.
         weights: {component name: loss weight}.
 
     Returns:
-        (weighted, residual): weighted[name] = weight * value; residual =
-        total - sum(weighted), i.e. what the components do not explain
-        (regularization losses), None where undefined. Shares are not of the
-        total (a loss that drops a constant, as the Poisson NLL does, makes
-        the total meaningless as a denominator): see `movement_shares`.
-    """
-    total = values.get(total_key)
-    weighted = {name: weights[name] * values[name] for name in weights if name in values}
-    residual = None
-    if _is_finite(total) and weighted and all(_is_finite(v) for v in weighted.values()):
-        residual = total - sum(weighted.values())
-    return weighted, residual
-
-
-def split_total_rows(rows: Mapping[str, np.ma.MaskedArray], weights: Mapping,
-                     total_key: str = "loss") -> tuple[dict, np.ma.MaskedArray]:
-    """`split_total` for many rows at once: {name: masked [n]} in, a masked entry being a value not there.
-
-    Returns:
         (weighted, residual): {name: weight * value} (masked where the value
-        is) and the residual per row, masked where `split_total` gives None.
+        is) and per row `total - sum(weighted)`, i.e. what the components do
+        not explain (regularization losses), masked unless the total and
+        every weighted value there are finite and one at least is there.
+        Shares are not of the total (a loss that drops a constant, as the
+        Poisson NLL does, makes the total meaningless as a denominator): see
+        `movement_shares`.
     """
     weighted = {name: rows[name] * weights[name] for name in weights if name in rows}
     total = rows.get(total_key)

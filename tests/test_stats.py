@@ -549,12 +549,11 @@ def test_property_loss_composition(history, weights):
 
 
 def test_split_total_explains_the_total():
-    weighted, residual = stats.split_total({"loss": 10.0, "a_loss": 4.0, "b_loss": 2.0},
-                                           {"a_loss": 2.0, "b_loss": 0.5})
-    assert weighted == {"a_loss": 8.0, "b_loss": 1.0}
-    assert residual == pytest.approx(1.0)
-    _, residual = stats.split_total({"loss": float("nan"), "a_loss": 1.0}, {"a_loss": 1.0})
-    assert residual is None
+    rows = {"loss": np.ma.masked_array([10.0, np.nan, 3.0]), "a_loss": np.ma.masked_array([4.0, 1.0, 1.0]),
+            "b_loss": np.ma.masked_array([2.0, 1.0, 0.0], mask=[False, False, True])}
+    weighted, residual = stats.split_total_rows(rows, {"a_loss": 2.0, "b_loss": 0.5})
+    assert weighted["a_loss"].tolist() == [8.0, 2.0, 2.0] and weighted["b_loss"].tolist() == [1.0, 0.5, None]
+    assert residual.tolist() == [pytest.approx(1.0), None, pytest.approx(1.0)]  # a NaN total has none
 
 
 def test_scale_application_tells_once_from_twice_and_never():

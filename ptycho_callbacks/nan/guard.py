@@ -67,9 +67,9 @@ class NaNGuard(RecordingCallback):
     out with its logs, so the batch hook reads a vector already computed,
     makes no call to the device of its own and only notes the vector in
     the run (`Run.note_batch`), whose blocks of batches give each batch's
-    values to every callback (`BatchLog`). When the guard fires, what each variable held
-    is read and the weights are put back on the host, as the train
-    function returns. A validation batch costs one read of the trackers.
+    values to every callback (`BatchLog`). When the guard fires, what each
+    variable held is read and the weights are put back on the host, as the
+    train function returns. A validation batch costs one read of the trackers.
     `restore_weights` does not restore the optimizer's state (e.g. Adam's
     moments), which a NaN gradient may have spoiled: the printed line says
     so, re-compile before training on.
