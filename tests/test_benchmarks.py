@@ -150,6 +150,17 @@ def test_report_path_benchmark_times_statistics_and_rendering():
     assert result["under_budget"] is True
 
 
+@pytest.mark.keras
+def test_rows_benchmark_times_both_paths_of_a_flush_for_each_width_asked():
+    result = _run("rows.py", "--rows", "4", "--columns", "3", "1", "--repeats", "2", "--flushes", "1",
+                  "--bootstrap", "20")
+    assert [(entry["rows"], entry["columns"]) for entry in result] == [(4, 3), (4, 1)]
+    for entry in result:
+        assert entry["current_ms"] > 0 and entry["per_value_ms"] > 0
+        low, high = entry["ratio_interval"]
+        assert low <= entry["ratio"] <= high
+
+
 @pytest.mark.slow
 def test_hooks_benchmark_times_every_hook_of_every_callback_of_the_suite():
     result = _run("hooks.py", "--N", "16", "--steps", "3", "--epochs", "3")
