@@ -147,10 +147,11 @@ class BatchLog:
         latest = (self._steps[-1], self._states[-1], self._scales[-1]) if self._steps else self._taken
         return latest is not None and latest[0] == step and latest[part] is not None
 
-    def due(self):
-        """True when the notes should be taken now: `max_rows` of them, or the oldest `max_seconds` old."""
-        return bool(self._steps) and (len(self._steps) >= self.max_rows
-                                      or time.monotonic() - self._oldest >= self.max_seconds)
+    def due(self, step):
+        """True when the notes should be taken before `step` is noted: `max_rows` of them, or the oldest
+        `max_seconds` old, and `step` a new one (every callback's note of a step goes into one block)."""
+        return bool(self._steps) and self._steps[-1] != step and (
+            len(self._steps) >= self.max_rows or time.monotonic() - self._oldest >= self.max_seconds)
 
     def reset(self):
         """Keras reset its trackers: the next batch's state counts from zero. Take the notes before."""

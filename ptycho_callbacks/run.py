@@ -386,10 +386,10 @@ class Run:
     def note_batch(self, step, state=None, log_scale=None):
         """From a batch hook: Keras's tracker state (`BatchValues.state()` on the host) and/or `log_scale`
         after the batch ending at optimizer step `step`; the notes are taken in blocks (`take_batches`), and
-        written when 64 are noted or the oldest is 10 s old, so that TensorBoard stays live."""
-        self._batches.note(step, state, log_scale)
-        if self._batches.due():
+        written once 64 are noted or the oldest is 10 s old, so that TensorBoard stays live."""
+        if self._batches.due(step):
             self.flush()
+        self._batches.note(step, state, log_scale)
 
     def add_batch_writer(self, owner, columns):
         """`columns(block)` turns each `Block` of batches into TensorBoard columns {tag: masked array}

@@ -134,17 +134,18 @@ def test_due_after_max_rows_or_max_seconds(monkeypatch):
     clock = [100.0]
     monkeypatch.setattr("ptycho_callbacks.batch_log.time.monotonic", lambda: clock[0])
     log = BatchLog(max_rows=3, max_seconds=5.0)
-    assert not log.due()
+    assert not log.due(1)
     log.note(1, log_scale=0.0)
     log.note(2, log_scale=0.0)
-    assert not log.due()
+    assert not log.due(3)
     clock[0] += 5.0
-    assert log.due()
+    assert log.due(3)
+    assert not log.due(2), "a second note of the latest step goes into its block"
     log.take([])
     log.note(3, log_scale=0.0)
     log.note(4, log_scale=0.0)
     log.note(5, log_scale=0.0)
-    assert log.due()
+    assert log.due(6) and not log.due(5)
 
 
 def test_rows_group_by_the_tags_present_and_keep_the_step_order():
