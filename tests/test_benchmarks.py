@@ -150,7 +150,7 @@ def test_report_path_benchmark_times_statistics_and_rendering():
     assert result["under_budget"] is True
 
 
-@pytest.mark.keras
+@pytest.mark.slow
 def test_rows_benchmark_times_both_paths_of_a_flush_for_each_width_asked():
     result = _run("rows.py", "--rows", "4", "--columns", "3", "1", "--repeats", "2", "--flushes", "1",
                   "--bootstrap", "20")
