@@ -90,20 +90,16 @@ class BatchValues:
             self._compiled_state = self._model_state_function()
         return self._compiled_state().numpy()
 
-    def values_from(self, state, prefix=""):
-        """{prefix + name: value of the last batch} from a `state()` read on the host.
+    def read(self, prefix=""):
+        """Returns {prefix + metric name: value of the last batch}, in one device-to-host read.
 
         A metric that counted no sample since the previous read is left out.
         """
-        state = np.asarray(state, np.float64)[:2 * len(self._trackers)]
+        state = np.asarray(self.read_state(), np.float64)
         previous = np.zeros_like(state) if self._previous is None else self._previous
         values, counted = tracker_batch_values(state[None], previous)
         self._previous = state
         return {prefix + name: float(values[0, j]) for j, name in enumerate(self.names) if counted[0, j]}
-
-    def read(self, prefix=""):
-        """Returns {prefix + metric name: value of the last batch}, in one device-to-host read."""
-        return self.values_from(self.read_state(), prefix)
 
     def _model_state_function(self):
         """The compiled `state` kept on the model, traced anew only when its trackers changed (a new compile).
