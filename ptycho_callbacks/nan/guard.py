@@ -257,10 +257,11 @@ class NaNGuard(RecordingCallback):
         packed = self._train_verdict(logs)
         first_bad = int(packed[0])
         log_scale = float(packed[1]) if self._log_scale is not None else None
-        untracked = self._untracked_losses(logs, packed[HEAD:])
+        state = packed[HEAD:]  # Keras's tracker state after the step
+        untracked = self._untracked_losses(logs, state)
         if first_bad < 0:
             # The batch's values are taken out of the notes in blocks (`Run.take_batches`), not here.
-            self.run.note_batch(self.global_step, packed[HEAD:], log_scale)
+            self.run.note_batch(self.global_step, state, log_scale)
             if untracked:
                 self._last_finite["train"].update(events.finite_only(untracked))
             return
@@ -268,7 +269,7 @@ class NaNGuard(RecordingCallback):
         self.run.take_batches()  # the finite batches before this one: their last finite values
         self._last_finite["train"].update((name, value) for name, value in batches.last_finite.items()
                                           if is_loss_name(name) or name == LOG_SCALE)
-        self.run.note_batch(self.global_step, packed[HEAD:], log_scale)
+        self.run.note_batch(self.global_step, state, log_scale)
         self.run.take_batches()
         values = self._batch_losses(batches.last, untracked)
         if log_scale is not None:
