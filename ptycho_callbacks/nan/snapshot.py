@@ -42,7 +42,10 @@ class Snapshot:
 
     @staticmethod
     def _flat(values):
-        return tf.concat([tf.reshape(value, [-1]) for value in values], 0)
+        # Traced at every new compile of the step, where each op adds to the trace: vectors go in as
+        # they are, and the others share one shape constant.
+        flat_shape = tf.constant([-1])
+        return tf.concat([value if value.shape.rank == 1 else tf.reshape(value, flat_shape) for value in values], 0)
 
     def _parts(self, flat, indices):
         """The variables' values of group `indices` out of its flat copy `flat`, each in its variable's shape."""

@@ -58,10 +58,22 @@ def _losses_finite(logs):
         values = tf.nest.flatten(logs)
     values = [value for value in values if tf.is_tensor(value) and value.dtype.is_floating]
     scalars = [value for value in values if value.shape.rank == 0]
-    checks = [tf.reduce_all(tf.math.is_finite(value)) for value in values if value.shape.rank != 0]
+    tensors = [value for value in values if value.shape.rank != 0]
     if scalars:  # Keras's own logs: one check for all
-        checks.append(tf.reduce_all(tf.math.is_finite(stacked(scalars, tf.float32))))
-    return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
+        tensors.append(stacked(scalars, tf.float32))
+    return _all_finite(tensors)
+
+
+def _all_finite(tensors):
+    """Whether every element of every tensor in `tensors` is finite, as one boolean tensor.
+
+    The ops are those of the train step, traced at every new compile: one
+    tensor takes one reduction, not a stack of one.
+    """
+    checks = [tf.reduce_all(tf.math.is_finite(tensor)) for tensor in tensors]
+    if len(checks) > 1:
+        return tf.reduce_all(tf.stack(checks))
+    return checks[0] if checks else tf.constant(True)
 
 
 def fresh_train_function(model):
@@ -218,8 +230,7 @@ class StepGuard:
             checked = flats
         else:
             checked = values
-        weights_ok = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(x)) for x in checked])) if checked \
-            else tf.constant(True)
+        weights_ok = _all_finite(checked)
         armed = self.first_bad < 0
         all_ok = tf.logical_and(losses_ok, weights_ok)
         if self.snapshot is not None:
