@@ -17,8 +17,8 @@ from ptycho_callbacks.callbacks.scale_discovery import find_log_scale
 from ptycho_callbacks.callbacks.variables import model_variables, tf_variable
 from ptycho_callbacks.nan.step_guard import StepGuard, fresh_train_function
 
-__all__ = ["fresh_train_function", "nan_guard", "guarded_train_function", "call_step", "step_guard_of",
-           "snapshot_bytes", "trainable_bytes"]
+__all__ = ["fresh_train_function", "nan_guard", "guarded_train_function", "call_step", "traced_function",
+           "graph_ops", "step_guard_of", "snapshot_bytes", "trainable_bytes"]
 
 
 def nan_guard(callbacks):
@@ -61,6 +61,26 @@ def guarded_train_function(model, options):
 def call_step(function, iterator):
     """One call of a train function, waited for: its results are on the host when it returns."""
     np.asarray(tf.nest.flatten(function(iterator))[0])
+
+
+def traced_function(function):
+    """The `tf.function` a train function calls, that traces the step; None where it is not found.
+
+    tf_keras's train function is that `tf.function` (behind the guard's
+    reporting wrapper, with the suite); Keras 3's is a plain function that
+    calls the one it holds in its closure.
+    """
+    function = getattr(function, "function", function)  # the guard's wrapper keeps the function it calls
+    if hasattr(function, "get_concrete_function"):
+        return function
+    cells = getattr(function, "__closure__", None) or ()
+    return next((cell.cell_contents for cell in cells if hasattr(cell.cell_contents, "get_concrete_function")), None)
+
+
+def graph_ops(concrete):
+    """Ops in the graph of the concrete function `concrete` and in the functions it calls (conditionals' branches)."""
+    graph_def = concrete.graph.as_graph_def()
+    return len(graph_def.node) + sum(len(function.node_def) for function in graph_def.library.function)
 
 
 def step_guard_of(guard):

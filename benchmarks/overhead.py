@@ -459,7 +459,7 @@ def measure(args):
               "malloc": {name: os.environ.get(name) for name in KEEP_FREED_MEMORY}}
     if "first-trace" in args.parts:
         model = stand_in.built_model(args, data, dataset)
-        result["first_trace"] = first_trace.measure(args, model, dataset, step_guard_options("suite", model))
+        result["first_trace"] = first_trace.measure(args, model, data, step_guard_options("suite", model))
     if "steady" in args.parts:
         result.update(measure_fits(args, data, dataset), repeats=args.repeats, epochs=args.epochs,
                       steps=args.steps, warmup=args.warmup)
@@ -549,8 +549,8 @@ def main(argv=None):
         parser.error("need --repeats >= 1, --bootstrap >= 1, --step-traces >= 1 and --step-rounds >= 0")
     if args.fits < 1 or args.fit_steps < 4:
         parser.error("need --fits >= 1 and --fit-steps >= 4 (its second half gives the steady step)")
-    if args.trace_repeats < 1 or args.trace_calls < 1:
-        parser.error("need --trace-repeats >= 1 and --trace-calls >= 1")
+    if args.trace_repeats < 1 or args.trace_calls < 1 or args.trace_batch_size < 1:
+        parser.error("need --trace-repeats, --trace-calls and --trace-batch-size >= 1")
     result = measure(args)
     if args.json:
         print(json.dumps(result, indent=2))

@@ -196,6 +196,11 @@ def test_targets_driver_runs_every_part_under_the_keras_version_asked_and_reads_
             assert set(trace["trace_seconds"]) == {"keras", "guarded"} and trace["repeats"] == 2
             assert math.isclose(trace["trace_ratio"],
                                 trace["trace_seconds"]["guarded"] / trace["trace_seconds"]["keras"])
+            # The trace splits into the graph's build and its first run, and the guard's check adds ops to it.
+            for name in ("keras", "guarded"):
+                parts = sum(trace["parts"][part]["seconds"][name] for part in ("python", "first_run"))
+                assert math.isclose(parts, trace["trace_seconds"][name])
+            assert trace["graph_ops"]["guarded"] > trace["graph_ops"]["keras"] > 0
         else:
             assert measures == ["weight snapshot while training, MB", "weight snapshot after fit, bytes",
                                 "peak RSS, suite - bare, MB"]
