@@ -1,11 +1,11 @@
-"""What one flush of a ScalarBuffer costs: R rows of C scalars written to a TensorBoard event file.
+"""What writing a block of per-batch rows costs: R rows of C scalars written to a TensorBoard event file.
 
-Times `ScalarBuffer.flush()` with R rows pending (added untimed with
-`add_rows`), for the buffer as it writes now (one event per row, the rows
-serialized in numpy and written by one compiled call) and, in the same
-process, for its per-value path (one `WriteSummary` op per scalar in a
-compiled loop, what the buffer falls back to when a row template does not
-check out, and how every row was written before). Each path writes to a
+Times `scalar_rows.write_rows` of R rows (a block of batches the run takes
+and writes, `Run.take_batches`), as it writes now (one event per row, the
+rows serialized in numpy and written by one compiled call) and, in the same
+process, by its per-value path (one `WriteSummary` op per scalar in a
+compiled loop, what it falls back to when a row template does not check
+out, and how every row was written before). Each path writes to a
 writer of its own. In every repetition each path runs a block of flushes,
 the first path alternating from one repetition to the next; blocks rather
 than single flushes take turns, since the writer syncs its file every few
@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from ptycho_callbacks.callbacks import scalar_buffer  # noqa: E402
+from ptycho_callbacks.callbacks import scalar_rows  # noqa: E402
 
 import intervals  # noqa: E402
 
@@ -45,19 +45,18 @@ PATHS = ("current", "per_value")
 
 
 def per_value_path():
-    """A context in which the buffer takes its per-value path, as for tags without a sound template."""
-    return mock.patch.object(scalar_buffer, "_row_template", lambda tags: None)
+    """A context in which `write_rows` takes its per-value path, as for tags without a sound template."""
+    return mock.patch.object(scalar_rows, "_row_template", lambda tags: None)
 
 
-def timed_flush(buffer, path, steps, tags, values):
-    """Seconds of one flush of the rows (`steps`, `values`), added untimed, on `path`."""
-    buffer.add_rows(steps, tags, values)
+def timed_flush(writer, path, steps, tags, values):
+    """Seconds of one write of the rows (`steps`, `values`) to `writer`, on `path`."""
     start = time.perf_counter()
     if path == "current":
-        buffer.flush()
+        scalar_rows.write_rows(writer, steps, tags, values)
     else:
         with per_value_path():
-            buffer.flush()
+            scalar_rows.write_rows(writer, steps, tags, values)
     return time.perf_counter() - start
 
 
@@ -66,18 +65,16 @@ def measure(args, columns, root):
     tags = tuple(f"loss/batch/component_{column}" for column in range(columns))
     values = np.random.default_rng(0).normal(size=(args.rows, columns))
     writers = {path: tf.summary.create_file_writer(os.path.join(root, f"{columns}-{path}")) for path in PATHS}
-    buffers = {path: scalar_buffer.ScalarBuffer(writers[path], max_rows=args.rows + 1, max_seconds=1e9)
-               for path in PATHS}
     step = 0
     for path in PATHS:  # traces and opens the files, untimed
-        timed_flush(buffers[path], path, np.arange(args.rows), tags, values)
+        timed_flush(writers[path], path, np.arange(args.rows), tags, values)
     times = {path: [] for path in PATHS}
     for repeat in range(args.repeats):
         for path in PATHS if repeat % 2 == 0 else PATHS[::-1]:
             seconds = []
             for _ in range(args.flushes):
                 step += args.rows
-                seconds.append(timed_flush(buffers[path], path, np.arange(step, step + args.rows), tags, values))
+                seconds.append(timed_flush(writers[path], path, np.arange(step, step + args.rows), tags, values))
             times[path].append(1000 * statistics.mean(seconds))
     for writer in writers.values():
         writer.close()
@@ -96,7 +93,7 @@ def summarize(args, columns, times):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=64, help="rows per flush (the buffer's default max_rows)")
+    parser.add_argument("--rows", type=int, default=64, help="rows per flush (the most the run takes in one block)")
     parser.add_argument("--columns", type=int, nargs="+", default=[20, 2], help="scalars per row, one run each")
     parser.add_argument("--repeats", type=int, default=30, help="repetitions, the unit of the interval")
     parser.add_argument("--flushes", type=int, default=20, help="flushes of each path per repetition")

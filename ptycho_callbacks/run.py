@@ -55,7 +55,7 @@ from .callbacks.batch_values import BatchValues
 from .callbacks.fit_exceptions import tell_fit_exception
 from .callbacks.loss_discovery import compiled_loss_weights
 from .callbacks.probe_inputs import LayerProbe
-from .callbacks.scalar_buffer import ScalarBuffer
+from .callbacks.scalar_rows import write_rows
 from .callbacks.scale_discovery import ScaleVariable, find_log_scale
 from .record import RunRecord, utc_now_iso
 from .run_dir import check_writable_dir, tensorboard_dir
@@ -140,7 +140,6 @@ class Run:
         self._closers = []
         self._deferred = []
         self._writers = {}
-        self._buffers = {}
         self._batches = BatchLog()
         self._batch_writers = {}
         self._trackers = None
@@ -278,7 +277,7 @@ class Run:
 
     def _close(self):
         closers, self._closers = self._closers, []
-        self.flush_scalars()
+        self.take_batches()
         if self.record.status == "running":
             self.record.status = "completed"
         self.record.ended_at = utc_now_iso()
@@ -313,7 +312,6 @@ class Run:
             with self.writing(TENSORBOARD_DATA, self.log_dir):
                 writer.close()
         self._writers = {}
-        self._buffers = {}
 
     def _close_at_exit(self):
         """The process exits with this run open: it closes with the exception that ended the program, if any."""
@@ -397,18 +395,19 @@ class Run:
         self._batch_writers[owner] = columns
 
     def take_batches(self):
-        """Turns the batches noted so far into each writer's columns, and those into queued TensorBoard rows."""
+        """Turns the batches noted so far into each writer's columns, and those into TensorBoard rows, written now."""
         if not len(self._batches):
             return
         block = self._batches.take(self.trackers().names)
         columns = {}
-        for writer in list(self._batch_writers.values()):
-            columns.update(writer(block))
-        if self.log_dir is None or TENSORBOARD_DATA in self._lost:
+        for columns_of in list(self._batch_writers.values()):
+            columns.update(columns_of(block))
+        writer = self.writer("train")
+        if writer is None:
             return
         with self.writing(TENSORBOARD_DATA, self.log_dir):
             for steps, tags, values in row_groups(block.steps, columns):
-                self._buffer("train").add_rows(steps, tags, values)
+                write_rows(writer, steps, tags, values)
 
     # ------------------------------------------------------------ writing
 
@@ -466,24 +465,9 @@ class Run:
         with self.writing(TENSORBOARD_DATA, self.log_dir), writer.as_default(step=step):
             yield writer
 
-    def _buffer(self, name):
-        buffer = self._buffers.get(name)
-        if buffer is None:
-            buffer = self._buffers[name] = ScalarBuffer(self.writer(name))
-        return buffer
-
-    def flush_scalars(self):
-        """Takes the noted batches and writes every queued per-batch scalar now."""
-        self.take_batches()
-        if self.log_dir is None or self.lost(TENSORBOARD_DATA):
-            return
-        with self.writing(TENSORBOARD_DATA, self.log_dir):
-            for buffer in self._buffers.values():
-                buffer.flush()
-
     def flush(self):
-        """Writes the queued scalars and flushes every writer, keeping them open."""
-        self.flush_scalars()
+        """Writes the noted batches and flushes every writer, keeping them open."""
+        self.take_batches()
         if self.lost(TENSORBOARD_DATA):
             return
         with self.writing(TENSORBOARD_DATA, self.log_dir):

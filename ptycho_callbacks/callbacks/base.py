@@ -142,7 +142,7 @@ class RecordingCallback(keras.callbacks.Callback):
         self.run.reset_trackers()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.run.flush_scalars()
+        self.run.take_batches()
 
     def on_train_end(self, logs=None):
         self.run.end(self)

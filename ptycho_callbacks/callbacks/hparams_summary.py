@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from .. import hparams
 from .._keras import keras
-from .scalar_buffer import write_scalars
+from .scalar_rows import write_scalars
 
 
 def note_training_setup(record, optimizer, learning_rate):

@@ -7,7 +7,7 @@ import numpy as np
 from .. import stats
 from .base import RecordingCallback
 from .probe_inputs import check_probe_inputs, probe_batch
-from .scalar_buffer import write_scalars
+from .scalar_rows import write_scalars
 from .scale_discovery import is_trained_by_optimizer, shares_one_variable
 from .variables import variable_value
 

@@ -7,7 +7,7 @@ import numpy as np
 from ..stats import movement_share_rows, split_total_rows
 from .base import RecordingCallback
 from .loss_discovery import TOTAL
-from .scalar_buffer import write_scalars
+from .scalar_rows import write_scalars
 
 
 class LossComponents(RecordingCallback):

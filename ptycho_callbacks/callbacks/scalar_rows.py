@@ -1,9 +1,10 @@
-"""ScalarBuffer: per-batch scalars gathered on the host and written to TensorBoard in one call.
+"""Rows of per-batch scalars written to TensorBoard in one compiled call.
 
 An eager `tf.summary.scalar` goes through Python and op dispatch for every
 value; written per batch for every component, that is a visible share of a
-small model's step. The buffer keeps the rows as numpy and writes them with
-one compiled call per flush (`benchmarks/rows.py` measures a flush,
+small model's step. The run gathers the batches' values on the host and
+hands them here in blocks (`Run.take_batches`), which `write_rows` writes
+with one compiled call per 64 rows (`benchmarks/rows.py` measures it,
 `benchmarks/hooks.py` the hooks).
 
 A row goes out as one event: a serialized `Summary` holding every value of
@@ -15,13 +16,12 @@ copy of it with its float32 bytes put in place. Should a template not check
 out, the rows are written one `WriteSummary` op per value instead.
 
 The compiled writers take the summary writer (and the per-value one the
-tags) as arguments, so one trace serves every buffer of the process: a
+tags) as arguments, so one trace serves every writer of the process: a
 sweep that opens a new run directory (a new writer) for every fit traces
 it once, not once per fit.
 """
 
 import functools
-import time
 
 import numpy as np
 import tensorflow as tf
@@ -36,120 +36,35 @@ _SCALAR_METADATA = scalar_metadata.create_summary_metadata(display_name=None, de
 _SENTINEL_BITS = 0x7EFF0000
 _MAX_COLUMNS = 1 << 16
 
-# Rows per call of the compiled raw writer (the buffer's default max_rows: one call per flush).
+# Rows per call of the compiled raw writer (as many as the run takes in one block).
 _SLOTS = 64
 
 
-class ScalarBuffer:
-    """Rows of {tag: value} at a step, written to one summary writer in batches.
+def write_rows(writer, steps, tags, values):
+    """Writes n rows to `writer` now: row i holds `values[i]` ([n, len(tags)]) for `tags` at `steps[i]`.
 
-    A row is written at the latest `max_rows` rows or `max_seconds` seconds
-    after the oldest pending one (so TensorBoard stays live), whenever the
-    set of tags changes (so every tag's steps reach the file in order), and
-    on `flush()`, which the callbacks call at each epoch end and before they
-    release their writers (also when `fit` ends by an exception).
-
-    Args:
-        writer: the `tf.summary` writer to write to (made by
-            `tf.summary.create_file_writer`).
-        max_rows: most rows held before a write.
-        max_seconds: most seconds a row is held before a write.
+    Each row is one event, its values float32 as `tf.summary.scalar`
+    writes them (beyond float32's range is +-inf). Nothing for no tags or
+    no rows.
 
     Example:
-    >>> buffer = ScalarBuffer(tf.summary.create_file_writer("logs/train"))
-    >>> buffer.add(1, {"loss/batch/loss": 0.5, "loss/batch/pred_intensity_loss": 0.4})
-    >>> buffer.add_rows([2, 3], ("loss/batch/loss",), np.array([[0.45], [0.42]]))
-    >>> buffer.flush()
+    >>> write_rows(tf.summary.create_file_writer("logs/train"), [1, 2], ("loss/batch/loss",), [[0.5], [0.45]])
     """
-
-    def __init__(self, writer, max_rows=64, max_seconds=10.0):
-        if max_rows < 1:
-            raise ValueError(f"max_rows must be at least 1, got {max_rows!r}")
-        self._writer = writer
-        self.max_rows = int(max_rows)
-        self.max_seconds = float(max_seconds)
-        self._tags = None
-        self._pending = 0
-        self._oldest = None
-        # Pending rows in order: blocks of (steps, float32 values), then the rows add() appended after them.
-        self._blocks = []
-        self._steps = []
-        self._rows = []
-
-    def __len__(self):
-        return self._pending
-
-    def add(self, step, values):
-        """Adds the scalars `values` ({tag: number}) at `step` (nothing for an empty `values`)."""
-        tags = tuple(values)
-        if not tags:
-            return
-        self._start_row(tags)
-        self._steps.append(int(step))
-        self._rows.append([values[tag] for tag in tags])  # made float32 with the others at the write
-        self._pending += 1
-        if self._pending >= self.max_rows or self._stale():
-            self.flush()
-
-    def add_rows(self, steps, tags, values):
-        """Adds n rows at once: row i holds `values[i]` ([n, len(tags)]) for `tags` at `steps[i]`.
-
-        The same as n calls of `add(steps[i], dict(zip(tags, values[i])))`,
-        flushes included, with numpy doing the work per row.
-        """
-        tags = tuple(tags)
-        steps = np.asarray(steps, np.int64).reshape(-1)
-        values = _as_float32(values)
-        if values.shape != (len(steps), len(tags)):
-            raise ValueError(f"values must have the shape (len(steps), len(tags)) = {(len(steps), len(tags))}, "
-                             f"got {values.shape}")
-        start = 0
-        while tags and start < len(steps):
-            self._start_row(tags)
-            self._seal()
-            # A stale buffer is written after the next row, as add() would; else rows fill it to max_rows.
-            stale = self._stale()
-            stop = start + 1 if stale else min(len(steps), start + self.max_rows - self._pending)
-            self._blocks.append((steps[start:stop], values[start:stop]))
-            self._pending += stop - start
-            start = stop
-            if self._pending >= self.max_rows or stale:
-                self.flush()
-
-    def flush(self):
-        """Writes the pending rows (nothing when there are none)."""
-        if not self._pending:
-            return
-        self._seal()
-        steps = np.concatenate([steps for steps, _ in self._blocks])
-        values = np.concatenate([values for _, values in self._blocks])
-        _write_rows(self._writer, steps, values, self._tags)
-        self._blocks, self._pending = [], 0
-
-    def _start_row(self, tags):
-        """Writes what is pending when the tags change, and starts the clock of an empty buffer."""
-        if tags != self._tags:
-            self.flush()
-            self._tags = tags
-        if not self._pending:
-            self._oldest = time.monotonic()
-
-    def _stale(self):
-        return time.monotonic() - self._oldest >= self.max_seconds
-
-    def _seal(self):
-        """Turns the rows add() appended into a block, so that a block added next comes after them."""
-        if self._steps:
-            self._blocks.append((np.asarray(self._steps, np.int64), _as_float32(self._rows)))
-            self._steps, self._rows = [], []
+    tags = tuple(tags)
+    steps = np.asarray(steps, np.int64).reshape(-1)
+    values = _as_float32(values)
+    if values.shape != (len(steps), len(tags)):
+        raise ValueError(f"values must have the shape (len(steps), len(tags)) = {(len(steps), len(tags))}, "
+                         f"got {values.shape}")
+    if tags and len(steps):
+        _write_rows(writer, steps, values, tags)
 
 
 def write_scalars(writer, step, values):
     """Writes the scalars `values` ({tag: number}) at `step` to `writer` now, as `tf.summary.scalar` would,
     in one compiled call rather than one eager op per value (nothing for an empty `values`)."""
     tags = tuple(values)
-    if tags:
-        _write_rows(writer, np.array([int(step)], np.int64), _as_float32([[values[tag] for tag in tags]]), tags)
+    write_rows(writer, [int(step)], tags, [[values[tag] for tag in tags]])
 
 
 def _as_float32(rows):
