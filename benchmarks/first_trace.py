@@ -90,7 +90,7 @@ def one_trace(name, model, iterator, options, calls):
     """`trace_seconds` of a train function made anew: Keras's own, or the guarded one with these `options`."""
     if name == "keras":
         return trace_seconds(fresh_train_function(model), iterator, calls)
-    with guarded_train_function(model, options) as function:
+    with guarded_train_function(model, options, iterator) as function:
         return trace_seconds(function, iterator, calls)
 
 

@@ -37,14 +37,17 @@ def _computed_with(model):
 
 
 @contextlib.contextmanager
-def guarded_train_function(model, options):
+def guarded_train_function(model, options, iterator=None):
     """Inside: `model.train_function` is the one a `NaNGuard` with these `step_guard_options()` installs.
 
     The `StepGuard` watches what `NaNGuard` makes it watch, and is new, as
     at a model's first guarded fit: the function is made anew and traced at
     its first call, which must come inside (the trace reads the guarded
     `train_step`). Outside, the model has Keras's own step back; the
-    function keeps the guarded one.
+    function keeps the guarded one. Given the `iterator` the function will
+    be called on, the variables that keep a failing batch are made now, as
+    the first call makes them before its trace: a trace taken before that
+    call (`get_concrete_function`) then keeps the batch as a fit's does.
     """
     variables, log_scale = _computed_with(model)
     watched = [v for v in variables if tf.as_dtype(v.dtype).is_floating]
@@ -52,6 +55,8 @@ def guarded_train_function(model, options):
     guard = StepGuard(model, watched, log_scale_index=index, **options)
     guard.reset()
     guard.install()
+    if iterator is not None and guard.captures_batch:
+        guard.prepare_capture(iterator)
     try:
         yield model.train_function
     finally:

@@ -33,7 +33,8 @@ def _module(name):
 
 @pytest.mark.slow
 def test_overhead_benchmark_reports_every_part_it_is_asked_for():
-    result = _run("overhead.py", "--N", "16", "--epochs", "2", "--steps", "2", "--warmup", "1", "--repeats", "2",
+    result = _run("overhead.py", "--N", "16", "--n-filters", "4", "--n-scan", "5", "--epochs", "2", "--steps", "2",
+                  "--warmup", "1", "--repeats", "2",
                   "--bootstrap", "50", "--step-traces", "2", "--step-rounds", "3",
                   "--configs", "bare", "keras", "unguarded", "guard", "null")
     configs = {"bare", "keras", "unguarded", "guard", "null"}
