@@ -402,11 +402,12 @@ class Run:
         columns = {}
         for columns_of in list(self._batch_writers.values()):
             columns.update(columns_of(block))
-        writer = self.writer("train")
+        groups = row_groups(block.steps, columns)
+        writer = self.writer("train") if groups else None  # no event file for a block without a point
         if writer is None:
             return
         with self.writing(TENSORBOARD_DATA, self.log_dir):
-            for steps, tags, values in row_groups(block.steps, columns):
+            for steps, tags, values in groups:
                 write_rows(writer, steps, tags, values)
 
     # ------------------------------------------------------------ writing

@@ -56,8 +56,15 @@ def write_rows(writer, steps, tags, values):
     if values.shape != (len(steps), len(tags)):
         raise ValueError(f"values must have the shape (len(steps), len(tags)) = {(len(steps), len(tags))}, "
                          f"got {values.shape}")
-    if tags and len(steps):
-        _write_rows(writer, steps, values, tags)
+    if not tags or not len(steps):
+        return
+    # `_resource` is the handle of the writer's SummaryWriter resource (TensorFlow's summary writers have
+    # no public accessor); passed as an argument, it lets one compiled function serve every writer.
+    template = _row_template(tags)
+    if template is None:
+        _row_writer(len(tags))(writer._resource, steps, values, np.asarray(tags, object))
+    else:
+        _write_serialized(writer._resource, steps, template.fill(values))
 
 
 def write_scalars(writer, step, values):
@@ -70,17 +77,6 @@ def write_scalars(writer, step, values):
 def _as_float32(rows):
     with np.errstate(over="ignore"):  # beyond float32's range is +-inf, as tf.summary.scalar writes it
         return np.asarray(rows, np.float64).astype(np.float32)
-
-
-def _write_rows(writer, steps, values, tags):
-    """Writes the float32 `values` [rows, len(tags)] at `steps` [rows], one event per row if it can."""
-    # `_resource` is the handle of the writer's SummaryWriter resource (TensorFlow's summary writers have
-    # no public accessor); passed as an argument, it lets one compiled function serve every writer.
-    template = _row_template(tags)
-    if template is None:
-        _row_writer(len(tags))(writer._resource, steps, values, np.asarray(tags, object))
-    else:
-        _write_serialized(writer._resource, steps, template.fill(values))
 
 
 class _RowTemplate:
